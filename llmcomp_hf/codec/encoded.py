@@ -1,0 +1,164 @@
+"""The encoded-tensor container: a JSON-serialisable header plus two flat numpy arrays.
+
+See docs/format.md, part 1. Validation here runs before any kernel touches the arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmcomp_hf.errors import CorruptStreamError, FormatError, where
+
+FORMAT_NAME = "llmcomp.tensor"
+FORMAT_VERSION = 1
+CODERS = ("huffman", "rans", "raw")
+MIN_BLOCK, MAX_BLOCK = 256, 1 << 24
+MAX_NUMEL = 1 << 40
+
+# dtype name -> (itemsize, planes). Float formats get the sign/exponent/mantissa split of
+# docs/format.md; every other dtype is byte-grouped (one plane per byte).
+DTYPES: dict[str, tuple[int, int]] = {
+    "bfloat16": (2, 2),
+    "float16": (2, 2),
+    "float32": (4, 4),
+    "float64": (8, 8),
+    "float8_e4m3fn": (1, 1),
+    "float8_e5m2": (1, 1),
+    "int8": (1, 1),
+    "uint8": (1, 1),
+    "int16": (2, 2),
+    "int32": (4, 4),
+    "int64": (8, 8),
+    "bool": (1, 1),
+}
+
+
+@dataclass
+class EncodedTensor:
+    """One compressed tensor: ``header`` (JSON-serialisable) and ``data``/``index`` arrays.
+
+    ``data`` is uint8 (the encoded blocks), ``index`` is int64 (``n_blocks + 1`` byte offsets).
+    ``name`` is only used to make error messages precise; it is not part of the format.
+    """
+
+    header: dict[str, Any]
+    data: np.ndarray
+    index: np.ndarray
+    name: str | None = field(default=None, compare=False)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.header["dtype"])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.header["shape"])
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype][0]
+
+    @property
+    def original_nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Stored size: both arrays plus the header as compact JSON."""
+        return int(self.data.nbytes + self.index.nbytes + len(self.header_json()))
+
+    @property
+    def ratio(self) -> float:
+        """Stored size over original size (1.0 for an empty tensor)."""
+        return self.nbytes / self.original_nbytes if self.original_nbytes else 1.0
+
+    def header_json(self) -> str:
+        return json.dumps(self.header, separators=(",", ":"), sort_keys=True)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a container must store, by their canonical names."""
+        return {"data": self.data, "index": self.index}
+
+    @classmethod
+    def from_parts(
+        cls,
+        header: dict[str, Any] | str,
+        data: Any,
+        index: Any,
+        name: str | None = None,
+    ) -> "EncodedTensor":
+        """Build from a header (dict or JSON text) and arrays (numpy or CPU torch tensors), validated."""
+        if isinstance(header, str):
+            try:
+                header = json.loads(header)
+            except json.JSONDecodeError as exc:
+                raise FormatError(f"encoded-tensor header is not valid JSON{where(name)}: {exc}") from exc
+        enc = cls(dict(header), _as_numpy(data, np.uint8, "data", name), _as_numpy(index, np.int64, "index", name), name)
+        enc.validate()
+        return enc
+
+    def validate(self) -> None:
+        """Check header and index against the format; raise FormatError/CorruptStreamError."""
+        h, at = self.header, where(self.name)
+        if not isinstance(h, dict) or h.get("format") != FORMAT_NAME:
+            raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {h.get('format')!r}")
+        version = h.get("version")
+        if version != FORMAT_VERSION:
+            raise FormatError(
+                f"unsupported llmcomp format version {version!r}{at}; this llmcomp-hf reads version "
+                f"{FORMAT_VERSION}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
+            )
+        if h.get("dtype") not in DTYPES:
+            raise FormatError(f"unsupported dtype {h.get('dtype')!r}{at}; known: {sorted(DTYPES)}")
+        if h.get("coder") not in CODERS:
+            raise FormatError(f"unknown coder {h.get('coder')!r}{at}; known: {list(CODERS)}")
+        shape = h.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise FormatError(f"shape must be a list of non-negative ints{at}, got {shape!r}")
+        if len(shape) > 16 or math.prod(shape) > MAX_NUMEL:
+            raise FormatError(f"absurd shape {shape}{at}: more than 16 dims or 2^40 elements")
+        bs = h.get("block_size")
+        if not isinstance(bs, int) or isinstance(bs, bool) or not (MIN_BLOCK <= bs <= MAX_BLOCK) or bs % 64:
+            raise FormatError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}]{at}, got {bs!r}")
+        checksum = h.get("checksum")
+        if not isinstance(checksum, str) or len(checksum) != 16:
+            raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}")
+        try:
+            int(checksum, 16)
+        except ValueError as exc:
+            raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}") from exc
+        n_blocks = -(-self.numel // bs)
+        if self.index.ndim != 1 or self.index.shape[0] != n_blocks + 1:
+            raise CorruptStreamError(
+                f"index has {self.index.shape} entries, expected {n_blocks + 1} for {self.numel} elements "
+                f"in blocks of {bs}{at}; the stream is truncated or from another tensor"
+            )
+        if self.data.ndim != 1:
+            raise CorruptStreamError(f"data must be 1-D uint8{at}")
+        idx = self.index
+        if idx[0] != 0 or int(idx[-1]) != self.data.shape[0] or (n_blocks and np.any(idx[1:] < idx[:-1])):
+            raise CorruptStreamError(
+                f"block index does not cover the data ({int(idx[-1])} vs {self.data.shape[0]} bytes){at}; "
+                "the file is truncated or corrupted: re-download or re-compress it"
+            )
+
+
+def _as_numpy(arr: Any, dtype: type, what: str, name: str | None) -> np.ndarray:
+    if hasattr(arr, "detach"):  # torch tensor, any device
+        arr = arr.detach().cpu()
+        if str(arr.dtype) != f"torch.{np.dtype(dtype).name}":
+            raise FormatError(f"{what} array must be {np.dtype(dtype).name}, got {arr.dtype}{where(name)}")
+        arr = arr.contiguous().numpy()
+    arr = np.asarray(arr)
+    if arr.dtype != dtype:
+        raise FormatError(f"{what} array must be {np.dtype(dtype).name}, got {arr.dtype}{where(name)}")
+    return np.ascontiguousarray(arr.reshape(-1))
