@@ -1,0 +1,185 @@
+"""Public encode/decode of one tensor (torch or numpy) to and from an EncodedTensor."""
+
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, FORMAT_VERSION, MAX_BLOCK, MIN_BLOCK, EncodedTensor
+from llmcomp_hf.codec.planes import KIND_BYTES, KIND_F32, KIND_HALF, layout_of
+from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, where
+
+DEFAULT_BLOCK_SIZE = 1 << 16
+# A plane is entropy-coded only when it saves at least this share of its raw size; below that the
+# decode time is not worth it (bf16's sign+mantissa byte saves ~0.4% and stays raw).
+DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "raw": 0.0}
+
+# numba's default threading layer must not be entered from two Python threads at once.
+_KERNEL_LOCK = threading.Lock()
+
+
+def dtype_name(dtype: Any) -> str:
+    """Format name of a torch or numpy dtype (``torch.bfloat16`` -> ``"bfloat16"``)."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise TypeError(f"llmcomp cannot encode dtype {name!r}; supported: {sorted(DTYPES)}")
+    return name
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a format dtype name."""
+    return getattr(torch, name)
+
+
+def _raw_bytes(tensor: Any) -> tuple[np.ndarray, str, list[int]]:
+    """Contiguous uint8 view of a tensor's bytes (no copy when already contiguous on CPU)."""
+    if isinstance(tensor, torch.Tensor):
+        name = dtype_name(tensor.dtype)
+        t = tensor.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous()
+        shape = list(t.shape)
+        flat = t.reshape(-1)
+        u8 = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
+        return u8, name, shape
+    arr = np.ascontiguousarray(tensor)
+    name = dtype_name(arr.dtype)
+    return arr.reshape(-1).view(np.uint8), name, list(arr.shape)
+
+
+def _word_views(u8: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
+    """(typed element words for the plane kernels, uint32 view of the aligned prefix for checksums)."""
+    words = u8.view(np.uint16) if kind == KIND_HALF else u8.view(np.uint32) if kind == KIND_F32 else u8
+    return words, u8[: u8.size // 4 * 4].view(np.uint32)
+
+
+@contextmanager
+def _kernel_threads(threads: int | None) -> Iterator[None]:
+    """Run a parallel kernel with ``threads`` numba threads (default: all), serialised by a lock."""
+    import numba
+
+    with _KERNEL_LOCK:
+        previous = numba.get_num_threads()
+        wanted = numba.config.NUMBA_NUM_THREADS if threads is None else threads
+        numba.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(previous)
+
+
+def encode(
+    tensor: Any,
+    coder: str = "huffman",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    threads: int | None = None,
+    name: str | None = None,
+    min_gain: float | None = None,
+) -> EncodedTensor:
+    """Encode a torch tensor or numpy array losslessly.
+
+    Args:
+        tensor: any dtype listed in docs/format.md, any shape; copied to CPU if needed.
+        coder: ``"huffman"`` (fast decode), ``"rans"`` (smallest) or ``"raw"`` (byte planes only).
+        block_size: elements per independently decodable block (multiple of 64, >= 256).
+        threads: numba threads (default: all available).
+        name: tensor name, used in error messages only.
+        min_gain: code a plane only if it saves this share of its raw size (default per coder).
+    """
+    from llmcomp_hf.codec.blocks import CODER_IDS, encode_blocks
+
+    if coder not in CODER_IDS:
+        raise ValueError(f"unknown coder {coder!r}; choose one of {sorted(CODER_IDS)}")
+    if not (isinstance(block_size, int) and MIN_BLOCK <= block_size <= MAX_BLOCK and block_size % 64 == 0):
+        raise ValueError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}], got {block_size!r}")
+    gain = DEFAULT_MIN_GAIN[coder] if min_gain is None else float(min_gain)
+    if not 0.0 <= gain < 1.0:
+        raise ValueError(f"min_gain must be in [0, 1), got {min_gain!r}")
+    u8, dname, shape = _raw_bytes(tensor)
+    itemsize, n_planes = DTYPES[dname]
+    kind = layout_of(dname, itemsize)
+    numel = math.prod(shape)
+    words, u32 = _word_views(u8, kind)
+    keep_num = int((1.0 - gain) * 1024)
+    with _kernel_threads(threads):
+        data, index, csum = encode_blocks(
+            words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32
+        )
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "dtype": dname,
+        "shape": shape,
+        "coder": coder,
+        "block_size": block_size,
+        "checksum": f"{int(csum.sum(dtype=np.uint64)):016x}",
+    }
+    return EncodedTensor(header, data, index, name)
+
+
+def decode(
+    enc: EncodedTensor,
+    out: torch.Tensor | None = None,
+    threads: int | None = None,
+    verify: bool = True,
+) -> torch.Tensor:
+    """Decode an EncodedTensor to a CPU torch tensor, bit-identical to what was encoded.
+
+    Args:
+        enc: the encoded tensor (validated again here, before any kernel runs).
+        out: optional preallocated contiguous CPU tensor of the right dtype and shape.
+        threads: numba threads (default: all available).
+        verify: compare the checksum of the decoded bytes with the header's.
+
+    Raises:
+        CorruptStreamError: truncated/corrupted/hostile streams (names the tensor and block).
+        ChecksumMismatchError: decoded bytes differ from the original.
+    """
+    from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_blocks
+
+    enc.validate()
+    dname, shape = enc.dtype, list(enc.shape)
+    itemsize, n_planes = DTYPES[dname]
+    tdtype = torch_dtype(dname)
+    if out is None:
+        out = torch.empty(shape, dtype=tdtype)
+    elif out.dtype != tdtype or list(out.shape) != shape or out.device.type != "cpu" or not out.is_contiguous():
+        raise ValueError(
+            f"out must be a contiguous CPU tensor of dtype {tdtype} and shape {shape}{where(enc.name)}, "
+            f"got {out.dtype} {list(out.shape)} on {out.device}"
+        )
+    if out.numel() == 0:
+        u8 = np.empty(0, np.uint8)
+    else:
+        u8 = out.reshape(-1).view(torch.uint8).numpy()
+    kind = layout_of(dname, itemsize)
+    words, u32 = _word_views(u8, kind)
+    with _kernel_threads(threads):
+        errs, err_plane, csum = decode_blocks(
+            enc.data, enc.index, kind, itemsize, enc.numel, enc.header["block_size"], n_planes, words, u8, u32
+        )
+    bad = np.flatnonzero(errs)
+    if bad.size:
+        b = int(bad[0])
+        raise CorruptStreamError(
+            f"corrupted encoded stream{where(enc.name)}: block {b}, plane {int(err_plane[b])}: "
+            f"{ERROR_TEXT.get(int(errs[b]), 'invalid data')}. The file is damaged or truncated: "
+            "re-download or re-compress it."
+        )
+    if verify:
+        got = f"{int(csum.sum(dtype=np.uint64)):016x}"
+        if got != enc.header["checksum"].lower():
+            raise ChecksumMismatchError(
+                f"checksum mismatch{where(enc.name)}: decoded {got}, expected {enc.header['checksum']}. "
+                "The encoded data is corrupted: re-download or re-compress it."
+            )
+    return out

@@ -1,0 +1,243 @@
+"""The stateless transform contract shared by every lossy stage.
+
+A transform is a frozen, validated, JSON-serialisable config dataclass with two methods:
+
+* ``apply(weight) -> Transformed``: the named standard tensors to store (integer codes, scales,
+  codebooks, factors), a small JSON-serialisable ``meta`` dict, and the measured weight-space error;
+* ``reconstruct(tensors, meta) -> torch.Tensor``: dequantize / recompose from what was stored.
+
+``meta`` holds the transform's own config, so the module-level :func:`reconstruct` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+FLOAT_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+
+_REGISTRY: dict[str, type["Transform"]] = {}
+
+
+def register(cls: type["Transform"]) -> type["Transform"]:
+    """Class decorator: make a transform known to :func:`config_from_dict` under ``cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"transform name {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def known_transforms() -> list[str]:
+    """Names of every registered transform."""
+    return sorted(_REGISTRY)
+
+
+@dataclass(frozen=True)
+class WeightError:
+    """Weight-space error of a reconstruction (computed in float64)."""
+
+    rel_mse: float  # ||w - w_hat||^2 / ||w||^2
+    max_abs: float  # max |w - w_hat|
+    sq_err: float  # ||w - w_hat||^2, so errors of several tensors can be summed
+    sq_norm: float  # ||w||^2
+
+    @property
+    def rel_fro(self) -> float:
+        """Relative Frobenius error ||w - w_hat|| / ||w||."""
+        return math.sqrt(self.rel_mse)
+
+    @property
+    def snr_db(self) -> float:
+        return math.inf if self.rel_mse == 0 else -10.0 * math.log10(self.rel_mse)
+
+    @staticmethod
+    def measure(weight: torch.Tensor, approx: torch.Tensor) -> "WeightError":
+        w = weight.detach().to(torch.float64).reshape(-1)
+        d = w - approx.detach().to(torch.float64).reshape(-1)
+        sq_err, sq_norm = float(d.square().sum()), float(w.square().sum())
+        rel = sq_err / sq_norm if sq_norm > 0 else (0.0 if sq_err == 0 else math.inf)
+        return WeightError(rel, float(d.abs().max()) if d.numel() else 0.0, sq_err, sq_norm)
+
+
+@dataclass
+class Transformed:
+    """Output of :meth:`Transform.apply`.
+
+    ``tensors``: what gets stored (later entropy-coded). ``meta``: small JSON-serialisable dict that
+    :func:`reconstruct` needs besides the tensors. ``error``: measured against the input weight.
+    ``packed_bits``: bits per element each tensor would need if bit-packed (codes of a 4-bit grid: 4),
+    so :attr:`packed_bits_per_weight` is the nominal rate before entropy coding.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    error: WeightError | None = None
+    packed_bits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        """Number of weights of the original tensor."""
+        return math.prod(self.meta["shape"])
+
+    @property
+    def stored_bits(self) -> int:
+        """Bits of all stored tensors as they are (uint8 codes count 8 bits), before entropy coding."""
+        return sum(t.numel() * t.element_size() * 8 for t in self.tensors.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.stored_bits / max(self.numel, 1)
+
+    @property
+    def packed_bits_per_weight(self) -> float:
+        """Nominal rate: codes at their grid's bit width, side info at its dtype width."""
+        bits = sum(t.numel() * self.packed_bits.get(k, t.element_size() * 8) for k, t in self.tensors.items())
+        return bits / max(self.numel, 1)
+
+    @property
+    def lossless(self) -> bool:
+        """True only when the reconstruction was measured to equal the input exactly."""
+        return self.error is not None and self.error.sq_err == 0.0 and self.error.max_abs == 0.0
+
+    def reconstruct(self) -> torch.Tensor:
+        return reconstruct(self.tensors, self.meta)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Base of every transform config. Subclasses set ``name`` and implement ``_apply``/``reconstruct``."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict, tagged with ``transform`` and ``version``; nested configs recurse."""
+        out: dict[str, Any] = {"transform": self.name, "version": self.version}
+        for f in dataclasses.fields(self):
+            out[f.name] = _to_jsonable(getattr(self, f.name))
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Transform":
+        """Inverse of :meth:`to_dict`. On the base class the ``transform`` tag picks the subclass."""
+        return config_from_dict(data, expect=None if cls is Transform else cls)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Transform":
+        return cls.from_dict(json.loads(text))
+
+    # -- the contract ----------------------------------------------------------------------------
+    def apply(self, weight: torch.Tensor) -> Transformed:
+        """Transform ``weight``; the result carries the measured error of its reconstruction."""
+        w = check_weight(weight, self.name)
+        tensors, meta, packed = self._apply(w.to(torch.float32))
+        meta = {"transform": self.name, "config": self.to_dict(), "shape": list(w.shape),
+                "dtype": str(w.dtype).removeprefix("torch."), **meta}
+        out = Transformed(tensors, meta, packed_bits=packed)
+        out.error = WeightError.measure(w, self.reconstruct(tensors, meta))
+        return out
+
+    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
+        """Float32 ``weight`` -> (tensors, extra meta, packed bits per tensor). Subclasses implement."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _apply")
+
+    def reconstruct(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+        """Rebuild the (approximate) weight, in the original shape and dtype."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement reconstruct")
+
+
+def reconstruct(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+    """Rebuild a weight from stored tensors and meta alone (the config is read from ``meta``)."""
+    if "config" not in meta:
+        raise ValueError("meta has no 'config' entry; pass the meta dict returned by Transform.apply")
+    return config_from_dict(meta["config"]).reconstruct(tensors, meta)
+
+
+def config_from_dict(data: dict[str, Any], expect: type[Transform] | None = None) -> Transform:
+    """Build a transform config from :meth:`Transform.to_dict` output, validating tag and version."""
+    if not isinstance(data, dict) or "transform" not in data:
+        raise ValueError(f"a transform config must be a dict with a 'transform' key, got {data!r}")
+    data = dict(data)
+    name = data.pop("transform")
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown transform {name!r}; known: {known_transforms()}")
+    if expect is not None and not issubclass(cls, expect):
+        raise ValueError(f"config is a {name!r} transform, expected {expect.name!r}")
+    version = data.pop("version", cls.version)
+    if version != cls.version:
+        raise ValueError(
+            f"{name!r} config has version {version!r}; this llmcomp-hf reads version {cls.version}. "
+            "Upgrade llmcomp-hf or re-create the config."
+        )
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} for transform {name!r}; valid fields: {sorted(fields)}")
+    return cls(**{k: _from_jsonable(v) for k, v in data.items()})
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Transform):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict) and "transform" in value:
+        return config_from_dict(value)
+    if isinstance(value, list):
+        return tuple(_from_jsonable(v) for v in value)
+    return value
+
+
+# -- validation helpers used by the configs' __post_init__ -------------------------------------------
+
+def check_int(cls: str, field_name: str, value: Any, lo: int, hi: int, hint: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{cls}.{field_name} must be an int in [{lo}, {hi}], got {value!r}{hint}")
+
+
+def check_float(cls: str, field_name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
+                hi_open: bool = False, hint: str = "") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{cls}.{field_name} must be a number in {rng}, got {value!r}{hint}")
+
+
+def check_choice(cls: str, field_name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{cls}.{field_name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_weight(weight: Any, what: str) -> torch.Tensor:
+    """Validate a weight given to ``apply``: a non-empty, finite, floating-point torch tensor."""
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"{what}: expected a torch.Tensor weight, got {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise ValueError(f"{what}: weight must be floating point, got {weight.dtype}; pass the float weight")
+    if weight.numel() == 0:
+        raise ValueError(f"{what}: weight is empty (shape {tuple(weight.shape)}); skip empty tensors")
+    w = weight.detach()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{what}: weight holds NaN or Inf; lossy transforms need finite values "
+                         "(store such tensors losslessly instead)")
+    return w
