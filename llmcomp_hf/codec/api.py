@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, FORMAT_VERSION, MAX_BLOCK, MIN_BLOCK, EncodedTensor
-from llmcomp_hf.codec.planes import KIND_BYTES, KIND_F32, KIND_HALF, layout_of
+from llmcomp_hf.codec.blocks import GROUP
+from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, where
 
 DEFAULT_BLOCK_SIZE = 1 << 16
@@ -63,16 +64,17 @@ def _word_views(u8: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextmanager
-def _kernel_threads(threads: int | None) -> Iterator[None]:
+def _kernel_threads(threads: int | None) -> Iterator[int]:
     """Run a parallel kernel with ``threads`` numba threads (default: all), serialised by a lock."""
     import numba
 
     with _KERNEL_LOCK:
         previous = numba.get_num_threads()
         wanted = numba.config.NUMBA_NUM_THREADS if threads is None else threads
-        numba.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
+        count = max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(count)
         try:
-            yield
+            yield count
         finally:
             numba.set_num_threads(previous)
 
@@ -110,9 +112,9 @@ def encode(
     numel = math.prod(shape)
     words, u32 = _word_views(u8, kind)
     keep_num = int((1.0 - gain) * 1024)
-    with _kernel_threads(threads):
+    with _kernel_threads(threads) as count:
         data, index, csum = encode_blocks(
-            words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32
+            words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32, count
         )
     header = {
         "format": FORMAT_NAME,
@@ -144,7 +146,7 @@ def decode(
         CorruptStreamError: truncated/corrupted/hostile streams (names the tensor and block).
         ChecksumMismatchError: decoded bytes differ from the original.
     """
-    from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_blocks
+    from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_blocks, decode_groups
 
     enc.validate()
     dname, shape = enc.dtype, list(enc.shape)
@@ -163,10 +165,16 @@ def decode(
         u8 = out.reshape(-1).view(torch.uint8).numpy()
     kind = layout_of(dname, itemsize)
     words, u32 = _word_views(u8, kind)
-    with _kernel_threads(threads):
-        errs, err_plane, csum = decode_blocks(
-            enc.data, enc.index, kind, itemsize, enc.numel, enc.header["block_size"], n_planes, words, u8, u32
-        )
+    n_blocks = enc.index.shape[0] - 1
+    errs = np.zeros(n_blocks, np.int64)
+    err_plane = np.full(n_blocks, -1, np.int64)
+    csum = np.zeros(n_blocks, np.uint64)
+    args = (enc.data, enc.index, kind, itemsize, enc.numel, enc.header["block_size"], n_planes, words, u8, u32)
+    if n_blocks <= GROUP or threads == 1:  # one group: no thread-pool launch
+        decode_groups(*args, 0, 1, errs, err_plane, csum)
+    else:
+        with _kernel_threads(threads) as count:
+            decode_blocks(*args, errs, err_plane, csum, count)
     bad = np.flatnonzero(errs)
     if bad.size:
         b = int(bad[0])

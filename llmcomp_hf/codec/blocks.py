@@ -1,7 +1,10 @@
 """Block drivers: split → model → code every plane of every block, in parallel, and back.
 
-``encode_blocks`` and ``decode_blocks`` are the only parallel (``prange``) kernels of the CPU
-codec. Errors inside kernels are returned per block (code, plane) and raised by api.py.
+Blocks are processed in groups of ``GROUP`` consecutive blocks; threads take whole groups. Inside
+a group a Huffman plane may reuse the previous block's code table (the encoder decides, the
+decoder notices identical table bytes and skips the rebuild). Groups are fixed, so the encoded
+bytes do not depend on the thread count. Errors inside kernels are returned per block as
+(code, plane) and raised by api.py.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from llmcomp_hf.codec.planes import merge_block, split_block
 
 MODE_RAW, MODE_CONST, MODE_HUFFMAN, MODE_RANS = 0, 1, 2, 3
 CODER_IDS = {"raw": MODE_RAW, "huffman": MODE_HUFFMAN, "rans": MODE_RANS}
+GROUP = 16
 ERR_MODE = -4
 ERR_TRAILING = -5
 ERROR_TEXT = {
@@ -34,8 +38,24 @@ def _put_u32(out, pos, v):
 
 
 @njit(cache=True, nogil=True)
-def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words) -> int:
-    """Encode one plane section at ``out[pos]``; return its size. Coded only if it beats ``max_payload``."""
+def _huffman_plan(counts, n, prev, prev_ok):
+    """Code lengths for this block: the previous block's table when it costs < 0.8% more bits."""
+    own = huffman_lengths(counts)
+    own_bits = huffman.coded_bits(counts, own)
+    if prev_ok:
+        prev_bits = huffman.coded_bits(counts, prev)
+        if prev_bits >= 0 and prev_bits <= own_bits + own_bits // 128:
+            return prev, prev_bits
+    return own, own_bits
+
+
+@njit(cache=True, nogil=True)
+def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, prev_ok) -> int:
+    """Encode one plane section at ``out[pos]``; return its size (0 is never returned).
+
+    Coded only if the payload beats ``max_payload``. ``prev``/``prev_ok`` carry the Huffman
+    table of this plane in the previous block; ``prev_ok[0]`` is updated.
+    """
     counts = histogram(plane, n)
     k = 0
     for s in range(256):
@@ -46,11 +66,13 @@ def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words) -> int:
         out[pos + 1] = plane[0]
         return 2
     if coder == MODE_HUFFMAN:
-        lengths = huffman_lengths(counts)
-        if huffman.encoded_size(counts, lengths, k) < max_payload:
-            size = huffman.encode_section(plane, n, counts, lengths, out, pos + 5)
+        lengths, bits = _huffman_plan(counts, n, prev, prev_ok[0])
+        if huffman.encoded_size(bits, lengths) < max_payload:
+            size = huffman.encode_section(plane, n, lengths, out, pos + 5)
             out[pos] = MODE_HUFFMAN
             _put_u32(out, pos + 1, size)
+            prev[:] = lengths
+            prev_ok[0] = True
             return size + 5
     elif coder == MODE_RANS:
         freq = rans_frequencies(counts, n)
@@ -65,8 +87,31 @@ def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words) -> int:
     return n + 1
 
 
+@njit(cache=True, nogil=True)
+def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, first, step, tmp, cap, sizes, csum):
+    """Encode groups first, first+step, ... into the ``cap``-sized block slots of ``tmp``."""
+    n_blocks = sizes.shape[0]
+    planes = np.empty((n_planes, block_size), np.uint8)
+    scratch = np.empty(2 * block_size + 1024, np.uint8)
+    wbuf = np.empty(block_size + 8, np.uint16)
+    prev = np.zeros((n_planes, 256), np.uint8)
+    prev_ok = np.zeros((n_planes, 1), np.bool_)
+    for g in range(first, (n_blocks + GROUP - 1) // GROUP, step):
+        prev_ok[:] = False
+        for b in range(g * GROUP, min(g * GROUP + GROUP, n_blocks)):
+            start = b * block_size
+            n = min(block_size, numel - start)
+            split_block(words, kind, itemsize, start, n, planes)
+            pos = b * cap
+            max_payload = (n * keep_num) // 1024
+            for p in range(n_planes):
+                pos += encode_plane(planes[p], n, coder, max_payload, tmp, pos, scratch, wbuf, prev[p], prev_ok[p])
+            sizes[b] = pos - b * cap
+            csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def encode_blocks(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32):
+def encode_blocks(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, n_threads):
     """Encode all blocks; returns (data uint8, index int64, checksum partials uint64).
 
     A plane is entropy-coded only if its payload is below ``n * keep_num / 1024`` bytes.
@@ -76,33 +121,29 @@ def encode_blocks(words, kind, itemsize, numel, block_size, n_planes, coder, kee
     tmp = np.empty(n_blocks * cap, np.uint8)
     sizes = np.zeros(n_blocks, np.int64)
     csum = np.zeros(n_blocks, np.uint64)
-    for b in prange(n_blocks):
-        start = b * block_size
-        n = min(block_size, numel - start)
-        planes = np.empty((n_planes, block_size), np.uint8)
-        scratch = np.empty(2 * block_size + 1024, np.uint8)
-        wbuf = np.empty(block_size + 8, np.uint16)
-        split_block(words, kind, itemsize, start, n, planes)
-        pos = b * cap
-        max_payload = (n * keep_num) // 1024
-        for p in range(n_planes):
-            pos += encode_plane(planes[p], n, coder, max_payload, tmp, pos, scratch, wbuf)
-        sizes[b] = pos - b * cap
-        csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
+    nt = max(1, min(n_threads, (n_blocks + GROUP - 1) // GROUP))
+    for t in prange(nt):
+        encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, t, nt, tmp, cap, sizes, csum)
     index = np.zeros(n_blocks + 1, np.int64)
     for b in range(n_blocks):
         index[b + 1] = index[b] + sizes[b]
     data = np.empty(index[n_blocks], np.uint8)
-    for b in prange(n_blocks):
-        data[index[b] : index[b + 1]] = tmp[b * cap : b * cap + sizes[b]]
+    for t in prange(nt):
+        for b in range(t, n_blocks, nt):
+            data[index[b] : index[b + 1]] = tmp[b * cap : b * cap + sizes[b]]
     return data, index, csum
 
 
 @njit(cache=True, nogil=True)
-def decode_block(data, lo, hi, n, n_planes, planes, single, multi, slots):
-    """Decode the plane sections of one block ``data[lo:hi]`` into ``planes``; (0, -1) or (err, plane)."""
+def decode_block(data, lo, hi, n, n_planes, planes, src, single, multi, memo, slots):
+    """Decode the sections of block ``data[lo:hi]``; returns (0, -1) or (error code, plane).
+
+    Raw planes are not copied: ``src[p]`` is set to their offset in ``data`` (else -1 and the
+    plane is in ``planes[p]``).
+    """
     pos = lo
     for p in range(n_planes):
+        src[p] = -1
         if pos >= hi:
             return huffman.ERR_TRUNCATED, p
         mode = data[pos]
@@ -110,7 +151,7 @@ def decode_block(data, lo, hi, n, n_planes, planes, single, multi, slots):
         if mode == MODE_RAW:
             if pos + n > hi:
                 return huffman.ERR_TRUNCATED, p
-            planes[p, :n] = data[pos : pos + n]
+            src[p] = pos
             pos += n
         elif mode == MODE_CONST:
             if pos + 1 > hi:
@@ -127,7 +168,7 @@ def decode_block(data, lo, hi, n, n_planes, planes, single, multi, slots):
             if pos + size > hi:
                 return huffman.ERR_TRUNCATED, p
             if mode == MODE_HUFFMAN:
-                err = huffman.decode_section(data, pos, pos + size, n, planes[p], single, multi)
+                err = huffman.decode_section(data, pos, pos + size, n, planes[p], single[p], multi[p], memo[p])
             else:
                 err = rans.decode_section(data, pos, pos + size, n, planes[p], slots)
             if err < 0:
@@ -140,25 +181,34 @@ def decode_block(data, lo, hi, n, n_planes, planes, single, multi, slots):
     return 0, -1
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32):
-    """Decode every block into ``words``; returns (error code, error plane, checksum partial) per block."""
+@njit(cache=True, nogil=True)
+def decode_groups(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, first, step, errs, err_plane, csum):
+    """Decode groups first, first+step, ... into ``words``, with one set of scratch tables."""
     n_blocks = index.shape[0] - 1
-    errs = np.zeros(n_blocks, np.int64)
-    err_plane = np.full(n_blocks, -1, np.int64)
-    csum = np.zeros(n_blocks, np.uint64)
-    for b in prange(n_blocks):
-        start = b * block_size
-        n = min(block_size, numel - start)
-        planes = np.empty((n_planes, block_size), np.uint8)
-        single = np.empty(huffman.LUT_SIZE, np.uint16)
-        multi = np.empty(huffman.LUT_SIZE, np.uint64)
-        slots = np.empty(4096, np.uint32)
-        err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, single, multi, slots)
-        if err < 0:
-            errs[b] = err
-            err_plane[b] = plane
-        else:
-            merge_block(planes, kind, itemsize, start, n, words)
-            csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
-    return errs, err_plane, csum
+    planes = np.empty((n_planes, block_size), np.uint8)
+    src = np.empty(n_planes, np.int64)
+    single = np.empty((n_planes, huffman.LUT_SIZE), np.uint16)
+    multi = np.empty((n_planes, huffman.LUT_SIZE), np.uint64)
+    memo = np.zeros((n_planes, huffman.MEMO_SIZE), np.uint8)
+    slots = np.empty(4096, np.uint32)
+    for g in range(first, (n_blocks + GROUP - 1) // GROUP, step):
+        for b in range(g * GROUP, min(g * GROUP + GROUP, n_blocks)):
+            start = b * block_size
+            n = min(block_size, numel - start)
+            err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, src, single, multi, memo, slots)
+            if err < 0:
+                errs[b] = err
+                err_plane[b] = plane
+                memo[:, 0] = 0
+            else:
+                merge_block(planes, src, data, kind, itemsize, start, n, words)
+                csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, errs, err_plane, csum, n_threads):
+    """Decode every block into ``words``, filling per-block (error code, error plane, checksum)."""
+    n_blocks = index.shape[0] - 1
+    nt = max(1, min(n_threads, (n_blocks + GROUP - 1) // GROUP))
+    for t in prange(nt):
+        decode_groups(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, t, nt, errs, err_plane, csum)

@@ -24,6 +24,7 @@ LUT_BITS = HUFF_MAX_LEN
 LUT_SIZE = 1 << LUT_BITS
 LUT_MASK = LUT_SIZE - 1
 N_STREAMS = 4
+MEMO_SIZE = 1 + BITMAP_BYTES + 128  # table length + bitmap + up to 256 nibbles
 
 # Error codes shared with blocks.py
 ERR_TRUNCATED = -1
@@ -32,23 +33,40 @@ ERR_STREAM = -3
 
 
 @njit(cache=True, nogil=True)
-def encoded_size(counts: np.ndarray, lengths: np.ndarray, k: int) -> int:
-    """Upper bound of the payload size (bytes) for these lengths: table + sizes + stream bits."""
+def coded_bits(counts: np.ndarray, lengths: np.ndarray) -> int:
+    """Stream bits for these counts under these code lengths; -1 if a present symbol has no code."""
     bits = 0
     for s in range(256):
-        bits += counts[s] * lengths[s]
+        if counts[s] > 0:
+            if lengths[s] == 0:
+                return -1
+            bits += counts[s] * lengths[s]
+    return bits
+
+
+@njit(cache=True, nogil=True)
+def encoded_size(bits: int, lengths: np.ndarray) -> int:
+    """Upper bound of the payload size (bytes): table + stream sizes + stream bits + padding."""
+    k = 0
+    for s in range(256):
+        if lengths[s] > 0:
+            k += 1
     return BITMAP_BYTES + (k + 1) // 2 + 12 + (bits + 7) // 8 + N_STREAMS
 
 
 @njit(cache=True, nogil=True)
-def encode_section(plane: np.ndarray, n: int, counts: np.ndarray, lengths: np.ndarray, out: np.ndarray, pos: int) -> int:
-    """Write the Huffman payload of ``plane[:n]`` at ``out[pos]``; return the payload length."""
+def encode_section(plane: np.ndarray, n: int, lengths: np.ndarray, out: np.ndarray, pos: int) -> int:
+    """Write the Huffman payload of ``plane[:n]`` at ``out[pos]``; return the payload length.
+
+    The table lists every symbol with a non-zero length (a superset of those in the block when a
+    previous block's table is reused).
+    """
     start = pos
-    k = write_bitmap(counts, out, pos)
+    k = write_bitmap(lengths, out, pos)
     pos += BITMAP_BYTES
     j = 0
     for s in range(256):
-        if counts[s] > 0:
+        if lengths[s] > 0:
             if j & 1:
                 out[pos + (j >> 1)] |= lengths[s] << 4
             else:
@@ -202,11 +220,35 @@ def _stream_ok(start, end, pos, nbits):
 
 
 @njit(cache=True, nogil=True)
-def decode_section(data: np.ndarray, pos: int, end: int, n: int, out: np.ndarray, single: np.ndarray, multi: np.ndarray) -> int:
-    """Decode the Huffman payload ``data[pos:end]`` into ``out[:n]``; 0 on success, <0 on error."""
-    pos = build_tables(data, pos, end, single, multi)
-    if pos < 0:
-        return pos
+def _same_table(data: np.ndarray, pos: int, end: int, memo: np.ndarray) -> int:
+    """Length of the table at ``data[pos]`` if it equals the one memoised, else 0."""
+    tl = np.int64(memo[0])
+    if tl == 0 or pos + tl > end:
+        return 0
+    for i in range(tl):
+        if data[pos + i] != memo[1 + i]:
+            return 0
+    return tl
+
+
+@njit(cache=True, nogil=True)
+def decode_section(data: np.ndarray, pos: int, end: int, n: int, out: np.ndarray, single: np.ndarray, multi: np.ndarray, memo: np.ndarray) -> int:
+    """Decode the Huffman payload ``data[pos:end]`` into ``out[:n]``; 0 on success, <0 on error.
+
+    ``memo`` (uint8[1 + 32 + 128]) remembers the table bytes that ``single``/``multi`` were built
+    from, so consecutive blocks sharing a table skip the rebuild.
+    """
+    tl = _same_table(data, pos, end, memo)
+    if tl:
+        pos += tl
+    else:
+        memo[0] = 0
+        new_pos = build_tables(data, pos, end, single, multi)
+        if new_pos < 0:
+            return new_pos
+        memo[0] = new_pos - pos
+        memo[1 : 1 + new_pos - pos] = data[pos:new_pos]
+        pos = new_pos
     if pos + 12 > end:
         return ERR_TRUNCATED
     starts = np.empty(N_STREAMS + 1, np.int64)

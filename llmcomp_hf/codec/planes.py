@@ -26,50 +26,67 @@ def layout_of(dtype_name: str, itemsize: int) -> int:
 def split_block(words: np.ndarray, kind: int, itemsize: int, start: int, n: int, planes: np.ndarray) -> None:
     """Write the planes of elements ``[start, start+n)`` into ``planes[p, :n]``."""
     if kind == KIND_HALF:
+        w = words[start : start + n]
         for i in range(n):
-            w = np.int64(words[start + i])
-            planes[0, i] = (w >> 7) & 0xFF
-            planes[1, i] = ((w >> 8) & 0x80) | (w & 0x7F)
+            x = np.uint32(w[i])
+            planes[0, i] = np.uint8((x >> np.uint32(7)) & np.uint32(0xFF))
+            planes[1, i] = np.uint8(((x >> np.uint32(8)) & np.uint32(0x80)) | (x & np.uint32(0x7F)))
     elif kind == KIND_F32:
+        w = words[start : start + n]
         for i in range(n):
-            w = np.int64(words[start + i])
-            planes[0, i] = (w >> 23) & 0xFF
-            planes[1, i] = ((w >> 24) & 0x80) | ((w >> 16) & 0x7F)
-            planes[2, i] = (w >> 8) & 0xFF
-            planes[3, i] = w & 0xFF
+            x = np.uint32(w[i])
+            planes[0, i] = np.uint8((x >> np.uint32(23)) & np.uint32(0xFF))
+            planes[1, i] = np.uint8(((x >> np.uint32(24)) & np.uint32(0x80)) | ((x >> np.uint32(16)) & np.uint32(0x7F)))
+            planes[2, i] = np.uint8((x >> np.uint32(8)) & np.uint32(0xFF))
+            planes[3, i] = np.uint8(x & np.uint32(0xFF))
     else:
-        base = start * itemsize
-        for i in range(n):
-            for p in range(itemsize):
-                planes[p, i] = words[base + i * itemsize + p]
+        src = words[start * itemsize : (start + n) * itemsize]
+        for p in range(itemsize):
+            for i in range(n):
+                planes[p, i] = src[i * itemsize + p]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _plane(planes, src, data, p, n):
+    """Plane ``p`` of a decoded block: straight from the stream when it was stored raw."""
+    if src[p] >= 0:
+        return data[src[p] : src[p] + n]
+    return planes[p, :n]
 
 
 @njit(cache=True, nogil=True)
-def merge_block(planes: np.ndarray, kind: int, itemsize: int, start: int, n: int, words: np.ndarray) -> None:
-    """Inverse of split_block: rebuild elements ``[start, start+n)`` of ``words``."""
+def merge_block(planes: np.ndarray, src: np.ndarray, data: np.ndarray, kind: int, itemsize: int, start: int, n: int, words: np.ndarray) -> None:
+    """Inverse of split_block: rebuild elements ``[start, start+n)`` of ``words``.
+
+    Plane ``p`` is read from ``data[src[p]:]`` when ``src[p] >= 0`` (a raw section), else from
+    ``planes[p]``.
+    """
     if kind == KIND_HALF:
-        p0 = planes[0]
-        p1 = planes[1]
+        a = _plane(planes, src, data, 0, n)
+        b = _plane(planes, src, data, 1, n)
+        w = words[start : start + n]
         for i in range(n):
-            a = np.uint16(p0[i])
-            b = np.uint16(p1[i])
-            words[start + i] = (a << np.uint16(7)) | ((b & np.uint16(0x80)) << np.uint16(8)) | (b & np.uint16(0x7F))
+            hi = np.uint32(a[i])
+            lo = np.uint32(b[i])
+            w[i] = np.uint16((hi << np.uint32(7)) | ((lo & np.uint32(0x80)) << np.uint32(8)) | (lo & np.uint32(0x7F)))
     elif kind == KIND_F32:
-        p0 = planes[0]
-        p1 = planes[1]
-        p2 = planes[2]
-        p3 = planes[3]
+        a = _plane(planes, src, data, 0, n)
+        b = _plane(planes, src, data, 1, n)
+        c = _plane(planes, src, data, 2, n)
+        d = _plane(planes, src, data, 3, n)
+        w = words[start : start + n]
         for i in range(n):
-            b = np.uint32(p1[i])
-            words[start + i] = (
-                (np.uint32(p0[i]) << np.uint32(23))
-                | ((b & np.uint32(0x80)) << np.uint32(24))
-                | ((b & np.uint32(0x7F)) << np.uint32(16))
-                | (np.uint32(p2[i]) << np.uint32(8))
-                | np.uint32(p3[i])
+            x = np.uint32(b[i])
+            w[i] = (
+                (np.uint32(a[i]) << np.uint32(23))
+                | ((x & np.uint32(0x80)) << np.uint32(24))
+                | ((x & np.uint32(0x7F)) << np.uint32(16))
+                | (np.uint32(c[i]) << np.uint32(8))
+                | np.uint32(d[i])
             )
     else:
-        base = start * itemsize
-        for i in range(n):
-            for p in range(itemsize):
-                words[base + i * itemsize + p] = planes[p, i]
+        dst = words[start * itemsize : (start + n) * itemsize]
+        for p in range(itemsize):
+            q = _plane(planes, src, data, p, n)
+            for i in range(n):
+                dst[i * itemsize + p] = q[i]

@@ -118,6 +118,8 @@ class Transform:
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    #: dtype ``_apply`` receives the weight in; None keeps the input dtype (pruning stores it as is)
+    compute_dtype: ClassVar[torch.dtype | None] = torch.float32
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -140,14 +142,15 @@ class Transform:
         return cls.from_dict(json.loads(text))
 
     # -- the contract ----------------------------------------------------------------------------
-    def apply(self, weight: torch.Tensor) -> Transformed:
-        """Transform ``weight``; the result carries the measured error of its reconstruction."""
+    def apply(self, weight: torch.Tensor, *, measure: bool = True) -> Transformed:
+        """Transform ``weight``; with ``measure`` the result carries its reconstruction's error."""
         w = check_weight(weight, self.name)
-        tensors, meta, packed = self._apply(w.to(torch.float32))
+        tensors, meta, packed = self._apply(w if self.compute_dtype is None else w.to(self.compute_dtype))
         meta = {"transform": self.name, "config": self.to_dict(), "shape": list(w.shape),
                 "dtype": str(w.dtype).removeprefix("torch."), **meta}
         out = Transformed(tensors, meta, packed_bits=packed)
-        out.error = WeightError.measure(w, self.reconstruct(tensors, meta))
+        if measure:
+            out.error = WeightError.measure(w, self.reconstruct(tensors, meta))
         return out
 
     def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:

@@ -129,7 +129,7 @@ class LowRank(Transform):
         packed: dict[str, int] = {}
         if self.residual is not None:
             approx = (tensors["left"].to(torch.float32) @ tensors["right"].to(torch.float32)).reshape(weight.shape)
-            res = self.residual.apply(weight - approx)
+            res = self.residual.apply(weight - approx, measure=False)
             tensors.update(_prefixed(res.tensors, "residual"))
             packed.update({f"residual.{k}": v for k, v in res.packed_bits.items()})
             meta["residual"] = res.meta

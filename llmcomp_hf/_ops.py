@@ -1,0 +1,126 @@
+"""Weight-conversion ops that transformers' loader runs for the llmcomp quantizer.
+
+``DecodeOp`` turns the three stored parts of a compressed weight back into the weight (or casts a
+plain weight to the parameter's dtype); ``EncodeOp`` encodes a weight while a dense model loads.
+Imported lazily: ``transformers.core_model_loading`` must not load when ``llmcomp_hf`` is imported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers.quantizers_utils import get_module_from_name
+
+from llmcomp_hf.codec import decode
+from llmcomp_hf.errors import LlmcompError
+from llmcomp_hf.format.shard import split_key, unpack
+
+if TYPE_CHECKING:
+    from llmcomp_hf.quantizer import LlmcompHfQuantizer
+
+
+class _IdentityOp(ConversionOps):
+    """Reverse of both ops: the state dict for saving is already built by the quantizer."""
+
+    def convert(self, input_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return input_dict
+
+
+class DecodeOp(ConversionOps):
+    """``{"weight.llmcomp_data": [..], ".._index": [..], ".._header": [..]}`` or ``{"weight": [..]}`` -> weight.
+
+    Also accepts the patterns of a model's own converters (``experts.*.w.weight.llmcomp_data`` with
+    one tensor per expert) and then returns one decoded list per pattern, for the ops that follow.
+    Errors are recorded on the quantizer and raised after loading (transformers would otherwise turn
+    them into a generic conversion report); the weight is then left out.
+    """
+
+    def __init__(self, hf_quantizer: LlmcompHfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer
+
+    def convert(
+        self,
+        input_dict: dict[str, Any],
+        model: torch.nn.Module | None = None,
+        full_layer_name: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        quantizer = self.hf_quantizer
+        if quantizer.load_errors:  # one failure is enough: skip the remaining work
+            return {}
+        dtype = _param_dtype(model, full_layer_name)
+        groups: dict[str, dict[str, list[torch.Tensor]]] = {}
+        for key, value in input_dict.items():
+            base, part = split_key(key)
+            groups.setdefault(base, {})[part or "plain"] = value if isinstance(value, list) else [value]
+        out: dict[str, Any] = {}
+        try:
+            for base, parts in groups.items():
+                out[base] = [self._one(full_layer_name or base, parts, i, dtype) for i in range(_count(parts))]
+        except LlmcompError as exc:
+            quantizer.load_errors.append(exc)
+            return {}
+        return out
+
+    def _one(self, name: str, parts: dict[str, list[torch.Tensor]], i: int, dtype: torch.dtype | None) -> torch.Tensor:
+        plain = parts.get("plain")
+        if plain is not None:
+            if len(parts) > 1:
+                raise LlmcompError(
+                    f"{name!r} is stored both plain and compressed; the checkpoint is inconsistent: re-save it"
+                )
+            tensor = plain[i]
+        else:
+            picked = {part: tensors[i] if i < len(tensors) else None for part, tensors in parts.items()}
+            file = self.hf_quantizer.file_of(name)
+            enc = unpack(name, picked, file)
+            try:
+                tensor = decode(enc, verify=True)
+            except LlmcompError as exc:
+                raise type(exc)(f"{exc} [file {file!r}]") from exc
+        return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _IdentityOp()
+
+
+class EncodeOp(ConversionOps):
+    """Encode each incoming weight (compress on load), keep the result on the quantizer, pass the weight on."""
+
+    def __init__(self, hf_quantizer: LlmcompHfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict: dict[str, Any], full_layer_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in input_dict.items():
+            tensor = value[0] if isinstance(value, list) else value
+            name = key if len(input_dict) > 1 or full_layer_name is None else full_layer_name
+            self.hf_quantizer.encode_weight(name, tensor)
+            out[name] = tensor
+        return out
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _IdentityOp()
+
+
+def _count(parts: dict[str, list[torch.Tensor]]) -> int:
+    return max(len(tensors) for tensors in parts.values())
+
+
+def _param_dtype(model: torch.nn.Module | None, name: str | None) -> torch.dtype | None:
+    """The dtype the model expects for parameter ``name`` (None when it cannot be found)."""
+    if model is None or not name or "*" in name:
+        return None
+    try:
+        module, attr = get_module_from_name(model, name)
+    except AttributeError:
+        return None
+    ref = getattr(module, attr, None)
+    return ref.dtype if isinstance(ref, torch.Tensor) else None
+
+
+__all__ = ["DecodeOp", "EncodeOp"]

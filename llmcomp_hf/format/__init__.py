@@ -1,0 +1,19 @@
+"""Part 2 of the llmcomp format: encoded tensors stored as standard safetensors tensors (docs/format.md)."""
+
+from __future__ import annotations
+
+from llmcomp_hf.format.reader import checkpoint_files, decode_tensors, load_checkpoint, shard_keys
+from llmcomp_hf.format.shard import SHARD_METADATA, SHARD_VERSION, pack, part_key, split_key, unpack
+
+__all__ = [
+    "SHARD_METADATA",
+    "SHARD_VERSION",
+    "checkpoint_files",
+    "decode_tensors",
+    "load_checkpoint",
+    "pack",
+    "part_key",
+    "shard_keys",
+    "split_key",
+    "unpack",
+]

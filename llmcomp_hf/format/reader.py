@@ -1,0 +1,96 @@
+"""Read llmcomp shards without transformers: open, check and decode a checkpoint to plain tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from llmcomp_hf.codec import decode
+from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.shard import check_metadata, split_key, unpack
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
+    """Tensor names and ``__metadata__`` of one shard (reads the header only), format version checked.
+
+    Raises FormatError naming the file when it is truncated, not safetensors, or of another version.
+    """
+    try:
+        with safe_open(os.fspath(file), framework="pt") as handle:
+            keys, metadata = list(handle.keys()), handle.metadata() or {}
+    except SafetensorError as exc:
+        raise FormatError(
+            f"cannot read safetensors shard{where(None, os.fspath(file))}: {exc}. The file is truncated or "
+            "corrupted: re-download it or re-save the model."
+        ) from exc
+    check_metadata(metadata, os.fspath(file))
+    return keys, metadata
+
+
+def checkpoint_files(path: str | os.PathLike) -> list[str]:
+    """The shard files of a checkpoint folder (via its index when sharded), or ``[path]`` for a file."""
+    path = Path(path)
+    if path.is_file():
+        return [os.fspath(path)]
+    index = path / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return [os.fspath(path / name) for name in sorted(set(weight_map.values()))]
+    if (path / SINGLE_NAME).is_file():
+        return [os.fspath(path / SINGLE_NAME)]
+    raise FileNotFoundError(f"no {SINGLE_NAME} or {INDEX_NAME} in {os.fspath(path)!r}")
+
+
+def decode_tensors(
+    tensors: Mapping[str, torch.Tensor], files: Mapping[str, str] | None = None, verify: bool = True
+) -> dict[str, torch.Tensor]:
+    """Replace every compressed triple in ``tensors`` by its decoded tensor; plain tensors pass through.
+
+    ``files`` maps a compressed tensor's name to its shard, for error messages only.
+    """
+    files = files or {}
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        base, part = split_key(key)
+        if part is None:
+            out[key] = tensor
+        else:
+            groups.setdefault(base, {})[part] = tensor
+    for name, parts in groups.items():
+        file = files.get(name)
+        if name in out:
+            raise FormatError(f"tensor stored both plain and compressed{where(name, file)}; the checkpoint is inconsistent")
+        enc = unpack(name, parts, file)
+        try:
+            out[name] = decode(enc, verify=verify)
+        except FormatError as exc:
+            raise type(exc)(f"{exc} [file {file!r}]") from exc
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
+    """Load a whole llmcomp (or plain) safetensors checkpoint, decoded, as ``{name: tensor}``.
+
+    The parts of one compressed tensor may lie in different shards; they are gathered first.
+    """
+    raw: dict[str, torch.Tensor] = {}
+    files: dict[str, str] = {}
+    for file in checkpoint_files(path):
+        keys, _ = shard_keys(file)
+        with safe_open(file, framework="pt") as handle:
+            for key in keys:
+                raw[key] = handle.get_tensor(key)
+                files.setdefault(split_key(key)[0], file)
+    return decode_tensors(raw, files, verify)
+
+
+__all__ = ["checkpoint_files", "decode_tensors", "load_checkpoint", "shard_keys"]

@@ -1,0 +1,117 @@
+"""Part 2 of the on-disk format: how an encoded tensor is stored inside ordinary safetensors shards.
+
+A compressed parameter ``X.weight`` becomes three standard tensors (see docs/format.md, part 2)::
+
+    X.weight.llmcomp_data    uint8  [n_bytes]       the encoded blocks
+    X.weight.llmcomp_index   int64  [n_blocks + 1]  block byte offsets
+    X.weight.llmcomp_header  uint8  [n_json]        the encoded-tensor header, compact UTF-8 JSON
+
+Every shard also carries ``SHARD_METADATA`` in its safetensors ``__metadata__``.
+This module only maps names and bytes; it never imports transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmcomp_hf.codec import EncodedTensor
+from llmcomp_hf.errors import FormatError, where
+
+SHARD_FORMAT = "llmcomp.shard"
+SHARD_VERSION = 1
+META_FORMAT_KEY = "llmcomp.format"
+META_VERSION_KEY = "llmcomp.version"
+SHARD_METADATA: dict[str, str] = {META_FORMAT_KEY: SHARD_FORMAT, META_VERSION_KEY: str(SHARD_VERSION)}
+
+PARTS = ("data", "index", "header")
+SUFFIXES: dict[str, str] = {part: f"llmcomp_{part}" for part in PARTS}
+MAX_HEADER_BYTES = 1 << 16
+
+
+def part_key(name: str, part: str) -> str:
+    """Checkpoint key of one part (``data``/``index``/``header``) of compressed tensor ``name``."""
+    return f"{name}.{SUFFIXES[part]}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """``("X.weight", "data")`` for ``"X.weight.llmcomp_data"``; ``(key, None)`` for a plain key."""
+    base, _, last = key.rpartition(".")
+    for part, suffix in SUFFIXES.items():
+        if last == suffix and base:
+            return base, part
+    return key, None
+
+
+def pack(name: str, enc: EncodedTensor) -> dict[str, torch.Tensor]:
+    """The three checkpoint tensors of ``enc``, keyed by their names (arrays are shared, not copied)."""
+    header = np.frombuffer(enc.header_json().encode("utf-8"), dtype=np.uint8).copy()
+    return {
+        part_key(name, "data"): torch.from_numpy(enc.data),
+        part_key(name, "index"): torch.from_numpy(enc.index),
+        part_key(name, "header"): torch.from_numpy(header),
+    }
+
+
+def unpack(name: str, parts: Mapping[str, Any], file: str | None = None) -> EncodedTensor:
+    """Rebuild and validate the EncodedTensor ``name`` from its ``{"data", "index", "header"}`` tensors.
+
+    Raises FormatError (or CorruptStreamError) naming the tensor and file when a part is missing,
+    has the wrong dtype or the header is not valid llmcomp JSON.
+    """
+    missing = [part_key(name, p) for p in PARTS if parts.get(p) is None]
+    if missing:
+        raise FormatError(
+            f"compressed tensor is incomplete: missing {missing}{where(name, file)}. A shard is missing or "
+            "truncated: re-download the checkpoint or re-save it with llmcomp-hf."
+        )
+    header_t = parts["header"]
+    if header_t.dtype != torch.uint8 or header_t.dim() != 1 or header_t.numel() > MAX_HEADER_BYTES:
+        raise FormatError(
+            f"{part_key(name, 'header')} must be 1-D uint8 JSON of at most {MAX_HEADER_BYTES} bytes, got "
+            f"{header_t.dtype} {list(header_t.shape)}{where(name, file)}; the shard is corrupted: re-download it."
+        )
+    raw = header_t.detach().cpu().contiguous().numpy().tobytes()
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(
+            f"header of compressed tensor is not valid JSON{where(name, file)}: {exc}. The shard is corrupted: "
+            "re-download it."
+        ) from exc
+    if not isinstance(header, dict):
+        raise FormatError(f"header of compressed tensor is not a JSON object{where(name, file)}")
+    try:
+        return EncodedTensor.from_parts(header, parts["data"], parts["index"], name=name)
+    except FormatError as exc:  # add the file to the codec's message, keep its type
+        if file is None:
+            raise
+        raise type(exc)(f"{exc} [file {file!r}]") from exc
+
+
+def compressed_names(keys: Iterable[str]) -> set[str]:
+    """Names of the compressed tensors among checkpoint ``keys`` (any part present counts)."""
+    return {base for base, part in map(split_key, keys) if part is not None}
+
+
+def check_metadata(metadata: Mapping[str, str] | None, file: str) -> None:
+    """Reject a shard whose llmcomp shard metadata names another format or version.
+
+    A shard without llmcomp metadata is accepted (tools that re-shard may drop ``__metadata__``;
+    every compressed tensor still carries its own versioned header).
+    """
+    metadata = metadata or {}
+    fmt, version = metadata.get(META_FORMAT_KEY), metadata.get(META_VERSION_KEY)
+    if fmt is None and version is None:
+        return
+    if fmt != SHARD_FORMAT:
+        raise FormatError(f"shard metadata {META_FORMAT_KEY}={fmt!r} is not {SHARD_FORMAT!r}{where(None, file)}")
+    if version != str(SHARD_VERSION):
+        raise FormatError(
+            f"unsupported llmcomp shard format version {version!r}{where(None, file)}; this llmcomp-hf reads "
+            f"version {SHARD_VERSION}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
+        )

@@ -1,0 +1,112 @@
+"""Embedding-quality metrics: how much a modified sentence-embedding model drifts from the original.
+
+For sentence-transformers BERT models (e.g. all-MiniLM-L6-v2) embeddings are the attention-mask
+mean of the last hidden state, L2-normalised. Compared against the original model's embeddings:
+
+* mean / min cosine similarity, sentence by sentence;
+* Spearman correlation of the two pairwise cosine-similarity matrices (upper triangle), i.e. does
+  the modified model still rank sentence pairs the same way.
+
+Only torch is needed here; models and tokenizer are passed in (any ``transformers`` encoder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+
+def load_sentences(path: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 text file (one sentence per line)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    sentences = [s.strip() for s in lines if s.strip()]
+    if not sentences:
+        raise ValueError(f"no sentences in {str(path)!r}; expected one sentence per line")
+    return sentences
+
+
+@torch.no_grad()
+def embed(model: Any, tokenizer: Any, sentences: Sequence[str], batch_size: int = 64,
+          max_length: int = 128) -> torch.Tensor:
+    """Mean-pooled (over the attention mask), L2-normalised embeddings, float32 ``[n, hidden]``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(sentences), batch_size):
+        batch = tokenizer(list(sentences[i: i + batch_size]), padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device)
+        hidden = model(**batch).last_hidden_state.to(torch.float32)
+        mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def rankdata(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of a 1-D tensor, ties given their average rank (as scipy.stats.rankdata)."""
+    x = x.reshape(-1).to(torch.float64)
+    order = torch.argsort(x, stable=True)
+    xs = x[order]
+    # runs of equal values: first index of each run, then mean of 1-based positions within the run
+    new_run = torch.ones_like(xs, dtype=torch.bool)
+    new_run[1:] = xs[1:] != xs[:-1]
+    run_id = torch.cumsum(new_run, 0) - 1
+    pos = torch.arange(1, x.numel() + 1, dtype=torch.float64)
+    n_runs = int(run_id[-1]) + 1 if x.numel() else 0
+    run_mean = torch.zeros(n_runs, dtype=torch.float64).index_add_(0, run_id, pos)
+    run_mean /= torch.bincount(run_id, minlength=n_runs).to(torch.float64)
+    ranks = torch.empty_like(x)
+    ranks[order] = run_mean[run_id]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two equally long 1-D samples (NaN when one is constant)."""
+    if a.numel() != b.numel() or a.numel() < 2:
+        raise ValueError(f"spearman needs two samples of equal length >= 2, got {a.numel()} and {b.numel()}")
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denom if denom > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class EmbeddingQuality:
+    """Agreement of modified embeddings with the originals (1.0 = identical)."""
+
+    mean_cosine: float
+    min_cosine: float
+    spearman: float  # of the pairwise cosine similarities, upper triangle
+    n_sentences: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_embeddings(reference: torch.Tensor, modified: torch.Tensor) -> EmbeddingQuality:
+    """Compare two ``[n, d]`` embedding matrices row by row and by their pairwise-similarity structure."""
+    if reference.shape != modified.shape or reference.dim() != 2 or reference.shape[0] < 3:
+        raise ValueError(f"need two [n, d] embedding matrices of the same shape with n >= 3, got "
+                         f"{tuple(reference.shape)} and {tuple(modified.shape)}")
+    ref = torch.nn.functional.normalize(reference.to(torch.float64), dim=-1)
+    mod = torch.nn.functional.normalize(modified.to(torch.float64), dim=-1)
+    cos = (ref * mod).sum(-1)
+    iu = torch.triu_indices(ref.shape[0], ref.shape[0], offset=1)
+    sim_ref, sim_mod = (ref @ ref.T)[iu[0], iu[1]], (mod @ mod.T)[iu[0], iu[1]]
+    return EmbeddingQuality(float(cos.mean()), float(cos.min()), spearman(sim_ref, sim_mod), ref.shape[0])
+
+
+def embedding_quality(original: Any, modified: Any, tokenizer: Any, sentences: Sequence[str],
+                      reference: torch.Tensor | None = None, batch_size: int = 64) -> EmbeddingQuality:
+    """Embed ``sentences`` with both models and compare. Pass ``reference`` (the original model's
+    embeddings, from :func:`embed`) to skip recomputing them when scoring many variants;
+    ``original`` may then be None."""
+    if reference is None:
+        if original is None:
+            raise ValueError("give the original model or its reference embeddings")
+        reference = embed(original, tokenizer, sentences, batch_size)
+    return compare_embeddings(reference, embed(modified, tokenizer, sentences, batch_size))

@@ -1,0 +1,242 @@
+"""The transformers ``HfQuantizer`` for llmcomp: compress on load, save shards, decode on load.
+
+Flow inside ``from_pretrained`` (transformers 5.x):
+
+* dense checkpoint + ``quantization_config=LosslessConfig()`` (``pre_quantized=False``): every selected
+  weight goes through ``EncodeOp`` as it loads; the model keeps the plain weight for compute and the
+  quantizer keeps the EncodedTensor, which ``save_pretrained`` writes unless the weight changed since.
+* llmcomp checkpoint (``pre_quantized=True``): one ``WeightConverter`` gathers the three parts of each
+  compressed weight and ``DecodeOp`` decodes them on the CPU into an ordinary, bit-identical weight.
+
+``save_pretrained`` calls ``get_state_dict_and_metadata``, which returns the shard tensors of
+docs/format.md part 2 and the shard metadata, and adds the missing-plugin guard to the config.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers.quantizers.base import HfQuantizer
+from transformers.quantizers.quantizers_utils import get_module_from_name
+
+from llmcomp_hf._guard import add_guard, strip_guard
+from llmcomp_hf._register import check_transformers_version
+from llmcomp_hf.codec import EncodedTensor, encode
+from llmcomp_hf.config import LosslessConfig
+from llmcomp_hf.errors import FormatError, LlmcompError, where
+from llmcomp_hf.format.reader import shard_keys
+from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key, split_key
+
+logger = logging.getLogger(__name__)
+
+_Stamp = tuple[int, int, torch.dtype, torch.Size]
+
+
+class LlmcompHfQuantizer(HfQuantizer):
+    """Lossless llmcomp compression behind ``quantization_config`` (weights are decoded for compute)."""
+
+    requires_calibration = False
+    # The plain name first: plain `.weight` tensors (norms, small weights) go through the same converter.
+    serialized_names = {"weight": ["weight"] + [part_key("weight", p) for p in ("data", "index", "header")]}
+
+    def __init__(self, quantization_config: LosslessConfig, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.encoded: dict[str, EncodedTensor] = {}
+        self.load_errors: list[LlmcompError] = []
+        self._stamps: dict[str, _Stamp] = {}
+        self._files: dict[str, str] = {}
+        self._targets: set[str] = set()
+
+    # -- environment and config ---------------------------------------------------------------
+    def validate_environment(self, *args: Any, **kwargs: Any) -> None:
+        check_transformers_version()
+
+    def update_attn_implementation(self, config: Any) -> Any:
+        # The only hook that sees the model config before `from_pretrained` validates `fusion_config`.
+        strip_guard(config)
+        return super().update_attn_implementation(config)
+
+    def remove_quantization_config(self, model: Any) -> None:
+        strip_guard(model.config)
+        super().remove_quantization_config(model)
+
+    # -- loading ------------------------------------------------------------------------------
+    def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None, **kwargs: Any) -> Any:
+        self.load_errors.clear()
+        if self.pre_quantized:
+            self._files = {}
+            for file in checkpoint_files or []:
+                if not file.endswith(".safetensors"):
+                    raise FormatError(f"llmcomp checkpoints are safetensors shards{where(None, file)}; this file is not")
+                keys, _ = shard_keys(file)  # also checks the shard format version
+                for key in keys:
+                    base, part = split_key(key)
+                    if part is not None:
+                        self._files.setdefault(base, file)
+        else:
+            self._targets = set(select_weights(model, self.quantization_config))
+        return model
+
+    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
+        return not self.pre_quantized and param_name in self._targets
+
+    def get_quantize_ops(self) -> Any:
+        from llmcomp_hf._ops import EncodeOp
+
+        return EncodeOp(self)
+
+    def get_load_operations(self) -> dict[str, Any]:
+        from llmcomp_hf._ops import DecodeOp
+
+        return {"deserialize": DecodeOp, "dequantize": DecodeOp}
+
+    def get_weight_conversions(self) -> list[Any]:
+        if not self.pre_quantized:
+            return []
+        from transformers.core_model_loading import WeightConverter
+
+        from llmcomp_hf._ops import DecodeOp
+
+        # force_cpu: the compressed bytes stay on the CPU where the decoder runs; the loader moves the result.
+        return [
+            WeightConverter(list(names), param, [DecodeOp(self)], force_cpu=True)
+            for param, names in self.serialized_names.items()
+        ]
+
+    def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        if self.load_errors:
+            first, more = self.load_errors[0], len(self.load_errors) - 1
+            self.load_errors = []
+            if more:
+                raise type(first)(f"{first} (and {more} more tensors failed to decode)") from first
+            raise first
+        self._stamps = {}
+        for name in list(self.encoded):
+            param = _tensor(model, name)
+            if param is None or param.device.type == "meta":
+                del self.encoded[name]  # offloaded: re-encoded from disk on save
+            else:
+                self._stamps[name] = _stamp(param)
+        return model
+
+    def file_of(self, name: str) -> str | None:
+        """The shard holding compressed tensor ``name`` (for error messages)."""
+        if name in self._files:
+            return self._files[name]
+        return next((f for key, f in self._files.items() if key.endswith("." + name) or name.endswith("." + key)), None)
+
+    # -- encoding and saving ------------------------------------------------------------------
+    def encode_weight(self, name: str, tensor: torch.Tensor) -> EncodedTensor:
+        """Encode ``tensor`` with this config's coder and block size, and keep it for saving."""
+        cfg = self.quantization_config
+        enc = encode(tensor.detach(), coder=cfg.coder, block_size=cfg.block_size, name=name)
+        self.encoded[name] = enc
+        return enc
+
+    def get_state_dict_and_metadata(self, model: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The shard tensors: compressed parts for selected weights, everything else as is."""
+        from transformers.integrations.accelerate import load_offloaded_parameter
+
+        add_guard(model.config)
+        state = model.state_dict()
+        tied = _shared_tied_targets(model)
+        targets = set(select_weights(model, self.quantization_config)) - set(tied)
+        out: dict[str, torch.Tensor] = {}
+        reused = 0
+        for name, tensor in state.items():
+            if name in tied and tied[name] in targets:
+                continue  # re-tied on load; its source is stored compressed
+            if name not in targets:
+                out[name] = tensor
+                continue
+            enc = self.encoded.get(name)
+            param = _tensor(model, name)
+            if enc is not None and param is not None and self._stamps.get(name) == _stamp(param):
+                reused += 1
+            else:
+                if tensor.device.type == "meta":
+                    tensor = load_offloaded_parameter(model, name)
+                enc = self.encode_weight(name, tensor)
+                if param is not None and param.device.type != "meta":
+                    self._stamps[name] = _stamp(param)
+            out.update(pack(name, enc))
+        logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", len(targets), reused, len(targets) - reused)
+        return out, dict(SHARD_METADATA)
+
+    def compression_stats(self) -> dict[str, float]:
+        """Sizes of the encodings this quantizer holds: tensors, original and stored bytes, ratio."""
+        original = sum(e.original_nbytes for e in self.encoded.values())
+        stored = sum(e.nbytes for e in self.encoded.values())
+        return {
+            "tensors": len(self.encoded),
+            "original_bytes": original,
+            "stored_bytes": stored,
+            "ratio": stored / original if original else 1.0,
+        }
+
+    # -- capabilities -------------------------------------------------------------------------
+    def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True  # weights are ordinary tensors; changed weights are re-encoded on save
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
+        self.encoded.clear()
+        self._stamps.clear()
+        return model if dtype is None else model.to(dtype)
+
+
+def select_weights(model: torch.nn.Module, config: LosslessConfig) -> list[str]:
+    """Names of the ``weight`` parameters the config compresses, in module order."""
+    kinds, dtypes = set(config.module_types), set(config.dtypes)
+    names = []
+    for module_name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is None or not any(c.__name__ in kinds for c in type(module).__mro__):
+            continue
+        if str(weight.dtype).removeprefix("torch.") not in dtypes or weight.numel() < config.min_numel:
+            continue
+        if _skipped(module_name, config.modules_to_not_convert):
+            continue
+        names.append(f"{module_name}.weight" if module_name else "weight")
+    return names
+
+
+def _skipped(module_name: str, patterns: list[str]) -> bool:
+    """True when an entry equals the module path, a prefix of it, or a run of its segments."""
+    padded = f".{module_name}."
+    return any(f".{p}." in padded for p in patterns)
+
+
+def _tensor(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    try:
+        module, attr = get_module_from_name(model, name)
+    except AttributeError:
+        return None
+    value = getattr(module, attr, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _stamp(param: torch.Tensor) -> _Stamp:
+    """Changes whenever the weight may have changed: new storage, in-place update, cast or reshape."""
+    return (param.data_ptr(), param._version, param.dtype, param.shape)
+
+
+def _shared_tied_targets(model: torch.nn.Module) -> dict[str, str]:
+    """``{target: source}`` for tied weights that really share their tensor (so one copy is saved)."""
+    out = {}
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        a, b = _tensor(model, target), _tensor(model, source)
+        if a is None or b is None:
+            continue
+        if a is b or (a.device.type != "meta" and a.device == b.device and a.data_ptr() == b.data_ptr()):
+            out[target] = source
+    return out
