@@ -1,0 +1,246 @@
+"""Pure numpy/Python reference of the codec: slow, small, written straight from docs/format.md.
+
+Used by the tests to cross-check the numba kernels in both directions (reference-encoded bytes
+decode with the kernels and vice versa; both encoders emit identical bytes). Entropy *models*
+(code lengths, frequencies) come from models.py, run as plain Python via ``.py_func``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmcomp_hf.codec import models
+from llmcomp_hf.codec.api import DEFAULT_BLOCK_SIZE, DEFAULT_MIN_GAIN, _raw_bytes, torch_dtype
+from llmcomp_hf.codec.blocks import GROUP
+from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, FORMAT_VERSION, EncodedTensor
+from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError
+
+_M32 = 0xFFFFFFFF
+
+
+def split_planes(u8: np.ndarray, dtype: str) -> np.ndarray:
+    """Planes [P, numel] of a tensor's raw bytes (docs/format.md, "Planes")."""
+    if dtype in ("bfloat16", "float16"):
+        w = u8.view(np.uint16).astype(np.uint32)
+        return np.stack([(w >> 7) & 0xFF, ((w >> 8) & 0x80) | (w & 0x7F)]).astype(np.uint8)
+    if dtype == "float32":
+        w = u8.view(np.uint32)
+        return np.stack([(w >> 23) & 0xFF, ((w >> 24) & 0x80) | ((w >> 16) & 0x7F), (w >> 8) & 0xFF, w & 0xFF]).astype(np.uint8)
+    itemsize = DTYPES[dtype][0]
+    return np.ascontiguousarray(u8.reshape(-1, itemsize).T)
+
+
+def merge_planes(planes: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw bytes from planes; inverse of split_planes."""
+    p = planes.astype(np.uint32)
+    if dtype in ("bfloat16", "float16"):
+        return ((p[0] << 7) | ((p[1] & 0x80) << 8) | (p[1] & 0x7F)).astype(np.uint16).view(np.uint8)
+    if dtype == "float32":
+        w = (p[0] << 23) | ((p[1] & 0x80) << 24) | ((p[1] & 0x7F) << 16) | (p[2] << 8) | p[3]
+        return w.astype(np.uint32).view(np.uint8)
+    return np.ascontiguousarray(planes.T).reshape(-1)
+
+
+def checksum(u8: np.ndarray) -> int:
+    """sum32 of docs/format.md with Python integers."""
+    padded = np.zeros(-(-u8.size // 4) * 4, np.uint8)
+    padded[: u8.size] = u8
+    words = padded.view(np.uint32).astype(np.uint64)
+    i = np.arange(words.size, dtype=np.uint64)
+    mixed = ((words ^ ((i * 0x9E3779B9) & _M32)) * 0x85EBCA6B) & _M32
+    return int(mixed.sum(dtype=np.uint64))
+
+
+def _canonical(lengths: np.ndarray) -> dict[int, tuple[int, int]]:
+    """symbol -> (code, length), canonical order (length, symbol)."""
+    table, code, prev = {}, 0, 0
+    for s in sorted((s for s in range(256) if lengths[s]), key=lambda s: (lengths[s], s)):
+        code <<= int(lengths[s]) - prev
+        prev = int(lengths[s])
+        table[s] = (code, prev)
+        code += 1
+    return table
+
+
+def _bitmap(present: np.ndarray) -> bytes:
+    return bytes(sum(1 << t for t in range(8) if present[8 * b + t]) for b in range(32))
+
+
+def _huffman_payload(plane: np.ndarray, lengths: np.ndarray) -> bytes:
+    syms = [s for s in range(256) if lengths[s]]
+    nib = bytearray((len(syms) + 1) // 2)
+    for j, s in enumerate(syms):
+        nib[j >> 1] |= int(lengths[s]) << (4 * (j & 1))
+    codes = _canonical(lengths)
+    q = -(-plane.size // 4)
+    streams = []
+    for st in range(4):
+        acc, nbits = 0, 0
+        for s in plane[st * q : (st + 1) * q]:
+            code, ln = codes[int(s)]
+            for bit in range(ln - 1, -1, -1):  # MSB of the code first, packed LSB-first
+                acc |= ((code >> bit) & 1) << nbits
+                nbits += 1
+        streams.append(acc.to_bytes((nbits + 7) // 8, "little"))
+    sizes = b"".join(len(s).to_bytes(4, "little") for s in streams[:3])
+    return _bitmap(lengths > 0) + bytes(nib) + sizes + b"".join(streams)
+
+
+def _rans_payload(plane: np.ndarray, counts: np.ndarray) -> bytes:
+    freq = models.rans_frequencies.py_func(counts, plane.size)
+    cum = np.concatenate([[0], np.cumsum(freq)[:-1]])
+    x, words = [1 << 16] * 4, []
+    for i in range(plane.size - 1, -1, -1):
+        s, lane = int(plane[i]), i & 3
+        f = int(freq[s])
+        if x[lane] >= f << 20:
+            words.append(x[lane] & 0xFFFF)
+            x[lane] >>= 16
+        x[lane] = ((x[lane] // f) << 12) + x[lane] % f + int(cum[s])
+    head = _bitmap(counts > 0) + b"".join(int(freq[s]).to_bytes(2, "little") for s in range(256) if counts[s])
+    return head + b"".join(v.to_bytes(4, "little") for v in x) + b"".join(w.to_bytes(2, "little") for w in reversed(words))
+
+
+def _section(plane: np.ndarray, coder: str, keep_num: int, prev: dict[str, Any]) -> bytes:
+    counts = np.bincount(plane, minlength=256).astype(np.int64)
+    if np.count_nonzero(counts) == 1:
+        return bytes([1, int(plane[0])])
+    max_payload = plane.size * keep_num // 1024
+    if coder == "huffman":
+        own = models.huffman_lengths(counts)
+        lengths, bits = own, int((counts * own).sum())
+        if prev.get("lengths") is not None:
+            old = prev["lengths"]
+            if not np.any((counts > 0) & (old == 0)):
+                old_bits = int((counts * old).sum())
+                if old_bits <= bits + bits // 128:
+                    lengths, bits = old, old_bits
+        bound = 32 + (int(np.count_nonzero(lengths)) + 1) // 2 + 12 + (bits + 7) // 8 + 4
+        if bound < max_payload:
+            prev["lengths"] = lengths
+            payload = _huffman_payload(plane, lengths)
+            return bytes([2]) + len(payload).to_bytes(4, "little") + payload
+    elif coder == "rans":
+        payload = _rans_payload(plane, counts)
+        if len(payload) < max_payload:
+            return bytes([3]) + len(payload).to_bytes(4, "little") + payload
+    return bytes([0]) + plane.tobytes()
+
+
+def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFAULT_BLOCK_SIZE, name: str | None = None, min_gain: float | None = None) -> EncodedTensor:
+    """Reference encoder: same bytes as ``encode`` (tiny inputs only: it is pure Python)."""
+    u8, dtype, shape = _raw_bytes(tensor)
+    planes = split_planes(u8, dtype) if u8.size else np.zeros((DTYPES[dtype][1], 0), np.uint8)
+    numel = math.prod(shape)
+    keep_num = int((1.0 - (DEFAULT_MIN_GAIN[coder] if min_gain is None else min_gain)) * 1024)
+    blocks, prev = [], [dict() for _ in range(planes.shape[0])]
+    for b in range(-(-numel // block_size)):
+        if b % GROUP == 0:
+            prev = [dict() for _ in range(planes.shape[0])]
+        part = planes[:, b * block_size : (b + 1) * block_size]
+        blocks.append(b"".join(_section(part[p], coder, keep_num, prev[p]) for p in range(planes.shape[0])))
+    index = np.concatenate([[0], np.cumsum([len(b) for b in blocks], dtype=np.int64)]).astype(np.int64)
+    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype, "shape": shape, "coder": coder,
+              "block_size": block_size, "checksum": f"{checksum(u8):016x}"}
+    return EncodedTensor(header, np.frombuffer(b"".join(blocks), np.uint8).copy(), index, name)
+
+
+class _Reader:
+    """Bounds-checked cursor over one block."""
+
+    def __init__(self, data: bytes, name: str | None):
+        self.data, self.pos, self.name = data, 0, name
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise CorruptStreamError(f"section runs past the end of the block (tensor {self.name!r})")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+def _symbols(bitmap: bytes) -> list[int]:
+    return [8 * b + t for b in range(32) for t in range(8) if (bitmap[b] >> t) & 1]
+
+
+def _decode_huffman(payload: _Reader, n: int, name: str | None) -> np.ndarray:
+    syms = _symbols(payload.take(32))
+    nib = payload.take((len(syms) + 1) // 2)
+    lengths = np.zeros(256, np.int64)
+    for j, s in enumerate(syms):
+        lengths[s] = (nib[j >> 1] >> (4 * (j & 1))) & 0xF
+    if len(syms) < 2 or any(not 1 <= lengths[s] <= 11 for s in syms) or sum(2 ** (11 - lengths[s]) for s in syms) != 2048:
+        raise CorruptStreamError(f"invalid code table (tensor {name!r})")
+    by_code = {v: s for s, v in _canonical(lengths).items()}
+    sizes = [int.from_bytes(payload.take(4), "little") for _ in range(3)]
+    streams = [payload.take(sz) for sz in sizes] + [payload.take(len(payload.data) - payload.pos)]
+    out, q = np.empty(n, np.uint8), -(-n // 4)
+    for st, stream in enumerate(streams):
+        bits, nbits, used, o = int.from_bytes(stream, "little"), 8 * len(stream), 0, st * q
+        for o in range(st * q, min((st + 1) * q, n)):
+            code, ln = 0, 0
+            while (code, ln) not in by_code:
+                if used >= nbits or ln >= 11:
+                    raise CorruptStreamError(f"entropy-coded stream does not decode to its exact length (tensor {name!r})")
+                code, ln, used = (code << 1) | ((bits >> used) & 1), ln + 1, used + 1
+            out[o] = by_code[(code, ln)]
+        if -(-used // 8) != len(stream):
+            raise CorruptStreamError(f"entropy-coded stream does not decode to its exact length (tensor {name!r})")
+    return out
+
+
+def _decode_rans(payload: _Reader, n: int, name: str | None) -> np.ndarray:
+    syms = _symbols(payload.take(32))
+    freq = [int.from_bytes(payload.take(2), "little") for _ in syms]
+    if len(syms) < 2 or min(freq) == 0 or sum(freq) != 4096:
+        raise CorruptStreamError(f"invalid code table (tensor {name!r})")
+    slot_sym = np.repeat(np.arange(len(syms)), freq)
+    cum = np.concatenate([[0], np.cumsum(freq)[:-1]])
+    x = [int.from_bytes(payload.take(4), "little") for _ in range(4)]
+    out = np.empty(n, np.uint8)
+    for i in range(n):
+        lane = i & 3
+        j = int(slot_sym[x[lane] & 4095])
+        x[lane] = freq[j] * (x[lane] >> 12) + (x[lane] & 4095) - int(cum[j])
+        if x[lane] < 1 << 16:
+            x[lane] = (x[lane] << 16) | int.from_bytes(payload.take(2), "little")
+        out[i] = syms[j]
+    if payload.pos != len(payload.data) or x != [1 << 16] * 4:
+        raise CorruptStreamError(f"entropy-coded stream does not decode to its exact length (tensor {name!r})")
+    return out
+
+
+def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
+    """Reference decoder: parses every section with explicit bounds checks (tiny inputs only)."""
+    enc.validate()
+    n_planes, bs = DTYPES[enc.dtype][1], enc.header["block_size"]
+    planes = np.zeros((n_planes, enc.numel), np.uint8)
+    data = enc.data.tobytes()
+    for b in range(enc.index.size - 1):
+        n = min(bs, enc.numel - b * bs)
+        block = _Reader(data[enc.index[b] : enc.index[b + 1]], enc.name)
+        for p in range(n_planes):
+            mode = block.take(1)[0]
+            if mode == 0:
+                plane = np.frombuffer(block.take(n), np.uint8)
+            elif mode == 1:
+                plane = np.full(n, block.take(1)[0], np.uint8)
+            elif mode in (2, 3):
+                payload = _Reader(block.take(int.from_bytes(block.take(4), "little")), enc.name)
+                plane = (_decode_huffman if mode == 2 else _decode_rans)(payload, n, enc.name)
+            else:
+                raise CorruptStreamError(f"unknown section mode {mode} (tensor {enc.name!r})")
+            planes[p, b * bs : b * bs + n] = plane
+        if block.pos != len(block.data):
+            raise CorruptStreamError(f"bytes left over after the last plane (tensor {enc.name!r})")
+    raw = merge_planes(planes, enc.dtype) if enc.numel else np.zeros(0, np.uint8)
+    if verify and f"{checksum(raw):016x}" != enc.header["checksum"]:
+        raise ChecksumMismatchError(f"checksum mismatch (tensor {enc.name!r})")
+    out = torch.empty(enc.shape, dtype=torch_dtype(enc.dtype))
+    if out.numel():
+        out.reshape(-1).view(torch.uint8).numpy()[:] = raw
+    return out
