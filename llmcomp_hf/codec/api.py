@@ -191,3 +191,44 @@ def decode(
                 "The encoded data is corrupted: re-download or re-compress it."
             )
     return out
+
+
+def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
+    """Decode only the given rows of a 2-D encoded tensor (e.g. the token ids of an embedding).
+
+    Only the blocks covering those rows are decoded. The whole-tensor checksum cannot be checked
+    on a partial decode: verify the tensor once with ``decode`` when loading it.
+    """
+    from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_block_list
+
+    if len(enc.shape) != 2:
+        raise ValueError(f"decode_rows needs a 2-D tensor{where(enc.name)}, got shape {list(enc.shape)}")
+    n_rows, width = enc.shape
+    out_shape = (*rows.shape, width)
+    rows = rows.reshape(-1).to(torch.int64)
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
+        raise IndexError(f"row index out of range [0, {n_rows}){where(enc.name)}")
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    bs = enc.header["block_size"]
+    first = unique * width // bs
+    last = (unique * width + width - 1) // bs
+    spans = [torch.arange(int(a), int(b) + 1) for a, b in zip(first.tolist(), last.tolist())]
+    block_ids = torch.unique(torch.cat(spans)) if spans else torch.empty(0, dtype=torch.int64)
+    itemsize, n_planes = DTYPES[enc.dtype]
+    kind = layout_of(enc.dtype, itemsize)
+    scratch = torch.empty(block_ids.numel() * bs, dtype=torch_dtype(enc.dtype))
+    u8 = scratch.view(torch.uint8).numpy() if scratch.numel() else np.empty(0, np.uint8)
+    words, _ = _word_views(u8, kind)
+    errs = np.zeros(block_ids.numel(), np.int64)
+    ids = block_ids.numpy()
+    decode_block_list(enc.data, enc.index, kind, itemsize, enc.numel, bs, n_planes, ids, words, errs)
+    bad = np.flatnonzero(errs)
+    if bad.size:
+        raise CorruptStreamError(
+            f"corrupted encoded stream{where(enc.name)}: block {int(ids[bad[0]])}: "
+            f"{ERROR_TEXT.get(int(errs[bad[0]]), 'invalid data')}. Re-download or re-compress the model."
+        )
+    # Element e of the tensor sits at scratch[slot(e // bs) * bs + e % bs].
+    elem = unique[:, None] * width + torch.arange(width)[None, :]
+    gathered = scratch[torch.searchsorted(block_ids, elem // bs) * bs + elem % bs]
+    return gathered[inverse].reshape(out_shape)

@@ -212,3 +212,30 @@ def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, word
     nt = max(1, min(n_threads, (n_blocks + GROUP - 1) // GROUP))
     for t in prange(nt):
         decode_groups(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, t, nt, errs, err_plane, csum)
+
+
+@njit(cache=True, nogil=True)
+def decode_block_list(data, index, kind, itemsize, numel, block_size, n_planes, block_ids, words, errs):
+    """Decode the listed blocks; block ``block_ids[j]`` lands at element ``j * block_size`` of ``words``.
+
+    For partial decodes (an embedding's rows): no checksum, since it covers the whole tensor.
+    """
+    planes = np.empty((n_planes, block_size), np.uint8)
+    src = np.empty(n_planes, np.int64)
+    single = np.empty((n_planes, huffman.LUT_SIZE), np.uint16)
+    multi = np.empty((n_planes, huffman.LUT_SIZE), np.uint64)
+    memo = np.zeros((n_planes, huffman.MEMO_SIZE), np.uint8)
+    slots = np.empty(4096, np.uint32)
+    n_blocks = index.shape[0] - 1
+    for j in range(block_ids.shape[0]):
+        b = block_ids[j]
+        if b < 0 or b >= n_blocks:
+            errs[j] = ERR_MODE
+            continue
+        n = min(block_size, numel - b * block_size)
+        err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, src, single, multi, memo, slots)
+        if err < 0:
+            errs[j] = err
+            memo[:, 0] = 0
+        else:
+            merge_block(planes, src, data, kind, itemsize, j * block_size, n, words)
