@@ -1,0 +1,177 @@
+"""Modules that keep weights entropy-coded in memory and decode them just before use.
+
+``CompressedLinear`` / ``CompressedEmbedding`` hold an ``EncodedWeight`` child named ``weight``
+whose buffers carry the checkpoint names of docs/format.md part 2
+(``X.weight.llmcomp_data|index|header``), so ``state_dict()`` and ``save_pretrained`` write the
+compressed shards as they are, without decoding. A Linear decodes into a per-thread scratch
+buffer shared by every layer (peak extra memory: the largest layer); an Embedding decodes only
+the blocks that hold the requested rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmcomp_hf.codec import EncodedTensor, decode
+from llmcomp_hf.codec.api import decode_rows, torch_dtype
+
+
+class _Scratch(threading.local):
+    """One flat decode buffer per (device, dtype) and thread, grown to the largest request."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= d
+        key = (str(device), dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[key] = buf
+        return buf[:numel].view(shape)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+
+
+SCRATCH = _Scratch()
+
+
+class EncodedWeight(nn.Module):
+    """An encoded tensor as three buffers, with the tensor-like attributes callers read.
+
+    ``dtype``, ``shape``, ``device``, ``size()``, ``numel()`` and ``dim()`` describe the decoded
+    tensor, so code that inspects ``module.weight.dtype`` keeps working.
+    """
+
+    def __init__(self, enc: EncodedTensor) -> None:
+        super().__init__()
+        self.register_buffer("llmcomp_data", torch.from_numpy(enc.data))
+        self.register_buffer("llmcomp_index", torch.from_numpy(enc.index))
+        header = np.frombuffer(enc.header_json().encode("utf-8"), np.uint8).copy()
+        self.register_buffer("llmcomp_header", torch.from_numpy(header))
+        self._name = enc.name
+        self._encoded: EncodedTensor | None = enc
+        self._key: tuple[int, int] | None = None
+
+    @property
+    def encoded(self) -> EncodedTensor:
+        """The EncodedTensor over the current buffers (rebuilt if they were replaced or moved)."""
+        key = (self.llmcomp_data.data_ptr(), self.llmcomp_index.data_ptr())
+        if self._encoded is None or key != self._key:
+            header = json.loads(bytes(self.llmcomp_header.cpu().numpy()).decode("utf-8"))
+            self._encoded = EncodedTensor.from_parts(header, self.llmcomp_data.cpu(), self.llmcomp_index.cpu(), self._name)
+            self._key = key
+        return self._encoded
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.encoded.dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.encoded.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llmcomp_data.device
+
+    @property
+    def requires_grad(self) -> bool:
+        return False
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return self.encoded.numel
+
+    def dim(self) -> int:
+        return len(self.encoded.shape)
+
+    @property
+    def nbytes_encoded(self) -> int:
+        return sum(b.numel() * b.element_size() for b in (self.llmcomp_data, self.llmcomp_index, self.llmcomp_header))
+
+    def decode(self, out: torch.Tensor | None = None, verify: bool = False) -> torch.Tensor:
+        """The full decoded tensor (into ``out`` when given); CPU decode, moved to the buffers' device."""
+        if self.device.type == "cpu":
+            return decode(self.encoded, out=out, verify=verify)
+        from llmcomp_hf.codec.cuda import decode_cuda  # GPU path: decoded on the device
+
+        return decode_cuda(self.encoded, out=out, device=self.device, verify=verify)
+
+    def forward(self) -> torch.Tensor:  # pragma: no cover - not a layer
+        raise RuntimeError("EncodedWeight holds data; call .decode()")
+
+
+def _scratch_decode(weight: EncodedWeight) -> torch.Tensor:
+    out = SCRATCH.get(tuple(weight.shape), weight.dtype, weight.device)
+    return weight.decode(out=out)
+
+
+class CompressedLinear(nn.Module):
+    """A Linear layer whose weight stays entropy-coded; decoded per forward into shared scratch."""
+
+    def __init__(self, enc: EncodedTensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if len(enc.shape) != 2:
+            raise ValueError(f"CompressedLinear needs a 2-D weight, got {list(enc.shape)} for {enc.name!r}")
+        self.out_features, self.in_features = enc.shape
+        self.weight = EncodedWeight(enc)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _scratch_decode(self.weight), self.bias)
+
+    def extra_repr(self) -> str:
+        enc = self.weight.encoded
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, ratio={enc.ratio:.3f}"
+
+
+class CompressedEmbedding(nn.Module):
+    """An Embedding whose table stays entropy-coded; a lookup decodes only the blocks it needs."""
+
+    def __init__(self, enc: EncodedTensor, padding_idx: int | None = None) -> None:
+        super().__init__()
+        if len(enc.shape) != 2:
+            raise ValueError(f"CompressedEmbedding needs a 2-D weight, got {list(enc.shape)} for {enc.name!r}")
+        self.num_embeddings, self.embedding_dim = enc.shape
+        self.padding_idx = padding_idx
+        self.weight = EncodedWeight(enc)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.weight.device.type != "cpu":
+            return F.embedding(ids, _scratch_decode(self.weight), self.padding_idx)
+        return decode_rows(self.weight.encoded, ids.cpu()).to(ids.device)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, ratio={self.weight.encoded.ratio:.3f}"
+
+
+def compressed_module(module: nn.Module, enc: EncodedTensor) -> nn.Module | None:
+    """The compressed replacement of a plain Linear/Embedding for its encoded weight, or None.
+
+    Embeddings with ``max_norm`` (which rewrites the table) or sparse gradients are not replaced.
+    """
+    if isinstance(module, nn.Linear):
+        bias = None if module.bias is None else module.bias.detach()
+        return CompressedLinear(enc, bias)
+    if isinstance(module, nn.Embedding) and module.max_norm is None and not module.sparse:
+        return CompressedEmbedding(enc, module.padding_idx)
+    return None
+
+
+def scratch_nbytes() -> int:
+    """Bytes held by this thread's decode scratch buffers."""
+    return SCRATCH.nbytes()
