@@ -18,10 +18,22 @@ BITMAP_BYTES = 32  # presence bitmap of the 256 byte symbols
 
 @njit(cache=True, nogil=True)
 def histogram(plane: np.ndarray, n: int) -> np.ndarray:
-    """Counts of each byte value in ``plane[:n]`` (int64[256])."""
+    """Counts of each byte value in ``plane[:n]`` (int64[256]).
+
+    Four interleaved sub-histograms avoid the store-to-load stall on runs of one value.
+    """
+    sub = np.zeros((4, 256), np.int32)
+    body = n - n % 4
+    for i in range(0, body, 4):
+        sub[0, plane[i]] += 1
+        sub[1, plane[i + 1]] += 1
+        sub[2, plane[i + 2]] += 1
+        sub[3, plane[i + 3]] += 1
+    for i in range(body, n):
+        sub[0, plane[i]] += 1
     counts = np.zeros(256, np.int64)
-    for i in range(n):
-        counts[plane[i]] += 1
+    for s in range(256):
+        counts[s] = np.int64(sub[0, s]) + sub[1, s] + sub[2, s] + sub[3, s]
     return counts
 
 
