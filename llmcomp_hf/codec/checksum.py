@@ -9,29 +9,24 @@ _GOLDEN = np.uint32(0x9E3779B9)
 _MUL = np.uint32(0x85EBCA6B)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _mix(w, i):
-    return np.uint64(np.uint32((np.uint32(w) ^ np.uint32(np.uint32(i) * _GOLDEN)) * _MUL))
+    k = np.uint32(np.uint32(i) * _GOLDEN)
+    return (np.uint64(np.uint32(w) ^ k) * np.uint64(_MUL)) & np.uint64(0xFFFFFFFF)
 
 
 @njit(cache=True, nogil=True)
 def sum32_range(u8: np.ndarray, u32: np.ndarray, byte_lo: int, byte_hi: int) -> np.uint64:
     """Partial checksum of bytes ``[byte_lo, byte_hi)``; ``byte_lo`` is a multiple of 4.
 
-    ``u32`` is the uint32 view of the 4-byte-aligned prefix of ``u8`` (same memory). Eight
-    independent accumulators let LLVM vectorise the loop (sums mod 2**64 do not care about order).
+    ``u32`` is the uint32 view of the 4-byte-aligned prefix of ``u8`` (same memory). Written as
+    a plain loop so LLVM vectorises it (sums mod 2**64 do not depend on order).
     """
     lo = byte_lo >> 2
     full_hi = min(byte_hi >> 2, u32.shape[0])
     w = u32[lo:full_hi]
-    n = full_hi - lo
-    lanes = np.zeros(8, np.uint64)
-    body = n - n % 8
-    for j in range(0, body, 8):
-        for t in range(8):
-            lanes[t] += _mix(w[j + t], lo + j + t)
-    acc = lanes.sum()
-    for j in range(body, n):
+    acc = np.uint64(0)
+    for j in range(full_hi - lo):
         acc += _mix(w[j], lo + j)
     tail = full_hi * 4
     if tail < byte_hi:  # last partial word, zero-padded
