@@ -14,10 +14,24 @@ from llmcomp_hf.errors import (
 
 __version__ = "0.1.0"
 
+from llmcomp_hf._register import install as _install
+
+_install()  # registers quant_method "llmcomp" once transformers imports its quantizer registry
+
+
+def __getattr__(name: str):  # lazy: the configs import transformers (~2 s)
+    if name in ("LosslessConfig", "CompressionConfig"):
+        from llmcomp_hf import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'llmcomp_hf' has no attribute {name!r}")
+
+
 __all__ = [
     "ChecksumMismatchError",
     "CorruptStreamError",
     "FormatError",
     "LlmcompError",
+    "LosslessConfig",
     "__version__",
 ]

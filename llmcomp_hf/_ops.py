@@ -13,9 +13,9 @@ import torch
 from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
-from llmcomp_hf.codec import decode
-from llmcomp_hf.errors import LlmcompError
-from llmcomp_hf.format.shard import split_key, unpack
+from llmcomp_hf.errors import FormatError, LlmcompError, where
+from llmcomp_hf.format.reader import decode_parts
+from llmcomp_hf.format.shard import split_key
 
 if TYPE_CHECKING:
     from llmcomp_hf.quantizer import LlmcompHfQuantizer
@@ -40,6 +40,10 @@ class DecodeOp(ConversionOps):
     def __init__(self, hf_quantizer: LlmcompHfQuantizer) -> None:
         self.hf_quantizer = hf_quantizer
 
+    def __deepcopy__(self, memo: dict) -> DecodeOp:
+        # The loader deep-copies converters per weight; all copies must report to the one quantizer.
+        return type(self)(self.hf_quantizer)
+
     def convert(
         self,
         input_dict: dict[str, Any],
@@ -48,7 +52,7 @@ class DecodeOp(ConversionOps):
         **kwargs: Any,
     ) -> dict[str, Any]:
         quantizer = self.hf_quantizer
-        if quantizer.load_errors:  # one failure is enough: skip the remaining work
+        if quantizer.load_error is not None:  # one failure is enough: skip the remaining work
             return {}
         dtype = _param_dtype(model, full_layer_name)
         groups: dict[str, dict[str, list[torch.Tensor]]] = {}
@@ -60,7 +64,7 @@ class DecodeOp(ConversionOps):
             for base, parts in groups.items():
                 out[base] = [self._one(full_layer_name or base, parts, i, dtype) for i in range(_count(parts))]
         except LlmcompError as exc:
-            quantizer.load_errors.append(exc)
+            quantizer.load_error = exc
             return {}
         return out
 
@@ -68,18 +72,14 @@ class DecodeOp(ConversionOps):
         plain = parts.get("plain")
         if plain is not None:
             if len(parts) > 1:
-                raise LlmcompError(
-                    f"{name!r} is stored both plain and compressed; the checkpoint is inconsistent: re-save it"
+                raise FormatError(
+                    f"weight stored both plain and compressed{where(name, self.hf_quantizer.file_of(name))}; "
+                    "the checkpoint is inconsistent: re-save it with llmcomp-hf"
                 )
             tensor = plain[i]
         else:
             picked = {part: tensors[i] if i < len(tensors) else None for part, tensors in parts.items()}
-            file = self.hf_quantizer.file_of(name)
-            enc = unpack(name, picked, file)
-            try:
-                tensor = decode(enc, verify=True)
-            except LlmcompError as exc:
-                raise type(exc)(f"{exc} [file {file!r}]") from exc
+            tensor = decode_parts(name, picked, self.hf_quantizer.file_of(name))
         return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
 
     @property

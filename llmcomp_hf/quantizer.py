@@ -38,16 +38,18 @@ class LlmcompHfQuantizer(HfQuantizer):
     """Lossless llmcomp compression behind ``quantization_config`` (weights are decoded for compute)."""
 
     requires_calibration = False
-    # The plain name first: plain `.weight` tensors (norms, small weights) go through the same converter.
+    # Every checkpoint `.weight` goes through one converter: the three parts of a compressed weight, or
+    # the plain tensor (norms, small weights), which the op casts to the parameter's dtype.
     serialized_names = {"weight": ["weight"] + [part_key("weight", p) for p in ("data", "index", "header")]}
 
     def __init__(self, quantization_config: LosslessConfig, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
         self.encoded: dict[str, EncodedTensor] = {}
-        self.load_errors: list[LlmcompError] = []
+        self.load_error: LlmcompError | None = None  # first decode failure, raised after loading
         self._stamps: dict[str, _Stamp] = {}
         self._files: dict[str, str] = {}
         self._targets: set[str] = set()
+        self._converters: list[Any] = []
 
     # -- environment and config ---------------------------------------------------------------
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
@@ -64,7 +66,7 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     # -- loading ------------------------------------------------------------------------------
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None, **kwargs: Any) -> Any:
-        self.load_errors.clear()
+        self.load_error = None
         if self.pre_quantized:
             self._files = {}
             for file in checkpoint_files or []:
@@ -75,8 +77,9 @@ class LlmcompHfQuantizer(HfQuantizer):
                     base, part = split_key(key)
                     if part is not None:
                         self._files.setdefault(base, file)
-        else:
-            self._targets = set(select_weights(model, self.quantization_config))
+        else:  # a tied copy (lm_head of tied embeddings) is not encoded: only its source is stored
+            tied = getattr(model, "all_tied_weights_keys", None) or {}
+            self._targets = set(select_weights(model, self.quantization_config)) - set(tied)
         return model
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
@@ -99,19 +102,22 @@ class LlmcompHfQuantizer(HfQuantizer):
 
         from llmcomp_hf._ops import DecodeOp
 
-        # force_cpu: the compressed bytes stay on the CPU where the decoder runs; the loader moves the result.
-        return [
-            WeightConverter(list(names), param, [DecodeOp(self)], force_cpu=True)
+        # Longest pattern first: transformers < 5.24 tries the patterns in order with no name boundary,
+        # so `weight` would also match inside `weight.llmcomp_data`. force_cpu: the compressed bytes
+        # stay on the CPU where the decoder runs; the loader moves the decoded weight.
+        self._converters = [
+            WeightConverter(sorted(names, key=len, reverse=True), param, [DecodeOp(self)], force_cpu=True)
             for param, names in self.serialized_names.items()
         ]
+        return list(self._converters)
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
-        if self.load_errors:
-            first, more = self.load_errors[0], len(self.load_errors) - 1
-            self.load_errors = []
-            if more:
-                raise type(first)(f"{first} (and {more} more tensors failed to decode)") from first
-            raise first
+        if self.load_error is not None:
+            error, self.load_error = self.load_error, None
+            raise error
+        # Saving must not "reverse" our converters: get_state_dict_and_metadata already writes final names.
+        if getattr(model, "_weight_conversions", None):
+            model._weight_conversions = [c for c in model._weight_conversions if all(c is not o for o in self._converters)]
         self._stamps = {}
         for name in list(self.encoded):
             param = _tensor(model, name)
@@ -128,15 +134,20 @@ class LlmcompHfQuantizer(HfQuantizer):
         return next((f for key, f in self._files.items() if key.endswith("." + name) or name.endswith("." + key)), None)
 
     # -- encoding and saving ------------------------------------------------------------------
-    def encode_weight(self, name: str, tensor: torch.Tensor) -> EncodedTensor:
-        """Encode ``tensor`` with this config's coder and block size, and keep it for saving."""
+    def encode_weight(self, name: str, tensor: torch.Tensor, keep: bool = True) -> EncodedTensor:
+        """Encode ``tensor`` with this config's coder and block size; ``keep`` it for the next save."""
         cfg = self.quantization_config
         enc = encode(tensor.detach(), coder=cfg.coder, block_size=cfg.block_size, name=name)
-        self.encoded[name] = enc
+        if keep:
+            self.encoded[name] = enc
         return enc
 
     def get_state_dict_and_metadata(self, model: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The shard tensors: compressed parts for selected weights, everything else as is."""
+        """The shard tensors: compressed parts for selected weights, everything else as is.
+
+        Encodings kept from compress-on-load are written when their weight is unchanged; the others
+        are encoded now and not kept (memory stays bounded by what the user asked to compress).
+        """
         from transformers.integrations.accelerate import load_offloaded_parameter
 
         add_guard(model.config)
@@ -151,16 +162,16 @@ class LlmcompHfQuantizer(HfQuantizer):
             if name not in targets:
                 out[name] = tensor
                 continue
-            enc = self.encoded.get(name)
+            enc = self.encoded.pop(name, None)
             param = _tensor(model, name)
             if enc is not None and param is not None and self._stamps.get(name) == _stamp(param):
+                self.encoded[name] = enc
                 reused += 1
             else:
+                self._stamps.pop(name, None)
                 if tensor.device.type == "meta":
                     tensor = load_offloaded_parameter(model, name)
-                enc = self.encode_weight(name, tensor)
-                if param is not None and param.device.type != "meta":
-                    self._stamps[name] = _stamp(param)
+                enc = self.encode_weight(name, tensor, keep=False)
             out.update(pack(name, enc))
         logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", len(targets), reused, len(targets) - reused)
         return out, dict(SHARD_METADATA)
@@ -189,9 +200,10 @@ class LlmcompHfQuantizer(HfQuantizer):
         return True
 
     def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
+        # Weights are already ordinary tensors in their loaded dtypes: only the encodings go.
         self.encoded.clear()
         self._stamps.clear()
-        return model if dtype is None else model.to(dtype)
+        return model
 
 
 def select_weights(model: torch.nn.Module, config: LosslessConfig) -> list[str]:

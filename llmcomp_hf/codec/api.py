@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, FORMAT_VERSION, MAX_BLOCK, MIN_BLOCK, EncodedTensor
+from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, where
@@ -97,6 +98,7 @@ def encode(
         name: tensor name, used in error messages only.
         min_gain: code a plane only if it saves this share of its raw size (default per coder).
     """
+    ensure_consistent()
     from llmcomp_hf.codec.blocks import CODER_IDS, encode_blocks
 
     if coder not in CODER_IDS:
@@ -146,6 +148,7 @@ def decode(
         CorruptStreamError: truncated/corrupted/hostile streams (names the tensor and block).
         ChecksumMismatchError: decoded bytes differ from the original.
     """
+    ensure_consistent()
     from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_blocks, decode_groups
 
     enc.validate()
@@ -199,6 +202,7 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     Only the blocks covering those rows are decoded. The whole-tensor checksum cannot be checked
     on a partial decode: verify the tensor once with ``decode`` when loading it.
     """
+    ensure_consistent()
     from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_block_list
 
     if len(enc.shape) != 2:

@@ -7,12 +7,18 @@ from numba import njit
 
 _GOLDEN = np.uint32(0x9E3779B9)
 _MUL = np.uint32(0x85EBCA6B)
+_MUL2 = np.uint32(0xC2B2AE35)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _mix(w, i):
-    k = np.uint32(np.uint32(i) * _GOLDEN)
-    return (np.uint64(np.uint32(w) ^ k) * np.uint64(_MUL)) & np.uint64(0xFFFFFFFF)
+    """murmur3's 32-bit finaliser of (word XOR position key): every input bit reaches every output bit."""
+    h = np.uint64(np.uint32(w) ^ np.uint32(np.uint32(i) * _GOLDEN))
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(_MUL)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(_MUL2)) & np.uint64(0xFFFFFFFF)
+    return h ^ (h >> np.uint64(16))
 
 
 @njit(cache=True, nogil=True)

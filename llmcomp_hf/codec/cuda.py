@@ -4,7 +4,7 @@
     dev = DeviceEncodedTensor.from_encoded(enc)     # keep the encoded bytes on the GPU ...
     dev.decode(out=buf, scratch=shared_scratch)     # ... and decode them again and again
 
-Pipeline (kernels in cuda_kernels / cuda_huffman / cuda_rans): a parse kernel walks every
+Pipeline (kernels in cuda_kernels / cuda_huffman / cuda_rans / cuda_merge): a parse kernel walks every
 block's plane sections once (``from_encoded``); per decode, a Huffman and a rANS kernel decode
 the coded sections into a byte scratch buffer, then a merge kernel rebuilds the elements from
 scratch, raw and const planes, writes them through ``__cuda_array_interface__`` and sums the
@@ -18,73 +18,16 @@ a GPU.
 
 from __future__ import annotations
 
-import warnings
+import json
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from llmcomp_hf.codec.cuda_runtime import PAD, kernel_array, numba_cuda, resolve_device, upload, simulating
 from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor
-from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, where
-
-_PAD = 16  # zero bytes after the data: aligned word reads never leave the allocation
-
-
-def _numba_cuda() -> Any:
-    """``numba.cuda``, or an ImportError that says what to install."""
-    try:
-        from numba import cuda
-    except ImportError as exc:  # numba >= 0.61 ships the CUDA target separately
-        raise ImportError(
-            "GPU decoding needs numba-cuda: pip install 'llmcomp-hf[cuda]' (or numba-cuda)"
-        ) from exc
-    return cuda
-
-
-def simulating() -> bool:
-    """True when numba runs CUDA kernels in its simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
-    _numba_cuda()
-    from numba.cuda.core import config
-
-    return bool(config.ENABLE_CUDASIM)
-
-
-def _resolve_device(device: Any) -> torch.device:
-    if simulating():
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        raise ValueError(f"decode_cuda needs a CUDA device, got {dev}; use llmcomp_hf.codec.decode on CPU")
-    if not torch.cuda.is_available() or not _numba_cuda().is_available():
-        raise RuntimeError(
-            "no usable CUDA GPU: torch.cuda.is_available() is "
-            f"{torch.cuda.is_available()}, numba.cuda.is_available() is {_numba_cuda().is_available()}. "
-            "Check the NVIDIA driver, or decode on CPU with llmcomp_hf.codec.decode."
-        )
-    return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
-
-
-def _kernel_array(t: torch.Tensor, dtype: Any) -> Any:
-    """A numba device-array view of a contiguous 1-D tensor's memory, reinterpreted as ``dtype``."""
-    if simulating():
-        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
-        return FakeCUDAArray(t.numpy().view(dtype))
-    return _numba_cuda().as_cuda_array(t, sync=False).view(dtype)
-
-
-def _upload(arr: np.ndarray, device: torch.device, pad: int = 0) -> torch.Tensor:
-    """Copy a host array to ``device`` followed by ``pad`` zero bytes (no host-side copy)."""
-    flat = arr.reshape(-1).view(np.uint8)
-    dev = torch.empty(flat.size + pad, dtype=torch.uint8, device=device)
-    if pad:
-        dev[flat.size :].zero_()
-    if flat.size:
-        with warnings.catch_warnings():  # read-only (mmapped) arrays are only read here
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            dev[: flat.size].copy_(torch.from_numpy(flat))
-    return dev
+from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, FormatError, where
 
 
 class DeviceEncodedTensor:
@@ -96,51 +39,96 @@ class DeviceEncodedTensor:
     work) rather than kept resident (that would cost ~4 KB per coded section).
     """
 
-    def __init__(self, enc: EncodedTensor, device: Any = "cuda", stream: "torch.cuda.Stream | None" = None) -> None:
+    def __init__(
+        self,
+        enc: EncodedTensor,
+        device: Any = "cuda",
+        stream: "torch.cuda.Stream | None" = None,
+        *,
+        data: torch.Tensor | None = None,
+    ) -> None:
+        """Upload and parse ``enc``; ``data``, when given, replaces ``enc.data`` as the source of
+        the encoded bytes (a tensor already on the device: copied device to device)."""
         from llmcomp_hf.codec import cuda_kernels as K
         from llmcomp_hf.codec.planes import layout_of
 
         enc.validate()
         self.header = dict(enc.header)
         self.name = enc.name
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.numel, self.shape = enc.numel, enc.shape
         self.itemsize, self.n_planes = DTYPES[enc.dtype]
         self.dtype: torch.dtype = getattr(torch, enc.dtype)
         self.kind = layout_of(enc.dtype, self.itemsize)
         self.block_size = int(self.header["block_size"])
         self.n_blocks = enc.index.shape[0] - 1
+        bs = self.block_size
+        self._bs_log2 = bs.bit_length() - 1 if bs & (bs - 1) == 0 else -1  # shifts instead of divisions
         self._verified = False
         n_units = self.n_blocks * self.n_planes
         with self._on(stream) as launch:
-            self.data = _upload(enc.data, self.device, pad=_PAD + (-enc.data.size) % 8)
-            self.index = _upload(enc.index, self.device).view(torch.int64)
+            src = enc.data if data is None else data
+            self.data = upload(src, self.device, pad=PAD + (-enc.data.shape[0]) % 8)
+            self.index = upload(enc.index, self.device).view(torch.int64)
             self.modes = torch.empty(max(n_units, 1), dtype=torch.int64, device=self.device)
             self.offs = torch.empty_like(self.modes)
             self.lens = torch.empty_like(self.modes)
             self._status = torch.zeros(4, dtype=torch.int64, device=self.device)
-            self._words = _kernel_array(self.data, np.uint32)
-            self._arrays = [_kernel_array(t, np.int64) for t in (self.modes, self.offs, self.lens)]
+            self._words = kernel_array(self.data, np.uint32)
+            self._arrays = [kernel_array(t, np.int64) for t in (self.modes, self.offs, self.lens)]
             if self.n_blocks:
                 grid = -(-self.n_blocks // K.PARSE_THREADS)
                 K.parse_sections[grid, K.PARSE_THREADS, launch](
-                    self._words, _kernel_array(self.index, np.int64), self.numel, self.block_size,
-                    self.n_planes, *self._arrays, _kernel_array(self._status, np.int64),
+                    self._words, kernel_array(self.index, np.int64), self.numel, self.block_size,
+                    self.n_planes, *self._arrays, kernel_array(self._status, np.int64),
                 )  # fmt: skip
             self.check()
             modes = self.modes.cpu().numpy()[:n_units]
             coded = modes >= K.MODE_HUFFMAN
             slots = np.where(coded, np.cumsum(coded) - 1, -1).astype(np.int64)
             self.n_coded = int(coded.sum())
-            self.slots = _upload(slots if n_units else np.full(1, -1, np.int64), self.device).view(torch.int64)
-            self.huffman_units = _upload(np.flatnonzero(modes == K.MODE_HUFFMAN).astype(np.int64), self.device).view(torch.int64)
-            self.rans_units = _upload(np.flatnonzero(modes == K.MODE_RANS).astype(np.int64), self.device).view(torch.int64)
-        self._arrays.append(_kernel_array(self.slots, np.int64))
+            self.slots = upload(slots if n_units else np.full(1, -1, np.int64), self.device).view(torch.int64)
+            units = [np.flatnonzero(modes == m).astype(np.int64) for m in (K.MODE_HUFFMAN, K.MODE_RANS)]
+            self.n_huffman, self.n_rans = (len(u) for u in units)
+            # -1 padded to >= 1 entry (kernels skip negative units; no zero-size device arrays)
+            self.huffman_units, self.rans_units = (
+                upload(np.append(u, -1), self.device).view(torch.int64) for u in units
+            )
+        self._arrays.append(kernel_array(self.slots, np.int64))
+        # device views reused by every decode (each conversion costs a few microseconds)
+        self._k_status = kernel_array(self._status, np.int64)
+        self._k_csum = kernel_array(self._status[1:2], np.uint64)
+        self._k_units = [kernel_array(t, np.int64) for t in (self.huffman_units, self.rans_units)]
+        self._k_dummy_word = kernel_array(self._status.view(torch.uint8)[24:28], np.uint32)
+        self._k_dummy_byte = kernel_array(self._status.view(torch.uint8)[28:29], np.uint8)
 
     @classmethod
-    def from_encoded(cls, enc: EncodedTensor, device: Any = "cuda", stream: "torch.cuda.Stream | None" = None) -> "DeviceEncodedTensor":
+    def from_encoded(
+        cls, enc: EncodedTensor, device: Any = "cuda", stream: "torch.cuda.Stream | None" = None
+    ) -> "DeviceEncodedTensor":
         """Upload ``enc`` to ``device`` and parse its sections (raises CorruptStreamError)."""
         return cls(enc, device, stream)
+
+    @classmethod
+    def from_parts(
+        cls,
+        header: "dict[str, Any] | str",
+        data: torch.Tensor,
+        index: Any,
+        name: str | None = None,
+        stream: "torch.cuda.Stream | None" = None,
+    ) -> "DeviceEncodedTensor":
+        """Build from arrays that may already live on the GPU (e.g. a module's buffers): the data
+        bytes are copied device to device into a padded buffer, only the small index visits the
+        host (for validation). Decodes on ``data``'s device (CUDA) or the current one."""
+        idx = index.detach().cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+        if idx.dtype != np.int64 or data.dtype != torch.uint8:
+            raise FormatError(f"data must be uint8 and index int64{where(name)}, got {data.dtype} and {idx.dtype}")
+        hdr = json.loads(header) if isinstance(header, str) else dict(header)
+        placeholder = np.broadcast_to(np.zeros(1, np.uint8), (int(data.numel()),))  # validate() needs the length only
+        enc = EncodedTensor(hdr, placeholder, np.ascontiguousarray(idx.reshape(-1)), name)
+        device = data.device if data.device.type == "cuda" else "cuda"
+        return cls(enc, device, stream, data=data)
 
     @property
     def scratch_nbytes(self) -> int:
@@ -162,7 +150,7 @@ class DeviceEncodedTensor:
         if simulating():
             yield 0
             return
-        cuda = _numba_cuda()
+        cuda = numba_cuda()
         with torch.cuda.device(self.device), cuda.gpus[self.device.index]:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 yield cuda.external_stream(torch.cuda.current_stream(self.device).cuda_stream)
@@ -186,7 +174,7 @@ class DeviceEncodedTensor:
             stream: torch CUDA stream to run on (default: the current stream).
         """
         from llmcomp_hf.codec import cuda_huffman as H
-        from llmcomp_hf.codec import cuda_kernels as K
+        from llmcomp_hf.codec import cuda_merge as M
         from llmcomp_hf.codec import cuda_rans as R
 
         verify = not self._verified if verify is None else verify
@@ -197,39 +185,45 @@ class DeviceEncodedTensor:
                 return out.copy_(tmp)
             if self.numel == 0:
                 if verify and int(self.header["checksum"], 16) != 0:
-                    raise ChecksumMismatchError(f"checksum mismatch{where(self.name)}: empty tensor, expected {self.header['checksum']}")
+                    raise ChecksumMismatchError(
+                        f"checksum mismatch{where(self.name)}: empty tensor, expected {self.header['checksum']}"
+                    )
                 return out
             scratch = self.new_scratch() if scratch is None else scratch
             if scratch.dtype != torch.uint8 or scratch.numel() < self.scratch_nbytes or scratch.data_ptr() % 8:
-                raise ValueError(f"scratch must be an 8-byte aligned uint8 tensor of >= {self.scratch_nbytes} bytes{where(self.name)}")
+                raise ValueError(
+                    f"scratch must be an 8-byte aligned uint8 tensor of >= {self.scratch_nbytes} bytes{where(self.name)}"
+                )
             self._status.zero_()
-            status = _kernel_array(self._status, np.int64)
-            scr = _kernel_array(scratch.reshape(-1)[: self.scratch_nbytes // 8 * 8], np.uint64)
+            scr = kernel_array(scratch.reshape(-1)[: self.scratch_nbytes // 8 * 8], np.uint64)
             modes, offs, lens, slots = self._arrays
-            args = (self.n_planes, self.block_size, self.numel, scr, status)
-            for kernel, units in ((H.huffman_decode, self.huffman_units), (R.rans_decode, self.rans_units)):
-                if units.numel():
-                    grid = -(-units.numel() // H.UNITS)
-                    kernel[grid, H.THREADS, launch](self._words, _kernel_array(units, np.int64), offs, lens, slots, *args)
+            args = (self.n_planes, self.block_size, self.numel, scr, self._k_status)
+            for kernel, count, k_units in (
+                (H.huffman_decode, self.n_huffman, self._k_units[0]),
+                (R.rans_decode, self.n_rans, self._k_units[1]),
+            ):
+                if count:
+                    kernel[-(-count // H.UNITS), H.THREADS, launch](self._words, k_units, offs, lens, slots, *args)
             body, n_full, tail = self._out_views(out)
-            n_words = -(-self.numel * self.itemsize // 4)
-            grid = min(-(-n_words // K.MERGE_THREADS), self._max_merge_blocks())
-            K.merge_planes[grid, K.MERGE_THREADS, launch](
-                self._words, modes, offs, slots, scr, self.kind, self.itemsize, self.n_planes,
-                self.block_size, self.numel, body, n_full, tail, _kernel_array(self._status[1:2], np.uint64),
-                int(verify),
+            n_oct = -(-self.numel // 8)
+            grid = min(-(-n_oct // M.MERGE_THREADS), self._max_merge_blocks())
+            M.merge_planes[grid, M.MERGE_THREADS, launch](
+                self._words, modes, offs, slots, scr, self.kind, self.itemsize, self.n_planes, self.block_size,
+                self._bs_log2, self.numel, body, n_full, tail, self._k_csum, int(verify),
             )  # fmt: skip
             if verify:
-                self.check(checksum=True)
+                self.check(checksum=True, stream=stream)
                 self._verified = True
         return out
 
-    def check(self, checksum: bool = False) -> None:
-        """Synchronise and raise CorruptStreamError for errors the kernels flagged since the last
-        decode started (and ChecksumMismatchError when ``checksum`` and the sums differ)."""
+    def check(self, checksum: bool = False, stream: "torch.cuda.Stream | None" = None) -> None:
+        """Wait for ``stream`` (default: current) and raise CorruptStreamError for errors the kernels
+        flagged since the last decode started (ChecksumMismatchError: ``checksum`` and sums differ,
+        which needs that decode to have run with ``verify=True``)."""
         from llmcomp_hf.codec.cuda_kernels import ERROR_TEXT, UNIT_LIMIT
 
-        key, total = (int(v) for v in self._status[:2].cpu().tolist())
+        with self._on(stream):
+            key, total = (int(v) for v in self._status[:2].cpu().tolist())
         if key:
             unit = UNIT_LIMIT - (key >> 4)
             block, plane = divmod(unit, self.n_planes)
@@ -249,7 +243,8 @@ class DeviceEncodedTensor:
     def _check_out(self, out: torch.Tensor | None) -> torch.Tensor:
         if out is None:
             return torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        if out.dtype != self.dtype or tuple(out.shape) != tuple(self.shape) or out.device != self.device or not out.is_contiguous():
+        same = out.dtype == self.dtype and tuple(out.shape) == tuple(self.shape) and out.device == self.device
+        if not same or not out.is_contiguous():
             raise ValueError(
                 f"out must be a contiguous {self.dtype} tensor of shape {list(self.shape)} on {self.device}"
                 f"{where(self.name)}, got {out.dtype} {list(out.shape)} on {out.device}"
@@ -260,9 +255,9 @@ class DeviceEncodedTensor:
         """(uint32 view of the word-aligned body, its length, uint8 view of the 0..3 tail bytes)."""
         u8 = out.reshape(-1).view(torch.uint8)
         n_full = u8.numel() // 4
-        body = u8[: n_full * 4] if n_full else self._status.view(torch.uint8)[24:28]  # dummy word
-        tail = u8[n_full * 4 :] if u8.numel() % 4 else self._status.view(torch.uint8)[28:29]  # dummy
-        return _kernel_array(body, np.uint32), n_full, _kernel_array(tail, np.uint8)
+        body = kernel_array(u8[: n_full * 4], np.uint32) if n_full else self._k_dummy_word
+        tail = kernel_array(u8[n_full * 4 :], np.uint8) if u8.numel() % 4 else self._k_dummy_byte
+        return body, n_full, tail
 
     def _max_merge_blocks(self) -> int:
         if simulating():

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 from numba import cuda
-from numba.cuda import types
 
 from llmcomp_hf.codec.cuda_kernels import (
     ERR_STREAM,
     ERR_TABLE,
     ERR_TRUNCATED,
     N_SUB,
+    _U,
     fail,
     load_u8,
     load_u32,
+    types,
 )
 
 UNITS = 8  # coded sections per CUDA block
@@ -162,16 +163,16 @@ def huffman_decode(words, units, offs, lens, slots, n_planes, block_size, numel,
     for t in range(count):
         if nbits < LUT_BITS:
             if w * 4 < e:
-                buf |= np.int64(words[w]) << nbits
+                buf |= np.int64(words[_U(w)]) << nbits
             nbits += 32
             w += 1
-        ent = np.int64(lut[lut_base + (buf & (LUT_SIZE - 1))])
+        ent = np.int64(lut[_U(lut_base + (buf & (LUT_SIZE - 1)))])
         ln = ent >> 8
         buf >>= ln
         nbits -= ln
         acc |= (ent & 0xFF) << ((t & 7) * 8)
         if (t & 7) == 7:
-            scratch[out + (t >> 3)] = np.uint64(acc)
+            scratch[_U(out + (t >> 3))] = np.uint64(acc)
             acc = np.int64(0)
     if count & 7:
         scratch[out + (count >> 3)] = np.uint64(acc)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import cuda
-from numba.cuda import types
 
 from llmcomp_hf.codec.cuda_huffman import UNITS, THREADS, _bitmap_count
 from llmcomp_hf.codec.cuda_kernels import (
@@ -24,9 +23,11 @@ from llmcomp_hf.codec.cuda_kernels import (
     ERR_TABLE,
     ERR_TRUNCATED,
     N_SUB,
+    _U,
     fail,
     load_u8,
     load_u32,
+    types,
 )
 
 SLOTS = 4096
@@ -125,12 +126,12 @@ def rans_decode(words, units, offs, lens, slots, n_planes, block_size, numel, sc
         nd = 0
         if r < mine:
             slot = x & (SLOTS - 1)
-            s = np.int64(table[g * SLOTS + slot])
-            x = np.int64(freq[g * 256 + s]) * (x >> SCALE_BITS) + slot - np.int64(cum[g * 256 + s])
+            s = np.int64(table[_U(g * SLOTS + slot)])
+            x = np.int64(freq[_U(g * 256 + s)]) * (x >> SCALE_BITS) + slot - np.int64(cum[_U(g * 256 + s)])
             nd = 1 if x < RANS_L else 0
             acc |= np.int64(s) << ((r & 7) * 8)
             if (r & 7) == 7 or r == mine - 1:
-                scratch[out + (r >> 3)] = np.uint64(acc)
+                scratch[_U(out + (r >> 3))] = np.uint64(acc)
                 acc = np.int64(0)
         half = (r & 1) * THREADS
         need[half + tid] = nd

@@ -97,11 +97,13 @@ class EncodedTensor:
         name: str | None = None,
     ) -> "EncodedTensor":
         """Build from a header (dict or JSON text) and arrays (numpy or CPU torch tensors), validated."""
-        if isinstance(header, str):
+        if isinstance(header, (str, bytes)):
             try:
                 header = json.loads(header)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise FormatError(f"encoded-tensor header is not valid JSON{where(name)}: {exc}") from exc
+        if not isinstance(header, dict):
+            raise FormatError(f"encoded-tensor header must be a JSON object{where(name)}, got {type(header).__name__}")
         enc = cls(dict(header), _as_numpy(data, np.uint8, "data", name), _as_numpy(index, np.int64, "index", name), name)
         enc.validate()
         return enc
@@ -110,9 +112,10 @@ class EncodedTensor:
         """Check header and index against the format; raise FormatError/CorruptStreamError."""
         h, at = self.header, where(self.name)
         if not isinstance(h, dict) or h.get("format") != FORMAT_NAME:
-            raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {h.get('format')!r}")
+            fmt = h.get("format") if isinstance(h, dict) else h
+            raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {fmt!r}")
         version = h.get("version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:
             raise FormatError(
                 f"unsupported llmcomp format version {version!r}{at}; this llmcomp-hf reads version "
                 f"{FORMAT_VERSION}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
@@ -136,6 +139,14 @@ class EncodedTensor:
             int(checksum, 16)
         except ValueError as exc:
             raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}") from exc
+        for arr, what, dtype in ((self.data, "data", np.uint8), (self.index, "index", np.int64)):
+            # numpy on the host; device arrays (numba/torch CUDA) are checked by dtype name and rank.
+            kind = str(getattr(arr, "dtype", "")).removeprefix("torch.")
+            if kind != np.dtype(dtype).name or getattr(arr, "ndim", None) != 1:
+                raise FormatError(
+                    f"{what} must be a 1-D {np.dtype(dtype).name} array{at}, got "
+                    f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
+                )
         n_blocks = -(-self.numel // bs)
         if self.index.ndim != 1 or self.index.shape[0] != n_blocks + 1:
             raise CorruptStreamError(
@@ -144,12 +155,26 @@ class EncodedTensor:
             )
         if self.data.ndim != 1:
             raise CorruptStreamError(f"data must be 1-D uint8{at}")
-        idx = self.index
+        idx = np.asarray(self.index) if isinstance(self.index, np.ndarray) else _host_copy(self.index)
         if idx[0] != 0 or int(idx[-1]) != self.data.shape[0] or (n_blocks and np.any(idx[1:] < idx[:-1])):
             raise CorruptStreamError(
                 f"block index does not cover the data ({int(idx[-1])} vs {self.data.shape[0]} bytes){at}; "
                 "the file is truncated or corrupted: re-download or re-compress it"
             )
+        # Every plane section takes >= 2 bytes: reject impossible blocks before allocating the output.
+        min_block = 2 * DTYPES[h["dtype"]][1]
+        if n_blocks and int(np.min(idx[1:] - idx[:-1])) < min_block:
+            raise CorruptStreamError(
+                f"a block is shorter than the {min_block} bytes any block needs{at}; "
+                "the file is truncated or corrupted: re-download or re-compress it"
+            )
+
+
+def _host_copy(arr: Any) -> np.ndarray:
+    """A host numpy copy of a device array (numba device array or torch tensor)."""
+    if hasattr(arr, "copy_to_host"):
+        return arr.copy_to_host()
+    return arr.detach().cpu().numpy()
 
 
 def _as_numpy(arr: Any, dtype: type, what: str, name: str | None) -> np.ndarray:

@@ -51,8 +51,13 @@ def checksum(u8: np.ndarray) -> int:
     padded[: u8.size] = u8
     words = padded.view(np.uint32).astype(np.uint64)
     i = np.arange(words.size, dtype=np.uint64)
-    mixed = ((words ^ ((i * 0x9E3779B9) & _M32)) * 0x85EBCA6B) & _M32
-    return int(mixed.sum(dtype=np.uint64))
+    h = words ^ ((i * 0x9E3779B9) & _M32)
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    h ^= h >> 16
+    return int(h.sum(dtype=np.uint64))
 
 
 def _canonical(lengths: np.ndarray) -> dict[int, tuple[int, int]]:

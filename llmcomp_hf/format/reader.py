@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 
 from llmcomp_hf.codec import decode
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.shard import check_metadata, split_key, unpack
+from llmcomp_hf.format.shard import check_metadata, split_key, unpack, with_file
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -69,12 +69,17 @@ def decode_tensors(
         file = files.get(name)
         if name in out:
             raise FormatError(f"tensor stored both plain and compressed{where(name, file)}; the checkpoint is inconsistent")
-        enc = unpack(name, parts, file)
-        try:
-            out[name] = decode(enc, verify=verify)
-        except FormatError as exc:
-            raise type(exc)(f"{exc} [file {file!r}]") from exc
+        out[name] = decode_parts(name, parts, file, verify)
     return out
+
+
+def decode_parts(name: str, parts: Mapping[str, torch.Tensor | None], file: str | None = None, verify: bool = True) -> torch.Tensor:
+    """Decode one compressed tensor from its ``{"data", "index", "header"}`` parts; errors name the file."""
+    enc = unpack(name, parts, file)
+    try:
+        return decode(enc, verify=verify)
+    except FormatError as exc:
+        raise with_file(exc, name, file) from exc
 
 
 def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -93,4 +98,5 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, t
     return decode_tensors(raw, files, verify)
 
 
-__all__ = ["checkpoint_files", "decode_tensors", "load_checkpoint", "shard_keys"]
+__all__ = [
+    "decode_parts","checkpoint_files", "decode_tensors", "load_checkpoint", "shard_keys"]

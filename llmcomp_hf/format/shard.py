@@ -13,7 +13,7 @@ This module only maps names and bytes; it never imports transformers.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -87,15 +87,17 @@ def unpack(name: str, parts: Mapping[str, Any], file: str | None = None) -> Enco
         raise FormatError(f"header of compressed tensor is not a JSON object{where(name, file)}")
     try:
         return EncodedTensor.from_parts(header, parts["data"], parts["index"], name=name)
-    except FormatError as exc:  # add the file to the codec's message, keep its type
-        if file is None:
-            raise
-        raise type(exc)(f"{exc} [file {file!r}]") from exc
+    except FormatError as exc:
+        raise with_file(exc, name, file) from exc
 
 
-def compressed_names(keys: Iterable[str]) -> set[str]:
-    """Names of the compressed tensors among checkpoint ``keys`` (any part present counts)."""
-    return {base for base, part in map(split_key, keys) if part is not None}
+def with_file(exc: FormatError, name: str, file: str | None) -> FormatError:
+    """The same error with the shard named next to the tensor: ``(tensor 'X' in file 'F')``."""
+    if file is None:
+        return exc
+    text = str(exc)
+    tagged = text.replace(where(name), where(name, file), 1)
+    return type(exc)(tagged if tagged != text else f"{text}{where(None, file)}")
 
 
 def check_metadata(metadata: Mapping[str, str] | None, file: str) -> None:

@@ -1,0 +1,85 @@
+"""Write the golden fixtures of the encoded-tensor format (docs/format.md part 1).
+
+    python tests/data/golden/make_golden.py
+
+golden.json maps each case NAME to its header and encode arguments; golden.npz holds the arrays
+``NAME.data``, ``NAME.index`` and ``NAME.raw`` (the original tensor's bytes). tests/codec/test_golden.py
+decodes them on every run and re-encodes ``raw`` to check the bytes have not drifted. Only
+rerun this on purpose, when the format version changes, and commit the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmcomp_hf.codec import decode, encode
+
+HERE = Path(__file__).resolve().parent
+BS = 256
+
+
+def _weights(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = np.random.default_rng(seed)
+    return torch.from_numpy(g.normal(0.0, 0.02, n).astype(np.float32)).to(dtype)
+
+
+def _fp16_specials() -> torch.Tensor:
+    t = _weights(300, torch.float16, 3)
+    specials = [0x0000, 0x8000, 0x7C00, 0xFC00, 0x7E01, 0xFC01, 0x0001, 0x83FF, 0x7BFF]
+    t.view(torch.int16)[::31][: len(specials)] = torch.tensor(specials, dtype=torch.int32).to(torch.int16)
+    return t
+
+
+def _bf16_nan_payloads() -> torch.Tensor:
+    t = _weights(260, torch.bfloat16, 4)
+    t.view(torch.int16)[[0, 1, 2, 3, 259]] = torch.tensor([0x7FC1, 0xFF81, 0x7F80, 0x8000, 0x0001]).to(torch.int16)
+    return t
+
+
+def _int8() -> torch.Tensor:
+    g = np.random.default_rng(5)
+    return torch.from_numpy(((g.geometric(0.3, 400) - 1) * g.choice([-1, 1], 400)).astype(np.int8))
+
+
+CASES: dict[str, tuple[Callable[[], torch.Tensor], str]] = {
+    "bf16_skewed_huffman": (lambda: _weights(600, torch.bfloat16, 1).reshape(20, 30), "huffman"),
+    "bf16_skewed_rans": (lambda: _weights(600, torch.bfloat16, 1).reshape(20, 30), "rans"),
+    "bf16_nan_payloads_huffman": (_bf16_nan_payloads, "huffman"),
+    "fp32_huffman": (lambda: _weights(300, torch.float32, 2), "huffman"),
+    "fp32_rans": (lambda: _weights(300, torch.float32, 2), "rans"),
+    "fp16_specials_rans": (_fp16_specials, "rans"),
+    "int8_rans": (_int8, "rans"),
+    "int8_huffman": (_int8, "huffman"),
+    "bf16_const_huffman": (lambda: torch.full((2, 200), -0.375, dtype=torch.bfloat16), "huffman"),
+    "uint8_uniform_raw": (lambda: torch.from_numpy(np.random.default_rng(6).integers(0, 256, 300, dtype=np.uint8)), "raw"),
+    "bf16_raw": (lambda: _weights(300, torch.bfloat16, 7), "raw"),
+    "fp32_empty": (lambda: torch.zeros(0, 4, dtype=torch.float32), "huffman"),
+    "int64_scalar": (lambda: torch.tensor(-123456789012, dtype=torch.int64), "rans"),
+}
+
+
+def raw_bytes(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().copy()
+
+
+def main() -> None:
+    manifest, arrays = {}, {}
+    for name, (make, coder) in CASES.items():
+        t = make()
+        enc = encode(t, coder=coder, block_size=BS)
+        if not np.array_equal(raw_bytes(decode(enc)), raw_bytes(t)):
+            raise SystemExit(f"{name}: the codec does not round-trip; fixtures not written")
+        manifest[name] = {"encode": {"coder": coder, "block_size": BS}, "header": enc.header}
+        arrays.update({f"{name}.data": enc.data, f"{name}.index": enc.index, f"{name}.raw": raw_bytes(t)})
+        print(f"{name:28s} {enc.data.size:5d} data bytes, ratio {enc.ratio:.3f}")
+    (HERE / "golden.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    np.savez_compressed(HERE / "golden.npz", **arrays)
+
+
+if __name__ == "__main__":
+    main()
