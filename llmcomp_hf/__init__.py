@@ -19,11 +19,18 @@ from llmcomp_hf._register import install as _install
 _install()  # registers quant_method "llmcomp" once transformers imports its quantizer registry
 
 
-def __getattr__(name: str):  # lazy: the configs import transformers (~2 s)
+from llmcomp_hf.loading import load_options
+
+
+def __getattr__(name: str):  # lazy: the configs import transformers (~2 s), the modules torch
     if name in ("LosslessConfig", "CompressionConfig"):
         from llmcomp_hf import config
 
         return getattr(config, name)
+    if name == "keep_compressed":
+        from llmcomp_hf.modules import keep_compressed
+
+        return keep_compressed
     raise AttributeError(f"module 'llmcomp_hf' has no attribute {name!r}")
 
 
@@ -34,4 +41,6 @@ __all__ = [
     "LlmcompError",
     "LosslessConfig",
     "__version__",
+    "keep_compressed",
+    "load_options",
 ]

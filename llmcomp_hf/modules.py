@@ -63,6 +63,18 @@ class EncodedWeight(nn.Module):
         self._name = enc.name
         self._encoded: EncodedTensor | None = enc
         self._key: tuple[int, int] | None = None
+        self._device_enc: Any = None
+
+    @classmethod
+    def placeholder(cls, name: str, sizes: tuple[int, int, int], device: str | torch.device = "meta") -> "EncodedWeight":
+        """Empty buffers of the checkpoint's sizes (data, index, header bytes), for the loader to fill."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.register_buffer("llmcomp_data", torch.empty(sizes[0], dtype=torch.uint8, device=device))
+        self.register_buffer("llmcomp_index", torch.empty(sizes[1], dtype=torch.int64, device=device))
+        self.register_buffer("llmcomp_header", torch.empty(sizes[2], dtype=torch.uint8, device=device))
+        self._name, self._encoded, self._key, self._device_enc = name, None, None, None
+        return self
 
     @property
     def encoded(self) -> EncodedTensor:
@@ -104,12 +116,16 @@ class EncodedWeight(nn.Module):
         return sum(b.numel() * b.element_size() for b in (self.llmcomp_data, self.llmcomp_index, self.llmcomp_header))
 
     def decode(self, out: torch.Tensor | None = None, verify: bool = False) -> torch.Tensor:
-        """The full decoded tensor (into ``out`` when given); CPU decode, moved to the buffers' device."""
+        """The full decoded tensor (into ``out`` when given), decoded on the buffers' device."""
         if self.device.type == "cpu":
             return decode(self.encoded, out=out, verify=verify)
-        from llmcomp_hf.codec.cuda import decode_cuda  # GPU path: decoded on the device
+        from llmcomp_hf.codec.cuda import DeviceEncodedTensor  # GPU: bytes stay resident, decoded there
 
-        return decode_cuda(self.encoded, out=out, device=self.device, verify=verify)
+        if self._device_enc is None or self._key != (self.llmcomp_data.data_ptr(), self.llmcomp_index.data_ptr()):
+            self._device_enc = DeviceEncodedTensor.from_parts(
+                self.encoded.header, self.llmcomp_data, self.llmcomp_index, name=self._name
+            )
+        return self._device_enc.decode(out, verify=verify)
 
     def forward(self) -> torch.Tensor:  # pragma: no cover - not a layer
         raise RuntimeError("EncodedWeight holds data; call .decode()")
@@ -123,12 +139,14 @@ def _scratch_decode(weight: EncodedWeight) -> torch.Tensor:
 class CompressedLinear(nn.Module):
     """A Linear layer whose weight stays entropy-coded; decoded per forward into shared scratch."""
 
-    def __init__(self, enc: EncodedTensor, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, enc: EncodedTensor | EncodedWeight, bias: torch.Tensor | None = None, shape: tuple[int, int] | None = None) -> None:
         super().__init__()
-        if len(enc.shape) != 2:
-            raise ValueError(f"CompressedLinear needs a 2-D weight, got {list(enc.shape)} for {enc.name!r}")
-        self.out_features, self.in_features = enc.shape
-        self.weight = EncodedWeight(enc)
+        weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
+        shape = shape or tuple(weight.shape)
+        if len(shape) != 2:
+            raise ValueError(f"CompressedLinear needs a 2-D weight, got {list(shape)} for {weight._name!r}")
+        self.out_features, self.in_features = shape
+        self.weight = weight
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,13 +160,15 @@ class CompressedLinear(nn.Module):
 class CompressedEmbedding(nn.Module):
     """An Embedding whose table stays entropy-coded; a lookup decodes only the blocks it needs."""
 
-    def __init__(self, enc: EncodedTensor, padding_idx: int | None = None) -> None:
+    def __init__(self, enc: EncodedTensor | EncodedWeight, padding_idx: int | None = None, shape: tuple[int, int] | None = None) -> None:
         super().__init__()
-        if len(enc.shape) != 2:
-            raise ValueError(f"CompressedEmbedding needs a 2-D weight, got {list(enc.shape)} for {enc.name!r}")
-        self.num_embeddings, self.embedding_dim = enc.shape
+        weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
+        shape = shape or tuple(weight.shape)
+        if len(shape) != 2:
+            raise ValueError(f"CompressedEmbedding needs a 2-D weight, got {list(shape)} for {weight._name!r}")
+        self.num_embeddings, self.embedding_dim = shape
         self.padding_idx = padding_idx
-        self.weight = EncodedWeight(enc)
+        self.weight = weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.weight.device.type != "cpu":
@@ -159,17 +179,39 @@ class CompressedEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, ratio={self.weight.encoded.ratio:.3f}"
 
 
-def compressed_module(module: nn.Module, enc: EncodedTensor) -> nn.Module | None:
+def compressed_module(module: nn.Module, enc: EncodedTensor | EncodedWeight) -> nn.Module | None:
     """The compressed replacement of a plain Linear/Embedding for its encoded weight, or None.
 
+    ``enc`` may be an EncodedWeight placeholder (on the meta device) that the loader fills later.
     Embeddings with ``max_norm`` (which rewrites the table) or sparse gradients are not replaced.
     """
-    if isinstance(module, nn.Linear):
+    if type(module) is nn.Linear:
         bias = None if module.bias is None else module.bias.detach()
-        return CompressedLinear(enc, bias)
-    if isinstance(module, nn.Embedding) and module.max_norm is None and not module.sparse:
-        return CompressedEmbedding(enc, module.padding_idx)
+        return CompressedLinear(enc, bias, shape=(module.out_features, module.in_features))
+    if type(module) is nn.Embedding and module.max_norm is None and not module.sparse:
+        return CompressedEmbedding(enc, module.padding_idx, shape=(module.num_embeddings, module.embedding_dim))
     return None
+
+
+def keep_compressed(model: nn.Module, encoded: dict[str, EncodedTensor]) -> list[str]:
+    """Swap every Linear/Embedding whose ``weight`` is in ``encoded`` for its compressed twin.
+
+    Returns the names of the swapped weights; the dense weights are released.
+    """
+    swapped = []
+    for name, enc in encoded.items():
+        module_name, _, attr = name.rpartition(".")
+        if attr != "weight":
+            continue
+        parent_name, _, child = module_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        module = getattr(parent, child, None)
+        replacement = compressed_module(module, enc) if module is not None else None
+        if replacement is not None:
+            replacement.to(module.weight.device)
+            setattr(parent, child, replacement)
+            swapped.append(name)
+    return swapped
 
 
 def scratch_nbytes() -> int:

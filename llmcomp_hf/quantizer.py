@@ -21,6 +21,7 @@ import torch
 from transformers.quantizers.base import HfQuantizer
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
+from llmcomp_hf import loading
 from llmcomp_hf._guard import add_guard, strip_guard
 from llmcomp_hf._register import check_transformers_version
 from llmcomp_hf.codec import EncodedTensor, encode
@@ -28,6 +29,7 @@ from llmcomp_hf.config import LosslessConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.reader import shard_keys
 from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key, split_key
+from llmcomp_hf.modules import SCRATCH, EncodedWeight, compressed_module, keep_compressed
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ class LlmcompHfQuantizer(HfQuantizer):
         self._files: dict[str, str] = {}
         self._targets: set[str] = set()
         self._converters: list[Any] = []
+        self.options = loading.current()  # read inside the user's `with load_options(...)` block
+
+    @property
+    def on_the_fly(self) -> bool:
+        return self.options.decode == "on_the_fly"
 
     # -- environment and config ---------------------------------------------------------------
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
@@ -77,6 +84,8 @@ class LlmcompHfQuantizer(HfQuantizer):
                     base, part = split_key(key)
                     if part is not None:
                         self._files.setdefault(base, file)
+            if self.on_the_fly:
+                _install_placeholders(model, self._files)
         else:  # a tied copy (lm_head of tied embeddings) is not encoded: only its source is stored
             tied = getattr(model, "all_tied_weights_keys", None) or {}
             self._targets = set(select_weights(model, self.quantization_config)) - set(tied)
@@ -91,12 +100,14 @@ class LlmcompHfQuantizer(HfQuantizer):
         return EncodeOp(self)
 
     def get_load_operations(self) -> dict[str, Any]:
+        if self.pre_quantized and self.on_the_fly:
+            return {}  # encoded parts load straight into the compressed modules' buffers
         from llmcomp_hf._ops import DecodeOp
 
         return {"deserialize": DecodeOp, "dequantize": DecodeOp}
 
     def get_weight_conversions(self) -> list[Any]:
-        if not self.pre_quantized:
+        if not self.pre_quantized or self.on_the_fly:
             return []
         from transformers.core_model_loading import WeightConverter
 
@@ -118,6 +129,13 @@ class LlmcompHfQuantizer(HfQuantizer):
         # Saving must not "reverse" our converters: get_state_dict_and_metadata already writes final names.
         if getattr(model, "_weight_conversions", None):
             model._weight_conversions = [c for c in model._weight_conversions if all(c is not o for o in self._converters)]
+        if self.on_the_fly:
+            if self.pre_quantized:
+                _check_encoded_modules(model, self.options.verify, self.file_of)
+            else:
+                keep_compressed(model, self.encoded)
+                self.encoded.clear()
+            return model
         self._stamps = {}
         for name in list(self.encoded):
             param = _tensor(model, name)
@@ -193,7 +211,8 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        return True  # weights are ordinary tensors; changed weights are re-encoded on save
+        # Decoded weights are ordinary tensors (changed ones are re-encoded on save); encoded ones are not.
+        return not self.on_the_fly
 
     @property
     def is_compileable(self) -> bool:
@@ -252,3 +271,49 @@ def _shared_tied_targets(model: torch.nn.Module) -> dict[str, str]:
         if a is b or (a.device.type != "meta" and a.device == b.device and a.data_ptr() == b.data_ptr()):
             out[target] = source
     return out
+
+
+def _install_placeholders(model: torch.nn.Module, files: dict[str, str]) -> None:
+    """Swap each module whose weight is stored compressed for a compressed twin with empty buffers.
+
+    Buffer sizes come from the shard headers, so the loader fills them like any other tensor.
+    Modules without a compressed twin (e.g. a Linear subclass) are left to fail loudly as missing.
+    """
+    from safetensors import safe_open
+
+    handles: dict[str, Any] = {}
+    try:
+        for name, file in files.items():
+            module_name, _, attr = name.rpartition(".")
+            if attr != "weight":
+                continue
+            try:
+                module = model.get_submodule(module_name)
+            except AttributeError:
+                continue
+            if file not in handles:
+                handles[file] = safe_open(file, framework="pt")
+            sizes = tuple(int(handles[file].get_slice(part_key(name, p)).get_shape()[0]) for p in ("data", "index", "header"))
+            twin = compressed_module(module, EncodedWeight.placeholder(name, sizes))
+            if twin is None:
+                raise FormatError(
+                    f"cannot keep {type(module).__name__} weights compressed in memory{where(name, file)}; "
+                    "load without llmcomp_hf.load_options(decode='on_the_fly')"
+                )
+            parent_name, _, child = module_name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
+    finally:
+        handles.clear()
+
+
+def _check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) -> None:
+    """Validate every encoded weight once (and check its checksum with a decode into scratch)."""
+    for module_name, module in model.named_modules():
+        if not isinstance(module, EncodedWeight):
+            continue
+        try:
+            weight = module.encoded
+            if verify:
+                module.decode(out=SCRATCH.get(tuple(weight.shape), module.dtype, module.device), verify=True)
+        except FormatError as exc:
+            raise type(exc)(f"{exc}{where(None, file_of(module_name))}") from exc
