@@ -157,6 +157,20 @@ class CompressedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, ratio={enc.ratio:.3f}"
 
 
+class CompressedConv1D(nn.Module):
+    """transformers' GPT-2 style ``Conv1D`` (``x @ W + b``, W of shape (nx, nf)) with an encoded weight."""
+
+    def __init__(self, enc: EncodedTensor | EncodedWeight, bias: torch.Tensor, shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
+        self.nx, self.nf = shape
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = x.size()[:-1] + (self.nf,)  # the same op as Conv1D, so results are bit-identical
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), _scratch_decode(self.weight)).view(size_out)
+
+
 class CompressedEmbedding(nn.Module):
     """An Embedding whose table stays entropy-coded; a lookup decodes only the blocks it needs."""
 
@@ -188,6 +202,8 @@ def compressed_module(module: nn.Module, enc: EncodedTensor | EncodedWeight) -> 
     if type(module) is nn.Linear:
         bias = None if module.bias is None else module.bias.detach()
         return CompressedLinear(enc, bias, shape=(module.out_features, module.in_features))
+    if type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers."):
+        return CompressedConv1D(enc, module.bias.detach(), shape=tuple(module.weight.shape))
     if type(module) is nn.Embedding and module.max_norm is None and not module.sparse:
         return CompressedEmbedding(enc, module.padding_idx, shape=(module.num_embeddings, module.embedding_dim))
     return None
