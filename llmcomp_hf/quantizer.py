@@ -29,7 +29,7 @@ from llmcomp_hf.config import LosslessConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.reader import shard_keys
 from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key, split_key
-from llmcomp_hf.modules import SCRATCH, EncodedWeight, compressed_module, keep_compressed
+from llmcomp_hf.modules import EncodedWeight, compressed_module, keep_compressed
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +312,8 @@ def _check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) -
         if not isinstance(module, EncodedWeight):
             continue
         try:
-            weight = module.encoded
-            if verify:
-                module.decode(out=SCRATCH.get(tuple(weight.shape), module.dtype, module.device), verify=True)
+            module.encoded  # parses and validates the header and index
+            if verify:  # a transient full decode, not the shared scratch (it would stay embedding-sized)
+                module.decode(verify=True)
         except FormatError as exc:
             raise type(exc)(f"{exc}{where(None, file_of(module_name))}") from exc

@@ -110,28 +110,29 @@ def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, kee
             csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def encode_blocks(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, n_threads):
-    """Encode all blocks; returns (data uint8, index int64, checksum partials uint64).
+def block_capacity(block_size: int, n_planes: int) -> int:
+    """Bytes reserved per block while encoding: every plane raw, or coded just below raw."""
+    return n_planes * (block_size + 5) + 16
 
-    A plane is entropy-coded only if its payload is below ``n * keep_num / 1024`` bytes.
-    """
-    n_blocks = (numel + block_size - 1) // block_size
-    cap = n_planes * (block_size + 5) + 16  # worst case: every plane raw, or coded just below raw
-    tmp = np.empty(n_blocks * cap, np.uint8)
-    sizes = np.zeros(n_blocks, np.int64)
-    csum = np.zeros(n_blocks, np.uint64)
-    nt = max(1, min(n_threads, (n_blocks + GROUP - 1) // GROUP))
-    for t in prange(nt):
-        encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, t, nt, tmp, cap, sizes, csum)
+
+@njit(cache=True, nogil=True, parallel=True)
+def encode_parallel(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, tmp, cap, sizes, csum, n_threads):
+    """encode_groups over ``n_threads`` threads, each taking every n-th group of blocks."""
+    for t in prange(n_threads):
+        encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, t, n_threads, tmp, cap, sizes, csum)
+
+
+@njit(cache=True, nogil=True)
+def compact(tmp, cap, sizes):
+    """Concatenate the used part of every block slot: (data uint8, index int64)."""
+    n_blocks = sizes.shape[0]
     index = np.zeros(n_blocks + 1, np.int64)
     for b in range(n_blocks):
         index[b + 1] = index[b] + sizes[b]
     data = np.empty(index[n_blocks], np.uint8)
-    for t in prange(nt):
-        for b in range(t, n_blocks, nt):
-            data[index[b] : index[b + 1]] = tmp[b * cap : b * cap + sizes[b]]
-    return data, index, csum
+    for b in range(n_blocks):
+        data[index[b] : index[b + 1]] = tmp[b * cap : b * cap + sizes[b]]
+    return data, index
 
 
 @njit(cache=True, nogil=True)
