@@ -12,9 +12,10 @@ Only torch is needed here; models and tokenizer are passed in (any ``transformer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -110,3 +111,77 @@ def embedding_quality(original: Any, modified: Any, tokenizer: Any, sentences: S
             raise ValueError("give the original model or its reference embeddings")
         reference = embed(original, tokenizer, sentences, batch_size)
     return compare_embeddings(reference, embed(modified, tokenizer, sentences, batch_size))
+
+
+# -- calibration statistics for rate allocation -------------------------------------------------------
+
+def _linear_weights(model: Any, names: Sequence[str] | None) -> dict[str, Any]:
+    """``{"<module>.weight": module}`` for the model's nn.Linear layers (or the given weight names)."""
+    found = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    if names is None:
+        return found
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise ValueError(f"not nn.Linear weights of this model: {missing[:5]}")
+    return {n: found[n] for n in names}
+
+
+@torch.no_grad()
+def input_importance(model: Any, tokenizer: Any, sentences: Sequence[str], names: Sequence[str] | None = None,
+                     batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Mean squared input activation per input channel of each Linear layer (over real tokens only).
+
+    This is the diagonal of the input second-moment matrix: the output error of ``y = W x`` under
+    independent weight errors is ``sum_j E[x_j^2] * ||dW[:, j]||^2``. Keys are weight names.
+    """
+    layers = _linear_weights(model, names)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    mask_holder: list[torch.Tensor] = []
+
+    def hook(name: str) -> Any:
+        def record(_module: Any, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
+            x = inputs[0].to(torch.float64)
+            if mask_holder and x.dim() == 3 and x.shape[:2] == mask_holder[0].shape:
+                x = x[mask_holder[0].bool()]  # drop padding tokens
+            x = x.reshape(-1, x.shape[-1])
+            sums[name] = sums.get(name, 0) + x.square().sum(0).cpu()
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        device = next(model.parameters()).device
+        for i in range(0, len(sentences), batch_size):
+            batch = tokenizer(list(sentences[i: i + batch_size]), padding=True, truncation=True,
+                              max_length=128, return_tensors="pt").to(device)
+            mask_holder[:] = [batch["attention_mask"]]
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (sums[n] / max(counts[n], 1)).to(torch.float32) for n in layers if n in sums}
+
+
+@torch.no_grad()
+def tensor_sensitivity(model: Any, tokenizer: Any, sentences: Sequence[str], probe: Any,
+                       names: Sequence[str] | None = None, reference: torch.Tensor | None = None,
+                       batch_size: int = 64) -> dict[str, float]:
+    """Embedding drift per unit of relative weight MSE, one Linear weight at a time.
+
+    Each weight is replaced by ``probe.apply(w)``'s reconstruction (e.g. ``EntropyCodedQuant(step=0.1)``),
+    the sentences re-embedded, and ``(1 - mean cosine) / rel_mse`` recorded; the weight is then restored.
+    Feed the result to ``llmcomp_hf.transforms.allocate.allocate_steps``.
+    """
+    ref = embed(model, tokenizer, sentences, batch_size) if reference is None else reference
+    out: dict[str, float] = {}
+    for name, module in _linear_weights(model, names).items():
+        original = module.weight.detach().clone()
+        t = probe.apply(original)
+        try:
+            module.weight.copy_(t.reconstruct())
+            drift = 1.0 - compare_embeddings(ref, embed(model, tokenizer, sentences, batch_size)).mean_cosine
+        finally:
+            module.weight.copy_(original)
+        out[name] = max(drift, 0.0) / t.error.rel_mse if t.error.rel_mse > 0 else 0.0
+    return out

@@ -10,10 +10,16 @@ Every transform is a frozen, validated, JSON-serialisable config::
 
 Stages compose with :class:`Pipeline` (prune -> low-rank -> quantize). Configs round-trip through
 ``to_dict``/``Transform.from_dict`` (and JSON).
+
+Calibration-aware use: ``apply(weight, importance=...)`` takes a per-input-channel importance (mean
+squared activation, ``llmcomp_hf.quality.input_importance``) in EntropyCodedQuant (column steps) and
+the pruners (Wanda scores); :func:`allocate_steps` spreads ECQ steps over tensors by measured
+sensitivity (``llmcomp_hf.quality.tensor_sensitivity``).
 """
 
 from __future__ import annotations
 
+from llmcomp_hf.transforms.allocate import allocate_steps
 from llmcomp_hf.transforms.base import (
     Transform,
     Transformed,
@@ -23,10 +29,11 @@ from llmcomp_hf.transforms.base import (
     reconstruct,
 )
 from llmcomp_hf.transforms.codebook import KMeansQuant, NF4Quant, lloyd_max, nf4_levels
+from llmcomp_hf.transforms.ecq import EntropyCodedQuant
 from llmcomp_hf.transforms.lowrank import LowRank, randomized_svd
 from llmcomp_hf.transforms.pipeline import Pipeline
 from llmcomp_hf.transforms.prune import MagnitudePrune, NMPrune
-from llmcomp_hf.transforms.quantize import EntropyCodedQuant, Quantizer, UniformQuant
+from llmcomp_hf.transforms.quantize import Quantizer, UniformQuant
 
 __all__ = [
     "EntropyCodedQuant",
@@ -41,6 +48,7 @@ __all__ = [
     "Transformed",
     "UniformQuant",
     "WeightError",
+    "allocate_steps",
     "config_from_dict",
     "known_transforms",
     "lloyd_max",

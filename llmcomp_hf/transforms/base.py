@@ -25,10 +25,13 @@ FLOAT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
 }
 
-_REGISTRY: dict[str, type["Transform"]] = {}
+_REGISTRY: dict[str, type[Transform]] = {}
+
+#: what ``Transform._apply`` returns: (stored tensors, extra meta, bit-packed width per tensor)
+Encoded = tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]
 
 
-def register(cls: type["Transform"]) -> type["Transform"]:
+def register(cls: type[Transform]) -> type[Transform]:
     """Class decorator: make a transform known to :func:`config_from_dict` under ``cls.name``."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"transform name {cls.name!r} is registered twice")
@@ -60,7 +63,7 @@ class WeightError:
         return math.inf if self.rel_mse == 0 else -10.0 * math.log10(self.rel_mse)
 
     @staticmethod
-    def measure(weight: torch.Tensor, approx: torch.Tensor) -> "WeightError":
+    def measure(weight: torch.Tensor, approx: torch.Tensor) -> WeightError:
         w = weight.detach().to(torch.float64).reshape(-1)
         d = w - approx.detach().to(torch.float64).reshape(-1)
         sq_err, sq_norm = float(d.square().sum()), float(w.square().sum())
@@ -120,6 +123,8 @@ class Transform:
     version: ClassVar[int] = 1
     #: dtype ``_apply`` receives the weight in; None keeps the input dtype (pruning stores it as is)
     compute_dtype: ClassVar[torch.dtype | None] = torch.float32
+    #: whether ``apply`` accepts a per-input-channel ``importance``
+    uses_importance: ClassVar[bool] = False
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -133,19 +138,32 @@ class Transform:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Transform":
+    def from_dict(cls, data: dict[str, Any]) -> Transform:
         """Inverse of :meth:`to_dict`. On the base class the ``transform`` tag picks the subclass."""
         return config_from_dict(data, expect=None if cls is Transform else cls)
 
     @classmethod
-    def from_json(cls, text: str) -> "Transform":
+    def from_json(cls, text: str) -> Transform:
         return cls.from_dict(json.loads(text))
 
     # -- the contract ----------------------------------------------------------------------------
-    def apply(self, weight: torch.Tensor, *, measure: bool = True) -> Transformed:
-        """Transform ``weight``; with ``measure`` the result carries its reconstruction's error."""
+    def apply(self, weight: torch.Tensor, *, importance: torch.Tensor | None = None,
+              measure: bool = True) -> Transformed:
+        """Transform ``weight``; with ``measure`` the result carries its reconstruction's error.
+
+        ``importance``: optional non-negative weight per input channel (``weight.shape[1:]`` flattened),
+        e.g. the mean squared input activation from calibration data. Transforms with
+        ``uses_importance`` then minimise the importance-weighted error (the output error of a
+        Linear layer); the others raise ValueError.
+        """
         w = check_weight(weight, self.name)
-        tensors, meta, packed = self._apply(w if self.compute_dtype is None else w.to(self.compute_dtype))
+        if importance is not None:
+            if not self.uses_importance:
+                raise ValueError(f"{type(self).__name__} does not use importance; it is taken by "
+                                 "EntropyCodedQuant, MagnitudePrune, NMPrune and pipelines holding them")
+            importance = check_importance(importance, w.shape, self.name)
+        compute = w if self.compute_dtype is None else w.to(self.compute_dtype)
+        tensors, meta, packed = self._apply(compute, importance)
         meta = {"transform": self.name, "config": self.to_dict(), "shape": list(w.shape),
                 "dtype": str(w.dtype).removeprefix("torch."), **meta}
         out = Transformed(tensors, meta, packed_bits=packed)
@@ -153,8 +171,8 @@ class Transform:
             out.error = WeightError.measure(w, self.reconstruct(tensors, meta))
         return out
 
-    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
-        """Float32 ``weight`` -> (tensors, extra meta, packed bits per tensor). Subclasses implement."""
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
+        """Float32 ``weight`` (see ``compute_dtype``) -> :data:`Encoded`. Subclasses implement."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _apply")
 
     def reconstruct(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
@@ -244,3 +262,16 @@ def check_weight(weight: Any, what: str) -> torch.Tensor:
         raise ValueError(f"{what}: weight holds NaN or Inf; lossy transforms need finite values "
                          "(store such tensors losslessly instead)")
     return w
+
+
+def check_importance(importance: Any, shape: torch.Size, what: str) -> torch.Tensor:
+    """Validate a per-input-channel importance vector for a weight of ``shape``; float32, flattened."""
+    n_in = math.prod(shape[1:]) if len(shape) >= 2 else 0
+    if not isinstance(importance, torch.Tensor) or importance.numel() != n_in or n_in == 0:
+        got = tuple(importance.shape) if isinstance(importance, torch.Tensor) else type(importance).__name__
+        raise ValueError(f"{what}: importance must be a tensor with one entry per input channel ({n_in} for "
+                         f"weight shape {tuple(shape)}), got {got}")
+    imp = importance.detach().reshape(-1).to(torch.float32)
+    if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()) or not bool((imp > 0).any()):
+        raise ValueError(f"{what}: importance must be finite, non-negative and not all zero")
+    return imp

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from llmcomp_hf.transforms.base import FLOAT_DTYPES, check_choice, check_float, check_int, register
+from llmcomp_hf.transforms.base import FLOAT_DTYPES, Encoded, check_choice, check_float, check_int, register
 from llmcomp_hf.transforms.quantize import (
     GroupSize,
     Quantizer,
@@ -75,7 +75,7 @@ class NF4Quant(Quantizer):
         check_group_size("NF4Quant", self.group_size)
         check_choice("NF4Quant", "scale_dtype", self.scale_dtype, tuple(FLOAT_DTYPES))
 
-    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
         return _encode(weight, nf4_levels(), self.group_size, self.scale_dtype, "NF4Quant"), {}, {"codes": 4}
 
     def reconstruct(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
@@ -88,20 +88,29 @@ def lloyd_max(x: torch.Tensor, k: int, iters: int, tol: float = 0.0,
 
     Returns the levels and the MSE after each assignment step, which never increases. Starts from the
     sample's quantiles; an empty cell keeps its level. With ``zero_level`` one level is pinned at 0.
+    The sample is sorted once; cells are then index ranges, so an iteration costs O(k log n) through
+    prefix sums instead of O(n log k).
     """
     xs = x.reshape(-1).to(torch.float64).sort().values
+    n = xs.numel()
+    csum = torch.cat([xs.new_zeros(1), torch.cumsum(xs, 0)])
+    csq = torch.cat([xs.new_zeros(1), torch.cumsum(xs.square(), 0)])
     c = _initial_levels(xs[xs != 0] if zero_level and bool((xs != 0).any()) else xs, k - int(zero_level))
     if zero_level:
         c = torch.cat([c, c.new_zeros(1)]).sort().values
     history: list[float] = []
     for _ in range(iters + 1):
-        idx = assign(xs, c)
-        mse = float((xs - c[idx]).square().mean())
+        # cell j holds mids[j-1] < x <= mids[j], i.e. sorted indices [bounds[j], bounds[j+1])
+        mids = (c[1:] + c[:-1]) / 2
+        bounds = torch.cat([torch.zeros(1, dtype=torch.long), torch.searchsorted(xs, mids, right=True),
+                            torch.full((1,), n, dtype=torch.long)])
+        cnt = (bounds[1:] - bounds[:-1]).to(torch.float64)
+        sums = csum[bounds[1:]] - csum[bounds[:-1]]
+        sq = csq[bounds[1:]] - csq[bounds[:-1]]
+        mse = float((sq - 2 * c * sums + cnt * c.square()).sum().clamp(min=0)) / max(n, 1)
         history.append(mse)
         if len(history) > iters or (len(history) > 1 and history[-2] - mse <= tol * max(history[-2], 1e-300)):
             break
-        cnt = torch.bincount(idx, minlength=k).to(torch.float64)
-        sums = torch.bincount(idx, weights=xs, minlength=k)
         pinned = torch.nonzero(c == 0)[0, 0] if zero_level else None
         c = torch.where(cnt > 0, sums / cnt.clamp(min=1), c)
         if pinned is not None:
@@ -162,7 +171,7 @@ class KMeansQuant(Quantizer):
     def exact_zero(self) -> bool:
         return self.zero_level
 
-    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
         x = to_groups(weight, group_len(weight.shape, self.group_size))
         s = store_scale(x.abs().amax(1), self.scale_dtype, True, "KMeansQuant")
         xn = from_groups(_div(x, s), weight.shape).reshape(-1)

@@ -14,7 +14,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from llmcomp_hf.transforms.base import FLOAT_DTYPES, Transform, check_choice, check_float, check_int, register
+from llmcomp_hf.transforms.base import (
+    FLOAT_DTYPES,
+    Encoded,
+    Transform,
+    check_choice,
+    check_float,
+    check_int,
+    register,
+)
 from llmcomp_hf.transforms.quantize import Quantizer
 
 METHODS = ("svd", "randomized", "random_projection")
@@ -118,7 +126,7 @@ class LowRank(Transform):
         meta["rank"] = r
         return u.to(torch.float32) * root, root[:, None] * vh.to(torch.float32), meta
 
-    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
         if weight.dim() < 2:
             raise ValueError(f"LowRank needs a weight with at least 2 dims, got shape {tuple(weight.shape)}; "
                              "leave 1-D tensors (biases, norms) out")
@@ -139,7 +147,8 @@ class LowRank(Transform):
         out = tensors["left"].to(torch.float32) @ tensors["right"].to(torch.float32)
         out = out.reshape(meta["shape"])
         if self.residual is not None:
-            out = out + self.residual.reconstruct(_unprefixed(tensors, "residual"), meta["residual"]).to(torch.float32)
+            res = self.residual.reconstruct(_unprefixed(tensors, "residual"), meta["residual"])
+            out = out + res.to(torch.float32)
         return out.to(getattr(torch, meta["dtype"]))
 
     @staticmethod

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from llmcomp_hf.transforms.base import Transform, register
+from llmcomp_hf.transforms.base import Encoded, Transform, register
 from llmcomp_hf.transforms.lowrank import LowRank, _prefixed, _unprefixed
 from llmcomp_hf.transforms.prune import MagnitudePrune, NMPrune
 from llmcomp_hf.transforms.quantize import Quantizer
@@ -35,10 +35,14 @@ def stage_kind(stage: Any) -> str:
 @register
 @dataclass(frozen=True)
 class Pipeline(Transform):
-    """Apply ``stages`` in order and reconstruct in reverse. Impossible combinations raise ValueError."""
+    """Apply ``stages`` in order and reconstruct in reverse. Impossible combinations raise ValueError.
+
+    An ``importance`` given to ``apply`` goes to the stages that use it (pruning, EntropyCodedQuant).
+    """
 
     name: ClassVar[str] = "pipeline"
     compute_dtype: ClassVar[torch.dtype | None] = None
+    uses_importance: ClassVar[bool] = True
     stages: tuple[Transform, ...] = ()
 
     def __post_init__(self) -> None:
@@ -65,14 +69,17 @@ class Pipeline(Transform):
     def _stage(self, kind: str) -> Any:
         return next((s for s in self.stages if stage_kind(s) == kind), None)
 
-    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
         prune, lowrank, quant = (self._stage(k) for k in ORDER)
+        if importance is not None and (lowrank is not None or not any(s.uses_importance for s in self.stages)):
+            raise ValueError("Pipeline: importance is used by pruning and EntropyCodedQuant stages, and not "
+                             "with a low-rank stage; drop it or change the stages")
         tensors: dict[str, torch.Tensor] = {}
         packed: dict[str, int] = {}
         stages: dict[str, Any] = {}
         floats = {"weight": weight}  # the float tensors a final quantizer would take
         if prune is not None:
-            t = prune.apply(weight, measure=False)
+            t = prune.apply(weight, importance=importance, measure=False)
             stages["prune"], floats = t.meta, {"weight": t.tensors["weight"]}
         if lowrank is not None:
             t = lowrank.apply(weight, measure=False)
@@ -83,7 +90,8 @@ class Pipeline(Transform):
         if quant is not None:
             stages["quantize"] = {}
             for key, value in floats.items():
-                t = quant.apply(value, measure=False)
+                imp = importance if quant.uses_importance else None
+                t = quant.apply(value, importance=imp, measure=False)
                 stages["quantize"][key] = t.meta
                 tensors.update(_prefixed(t.tensors, key))
                 packed.update({f"{key}.{k}": v for k, v in t.packed_bits.items()})

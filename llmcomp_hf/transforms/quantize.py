@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import torch
 
 from llmcomp_hf.transforms.base import (
     FLOAT_DTYPES,
+    Encoded,
     Transform,
     check_choice,
-    check_float,
     check_int,
     register,
 )
 
-GroupSize = Union[int, str]
+GroupSize = int | str
 MAX_GROUP = 1 << 24
 
 
@@ -127,7 +127,7 @@ class UniformQuant(Quantizer):
         check_choice("UniformQuant", "symmetric", self.symmetric, (True, False))
         check_choice("UniformQuant", "scale_dtype", self.scale_dtype, tuple(FLOAT_DTYPES))
 
-    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
         x = to_groups(weight, group_len(weight.shape, self.group_size))
         if self.symmetric:
             qmax = (1 << (self.bits - 1)) - 1
@@ -151,95 +151,4 @@ class UniformQuant(Quantizer):
             q = q - (1 << (self.bits - 1))
         else:
             q = q - tensors["zero_points"].to(torch.float32)[:, None]
-        return _restore(q * tensors["scales"].to(torch.float32)[:, None], meta)
-
-
-# -- entropy-constrained: fix the step, not the bit width ------------------------------------------
-
-MAX_ZIGZAG = (1 << 14) - 1  # |q| bound so that zigzag codes fit int16
-
-
-@register
-@dataclass(frozen=True)
-class EntropyCodedQuant(Quantizer):
-    """Uniform grid with a fixed relative step, meant to be entropy-coded (no clipping, no bit width).
-
-    Each group's step is ``step * stat`` with ``stat`` the group RMS (``relative_to="rms"``) or absmax.
-    Alternatively give ``target_rel_mse`` (``||w - w_hat||^2 / ||w||^2``) and the step is searched.
-    Codes are the signed integers ``q = round(w / step_g)``: int8 when ``|q| <= 127``, else int16 in
-    zigzag order (``0, -1, 1, -2, ...`` -> ``0, 1, 2, 3, ...``) so a byte-plane coder sees small values.
-    """
-
-    name: ClassVar[str] = "ecq"
-    step: float | None = 0.25
-    target_rel_mse: float | None = None
-    relative_to: str = "rms"
-    group_size: GroupSize = "tensor"
-    scale_dtype: str = "float16"
-
-    def __post_init__(self) -> None:
-        if (self.step is None) == (self.target_rel_mse is None):
-            raise ValueError("EntropyCodedQuant: set exactly one of step and target_rel_mse "
-                             "(e.g. EntropyCodedQuant(step=None, target_rel_mse=1e-3))")
-        if self.step is not None:
-            check_float("EntropyCodedQuant", "step", self.step, 1e-4, 16.0, lo_open=False)
-        if self.target_rel_mse is not None:
-            check_float("EntropyCodedQuant", "target_rel_mse", self.target_rel_mse, 1e-12, 0.5)
-        check_choice("EntropyCodedQuant", "relative_to", self.relative_to, ("rms", "absmax"))
-        check_group_size("EntropyCodedQuant", self.group_size)
-        check_choice("EntropyCodedQuant", "scale_dtype", self.scale_dtype, tuple(FLOAT_DTYPES))
-
-    def _stats(self, x: torch.Tensor, numel: int) -> torch.Tensor:
-        if self.relative_to == "absmax":
-            return x.abs().amax(1)
-        ss = x.to(torch.float64).square().sum(1)
-        return (ss / group_counts(numel, x.shape[1], x.shape[0])).sqrt().to(torch.float32)
-
-    def _quantize(self, x: torch.Tensor, stat: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
-        s = store_scale(stat * step, self.scale_dtype, False, "EntropyCodedQuant")
-        return torch.round(_div(x, s)), s
-
-    def _apply(self, weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, int]]:
-        x = to_groups(weight, group_len(weight.shape, self.group_size))
-        stat = self._stats(x, weight.numel())
-        step = self.step if self.step is not None else self._search_step(x, stat)
-        q, s = self._quantize(x, stat, step)
-        qmin, qmax = int(q.min()), int(q.max())
-        if max(-qmin, qmax) > MAX_ZIGZAG:
-            raise ValueError(f"EntropyCodedQuant: step {step:.3g} gives codes up to {max(-qmin, qmax)}, beyond "
-                             f"int16's +-{MAX_ZIGZAG}; use a larger step, relative_to='absmax' or smaller groups")
-        zigzag = max(-qmin, qmax) > 127
-        if zigzag:
-            qi = q.to(torch.int32)
-            codes = ((qi << 1) ^ (qi >> 31)).to(torch.int16)
-        else:
-            codes = q.to(torch.int8)
-        packed = max(1, math.ceil(math.log2(qmax - qmin + 1))) if qmax > qmin else 1
-        meta = {"step": float(step), "zigzag": zigzag}
-        return {"codes": from_groups(codes, weight.shape), "scales": s}, meta, {"codes": packed}
-
-    def _search_step(self, x: torch.Tensor, stat: torch.Tensor) -> float:
-        """Relative step whose quantization error hits ``target_rel_mse`` (high-rate start, then refine)."""
-        target = float(self.target_rel_mse)  # type: ignore[arg-type]
-        x64 = x.to(torch.float64)
-        norm = float(x64.square().sum())
-        if norm == 0:
-            return 1.0
-        counts = group_counts(int(x.numel()), x.shape[1], x.shape[0])  # padding is 0: counts only scale the start
-        stat_sq = float((stat.to(torch.float64).square() * counts).sum())
-        step = math.sqrt(12 * target * norm / max(stat_sq, 1e-300))
-        for _ in range(8):
-            q, s = self._quantize(x, stat, step)
-            err = float((x64 - q.to(torch.float64) * s.to(torch.float64)[:, None]).square().sum()) / norm
-            if err == 0 or abs(err / target - 1) < 2e-3:
-                break
-            step *= min(4.0, max(0.25, math.sqrt(target / err)))
-        return min(max(step, 1e-4), 16.0)
-
-    def reconstruct(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
-        codes = tensors["codes"]
-        if meta["zigzag"]:
-            z = codes.to(torch.int32)
-            codes = (z >> 1) ^ -(z & 1)
-        q = to_groups(codes, group_len(meta["shape"], self.group_size)).to(torch.float32)
         return _restore(q * tensors["scales"].to(torch.float32)[:, None], meta)
