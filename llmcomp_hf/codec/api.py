@@ -18,6 +18,7 @@ from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, where
 
 DEFAULT_BLOCK_SIZE = 1 << 16
+PARALLEL_MIN_BLOCKS = 4  # decode in parallel from this many blocks (one block takes ~50-100 us)
 # A plane is entropy-coded only when it saves at least this share of its raw size; below that the
 # decode time is not worth it (bf16's sign+mantissa byte saves ~0.4% and stays raw).
 DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "raw": 0.0}
@@ -170,7 +171,7 @@ def decode(
         ChecksumMismatchError: decoded bytes differ from the original.
     """
     ensure_consistent()
-    from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_blocks, decode_groups
+    from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_blocks, decode_range
 
     enc.validate()
     dname, shape = enc.dtype, list(enc.shape)
@@ -194,8 +195,8 @@ def decode(
     err_plane = np.full(n_blocks, -1, np.int64)
     csum = np.zeros(n_blocks, np.uint64)
     args = (enc.data, enc.index, kind, itemsize, enc.numel, enc.header["block_size"], n_planes, words, u8, u32)
-    if n_blocks <= GROUP or threads == 1:  # one group: no thread-pool launch
-        decode_groups(*args, 0, 1, errs, err_plane, csum)
+    if n_blocks < PARALLEL_MIN_BLOCKS or threads == 1:  # small: a thread-pool launch costs more
+        decode_range(*args, 0, n_blocks, errs, err_plane, csum)
     else:
         with _kernel_threads(threads) as count:
             decode_blocks(*args, errs, err_plane, csum, count)

@@ -183,36 +183,42 @@ def decode_block(data, lo, hi, n, n_planes, planes, src, single, multi, memo, sl
 
 
 @njit(cache=True, nogil=True)
-def decode_groups(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, first, step, errs, err_plane, csum):
-    """Decode groups first, first+step, ... into ``words``, with one set of scratch tables."""
-    n_blocks = index.shape[0] - 1
+def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, b_lo, b_hi, errs, err_plane, csum):
+    """Decode blocks ``[b_lo, b_hi)`` into ``words``, with one set of scratch tables.
+
+    Blocks are self-contained, so any range decodes; consecutive blocks that share a table (the
+    encoder's groups) skip the rebuild.
+    """
     planes = np.empty((n_planes, block_size), np.uint8)
     src = np.empty(n_planes, np.int64)
     single = np.empty((n_planes, huffman.LUT_SIZE), np.uint16)
     multi = np.empty((n_planes, huffman.LUT_SIZE), np.uint64)
     memo = np.zeros((n_planes, huffman.MEMO_SIZE), np.uint8)
     slots = np.empty(4096, np.uint32)
-    for g in range(first, (n_blocks + GROUP - 1) // GROUP, step):
-        for b in range(g * GROUP, min(g * GROUP + GROUP, n_blocks)):
-            start = b * block_size
-            n = min(block_size, numel - start)
-            err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, src, single, multi, memo, slots)
-            if err < 0:
-                errs[b] = err
-                err_plane[b] = plane
-                memo[:, 0] = 0
-            else:
-                merge_block(planes, src, data, kind, itemsize, start, n, words)
-                csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
+    for b in range(b_lo, b_hi):
+        start = b * block_size
+        n = min(block_size, numel - start)
+        err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, src, single, multi, memo, slots)
+        if err < 0:
+            errs[b] = err
+            err_plane[b] = plane
+            memo[:, 0] = 0
+        else:
+            merge_block(planes, src, data, kind, itemsize, start, n, words)
+            csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, errs, err_plane, csum, n_threads):
-    """Decode every block into ``words``, filling per-block (error code, error plane, checksum)."""
+    """Decode every block into ``words``, filling per-block (error code, error plane, checksum).
+
+    Each thread takes one contiguous run of blocks (one table rebuild per run, not per block).
+    """
     n_blocks = index.shape[0] - 1
-    nt = max(1, min(n_threads, (n_blocks + GROUP - 1) // GROUP))
+    nt = max(1, min(n_threads, n_blocks))
     for t in prange(nt):
-        decode_groups(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, t, nt, errs, err_plane, csum)
+        decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32,
+                     t * n_blocks // nt, (t + 1) * n_blocks // nt, errs, err_plane, csum)
 
 
 @njit(cache=True, nogil=True)
