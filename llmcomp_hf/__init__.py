@@ -36,6 +36,7 @@ def __getattr__(name: str):  # lazy: the configs import transformers (~2 s), the
 
 __all__ = [
     "ChecksumMismatchError",
+    "CompressionConfig",
     "CorruptStreamError",
     "FormatError",
     "LlmcompError",

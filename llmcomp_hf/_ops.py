@@ -14,8 +14,9 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from llmcomp_hf.errors import FormatError, LlmcompError, where
+from llmcomp_hf.format.lossy import claim_parts, decode_lossy
 from llmcomp_hf.format.reader import decode_parts
-from llmcomp_hf.format.shard import split_key
+from llmcomp_hf.format.shard import split_key, transform_base
 
 if TYPE_CHECKING:
     from llmcomp_hf.quantizer import LlmcompHfQuantizer
@@ -30,6 +31,9 @@ class _IdentityOp(ConversionOps):
 
 class DecodeOp(ConversionOps):
     """``{"weight.llmcomp_data": [..], ".._index": [..], ".._header": [..]}`` or ``{"weight": [..]}`` -> weight.
+
+    A lossy weight arrives as ``weight.llmcomp_transform`` plus its encoded parts
+    (``weight.<part>.llmcomp_data``...); it is decoded and reconstructed (docs/format.md part 3).
 
     Also accepts the patterns of a model's own converters (``experts.*.w.weight.llmcomp_data`` with
     one tensor per expert) and then returns one decoded list per pattern, for the ops that follow.
@@ -56,13 +60,29 @@ class DecodeOp(ConversionOps):
             return {}
         dtype = _param_dtype(model, full_layer_name)
         groups: dict[str, dict[str, list[torch.Tensor]]] = {}
+        transforms: dict[str, list[torch.Tensor]] = {}
         for key, value in input_dict.items():
+            values = value if isinstance(value, list) else [value]
+            lossy_name = transform_base(key)
+            if lossy_name is not None:
+                transforms[lossy_name] = values
+                continue
             base, part = split_key(key)
-            groups.setdefault(base, {})[part or "plain"] = value if isinstance(value, list) else [value]
+            groups.setdefault(base, {})[part or "plain"] = values
+        lossy_parts = claim_parts(groups, transforms)
         out: dict[str, Any] = {}
         try:
             for base, parts in groups.items():
                 out[base] = [self._one(full_layer_name or base, parts, i, dtype) for i in range(_count(parts))]
+            for base, headers in transforms.items():
+                name = full_layer_name or base
+                if base in out:
+                    raise FormatError(
+                        f"weight stored both plain and lossy{where(name, quantizer.file_of(base))}; "
+                        "the checkpoint is inconsistent: re-save it with llmcomp-hf"
+                    )
+                parts = lossy_parts.get(base, {})
+                out[base] = [self._lossy(name, headers, parts, i, dtype) for i in range(len(headers))]
         except LlmcompError as exc:
             quantizer.load_error = exc
             return {}
@@ -82,13 +102,25 @@ class DecodeOp(ConversionOps):
             tensor = decode_parts(name, picked, self.hf_quantizer.file_of(name))
         return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
 
+    def _lossy(self, name: str, headers: list[torch.Tensor], parts: dict[str, dict[str, list[torch.Tensor]]], i: int,
+               dtype: torch.dtype | None) -> torch.Tensor:
+        picked = {p: {k: v[i] if i < len(v) else None for k, v in group.items()} for p, group in parts.items()}
+        quantizer = self.hf_quantizer
+        weight, stored = decode_lossy(name, headers[i], picked, quantizer.file_of(name), quantizer.options.verify)
+        if len(headers) == 1:
+            quantizer.lossy[name] = stored  # a re-save writes these bytes again
+        return weight if dtype is None or weight.dtype == dtype else weight.to(dtype)
+
     @property
     def reverse_op(self) -> ConversionOps:
         return _IdentityOp()
 
 
 class EncodeOp(ConversionOps):
-    """Encode each incoming weight (compress on load), keep the result on the quantizer, pass the weight on."""
+    """Compress each incoming weight on load, keep the result on the quantizer, pass on what the model holds.
+
+    Lossless: the weight itself. Lossy: its reconstruction, exactly what a reload of the saved model gives.
+    """
 
     def __init__(self, hf_quantizer: LlmcompHfQuantizer) -> None:
         self.hf_quantizer = hf_quantizer
@@ -98,8 +130,7 @@ class EncodeOp(ConversionOps):
         for key, value in input_dict.items():
             tensor = value[0] if isinstance(value, list) else value
             name = key if len(input_dict) > 1 or full_layer_name is None else full_layer_name
-            self.hf_quantizer.encode_weight(name, tensor)
-            out[name] = tensor
+            out[name] = self.hf_quantizer.compress_weight(name, tensor)
         return out
 
     @property

@@ -44,14 +44,16 @@ def check_transformers_version(version: str | None = None) -> None:
 
 
 def register() -> None:
-    """Register ``LosslessConfig`` and the quantizer under ``quant_method="llmcomp"`` (idempotent).
+    """Register ``CompressionConfig`` and the quantizer under ``quant_method="llmcomp"`` (idempotent).
+
+    ``CompressionConfig.from_dict`` gives a ``LosslessConfig`` for empty ``stages``.
 
     An unsupported transformers version only warns here; the quantizer then refuses to load or
     compress with a clear error, rather than breaking ``import transformers``.
     """
     from transformers.quantizers import auto
 
-    from llmcomp_hf.config import QUANT_METHOD, LosslessConfig
+    from llmcomp_hf.config import QUANT_METHOD, CompressionConfig
     from llmcomp_hf.quantizer import LlmcompHfQuantizer
 
     with _LOCK:
@@ -60,7 +62,7 @@ def register() -> None:
         except LlmcompError as exc:
             warnings.warn(str(exc), stacklevel=2)
         for mapping, cls, register_fn in (
-            (auto.AUTO_QUANTIZATION_CONFIG_MAPPING, LosslessConfig, auto.register_quantization_config),
+            (auto.AUTO_QUANTIZATION_CONFIG_MAPPING, CompressionConfig, auto.register_quantization_config),
             (auto.AUTO_QUANTIZER_MAPPING, LlmcompHfQuantizer, auto.register_quantizer),
         ):
             existing = mapping.get(QUANT_METHOD)

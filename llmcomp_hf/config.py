@@ -1,15 +1,17 @@
-"""``LosslessConfig``: the ``quantization_config`` that makes transformers compress weights with llmcomp.
+"""``CompressionConfig``: the ``quantization_config`` that makes transformers compress weights with llmcomp.
 
 It is stored in ``config.json`` under ``quantization_config`` (``quant_method: "llmcomp"``) and
 round-trips through ``to_dict``/``from_dict``. Every field is validated; a bad value raises
 ``ValueError`` naming the field and the fix.
 
-The ``stages`` field is reserved for lossy stages (quantization, low rank, pruning) applied before
-the entropy coder by a later, general config with the same ``quant_method``; it must stay empty here.
+``stages`` lists lossy transforms (``Transform.to_dict()`` form: quantize, low rank, prune) applied to
+each selected weight before the entropy coder (docs/format.md part 3). Empty ``stages`` is bit-exact
+compression; ``LosslessConfig`` is that preset and refuses stages. Named presets live in ``configs/``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,7 +24,10 @@ from llmcomp_hf.format.shard import SHARD_VERSION
 QUANT_METHOD = "llmcomp"
 CODERS = ("huffman", "rans")
 DEFAULT_DTYPES = ("bfloat16", "float16", "float32")
+LOSSY_DTYPES = DEFAULT_DTYPES  # float weights the transforms accept
 DEFAULT_MODULE_TYPES = ("Linear", "Embedding", "Conv1D")
+#: stage options that need calibration data, which a config loaded by ``from_pretrained`` never has
+CALIBRATION_KEYS = ("importance", "calibration", "act", "allocate", "allocate_steps", "sensitivity")
 FIELDS = (
     "coder",
     "block_size",
@@ -35,8 +40,8 @@ FIELDS = (
 )
 
 
-class LosslessConfig(QuantizationConfigMixin):
-    """Bit-exact entropy coding of float weights (llmcomp format, docs/format.md).
+class CompressionConfig(QuantizationConfigMixin):
+    """llmcomp compression: optional lossy ``stages``, then entropy coding (docs/format.md).
 
     Args:
         coder: ``"huffman"`` (fastest decode, default) or ``"rans"`` (slightly smaller).
@@ -47,7 +52,10 @@ class LosslessConfig(QuantizationConfigMixin):
             any class in its MRO has one of these names (``nn.Linear`` subclasses count as ``Linear``).
         modules_to_not_convert: module names to leave uncompressed; an entry matches a module path
             (``"lm_head"``, ``"model.layers.0"``) or any run of its dot-separated segments (``"q_proj"``).
-        stages: reserved for lossy stages; must be empty for lossless compression.
+        stages: lossy transforms applied in the order prune -> lowrank -> quantize, as
+            ``Transform.to_dict()`` dicts (or Transform objects); empty for bit-exact compression.
+            Calibration-dependent options (importance, step allocation) are refused: a config applied
+            inside ``from_pretrained`` has no calibration data.
         format_version: llmcomp checkpoint format version; written by llmcomp-hf, checked on load.
     """
 
@@ -63,57 +71,99 @@ class LosslessConfig(QuantizationConfigMixin):
         format_version: int = SHARD_VERSION,
         **kwargs: Any,
     ) -> None:
+        name = type(self).__name__
         method = kwargs.pop("quant_method", QUANT_METHOD)
         if method != QUANT_METHOD:
-            raise ValueError(f"LosslessConfig.quant_method must be {QUANT_METHOD!r}, got {method!r}")
+            raise ValueError(f"{name}.quant_method must be {QUANT_METHOD!r}, got {method!r}")
         if kwargs:
             raise ValueError(
-                f"LosslessConfig got unknown fields {sorted(kwargs)}; known: {list(FIELDS)}. If this config.json "
+                f"{name} got unknown fields {sorted(kwargs)}; known: {list(FIELDS)}. If this config.json "
                 "was written by a newer llmcomp-hf, upgrade it (pip install -U llmcomp-hf)."
             )
         self.quant_method = QUANT_METHOD
         self.coder = coder
         self.block_size = block_size
         self.min_numel = min_numel
-        self.dtypes = _str_list("dtypes", dtypes)
-        self.module_types = _str_list("module_types", module_types)
-        self.modules_to_not_convert = _str_list("modules_to_not_convert", modules_to_not_convert or [])
-        self.stages = list(stages or [])
+        self.dtypes = _str_list(name, "dtypes", dtypes)
+        self.module_types = _str_list(name, "module_types", module_types)
+        self.modules_to_not_convert = _str_list(name, "modules_to_not_convert", modules_to_not_convert or [])
+        self.stages = _normalise_stages(name, stages)
         self.format_version = format_version
         self.post_init()
 
     def post_init(self) -> None:
         """Validate every field; raise ValueError (FormatError for a newer format) naming the field."""
+        name = type(self).__name__
         if self.coder not in CODERS:
-            raise ValueError(f"LosslessConfig.coder must be one of {list(CODERS)}, got {self.coder!r}")
+            raise ValueError(f"{name}.coder must be one of {list(CODERS)}, got {self.coder!r}")
         bs = self.block_size
         if not _is_int(bs) or not (MIN_BLOCK <= bs <= MAX_BLOCK) or bs % 64:
             raise ValueError(
-                f"LosslessConfig.block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}], got {bs!r}; "
+                f"{name}.block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}], got {bs!r}; "
                 "the default 65536 suits most models"
             )
         if not _is_int(self.min_numel) or self.min_numel < 0:
-            raise ValueError(f"LosslessConfig.min_numel must be an int >= 0, got {self.min_numel!r}")
+            raise ValueError(f"{name}.min_numel must be an int >= 0, got {self.min_numel!r}")
         unknown = [d for d in self.dtypes if d not in DTYPES]
         if unknown or not self.dtypes:
-            raise ValueError(
-                f"LosslessConfig.dtypes must be a non-empty list of {sorted(DTYPES)}, got {self.dtypes!r}"
-            )
-        if not self.module_types:
-            raise ValueError("LosslessConfig.module_types must name at least one module class, e.g. ['Linear']")
+            raise ValueError(f"{name}.dtypes must be a non-empty list of {sorted(DTYPES)}, got {self.dtypes!r}")
         if self.stages:
-            raise ValueError(
-                f"LosslessConfig.stages must be empty (lossless compression), got {self.stages!r}; lossy "
-                "stages are not supported by this version of llmcomp-hf"
-            )
+            lossy = [d for d in self.dtypes if d not in LOSSY_DTYPES]
+            if lossy:
+                raise ValueError(
+                    f"{name}.dtypes {lossy} cannot take lossy stages (only {list(LOSSY_DTYPES)}); drop them from "
+                    "dtypes or use stages=[] for bit-exact compression"
+                )
+        if not self.module_types:
+            raise ValueError(f"{name}.module_types must name at least one module class, e.g. ['Linear']")
         fv = self.format_version
         if not _is_int(fv) or fv < 1:
-            raise ValueError(f"LosslessConfig.format_version must be an int >= 1, got {fv!r}")
+            raise ValueError(f"{name}.format_version must be an int >= 1, got {fv!r}")
         if fv > SHARD_VERSION:
             raise FormatError(
                 f"this checkpoint uses llmcomp format version {fv}, but this llmcomp-hf reads up to version "
                 f"{SHARD_VERSION}: upgrade llmcomp-hf (pip install -U llmcomp-hf)"
             )
+
+    @property
+    def is_lossless(self) -> bool:
+        """True when no lossy stage is configured: decoding gives back every weight bit for bit."""
+        return not self.stages
+
+    def pipeline(self) -> Any:
+        """The ``transforms.Pipeline`` of ``stages`` (None when lossless)."""
+        if not self.stages:
+            return None
+        from llmcomp_hf.transforms import Pipeline, config_from_dict
+
+        return Pipeline(stages=tuple(config_from_dict(s) for s in self.stages))
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """Build from ``to_dict`` output; on ``CompressionConfig`` empty stages give a ``LosslessConfig``."""
+        target = LosslessConfig if cls is CompressionConfig and not config_dict.get("stages") else cls
+        config = target(**config_dict)
+        unused = {}
+        for key, value in kwargs.items():  # transformers' convention: known attributes are overridden
+            if hasattr(config, key):
+                setattr(config, key, value)
+            else:
+                unused[key] = value
+        return (config, unused) if return_unused_kwargs else config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> CompressionConfig:
+        """Read a YAML file of config fields (top level, or under ``quantization_config``); ``overrides`` win."""
+        from llmcomp_hf.presets import read_yaml
+
+        return cls.from_dict({**read_yaml(path), **overrides})
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> CompressionConfig:
+        """A named preset from ``configs/<name>.yaml`` (``lossless``, ``int8``, ``ecq4``, ``nf4``, ...)."""
+        from llmcomp_hf.presets import preset_path
+
+        return cls.from_yaml(preset_path(name), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable fields, as written to ``config.json``."""
@@ -125,23 +175,73 @@ class LosslessConfig(QuantizationConfigMixin):
         return self.to_dict()
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, LosslessConfig) and self.to_dict() == other.to_dict()
+        return isinstance(other, CompressionConfig) and self.to_dict() == other.to_dict()
 
     __hash__ = None  # mutable, like every transformers config
+
+
+class LosslessConfig(CompressionConfig):
+    """Bit-exact entropy coding of float weights: a ``CompressionConfig`` whose ``stages`` must stay empty."""
+
+    def post_init(self) -> None:
+        if self.stages:
+            raise ValueError(
+                f"LosslessConfig.stages must be empty (lossless compression), got {self.stages!r}; for lossy "
+                "stages use CompressionConfig(stages=...) or CompressionConfig.from_preset(...)"
+            )
+        super().post_init()
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _str_list(field: str, values: Iterable[str] | str) -> list[str]:
+def _str_list(owner: str, field: str, values: Iterable[str] | str) -> list[str]:
     if isinstance(values, str):
-        raise ValueError(f"LosslessConfig.{field} must be a list of strings, got the string {values!r}; wrap it: [{values!r}]")
+        raise ValueError(f"{owner}.{field} must be a list of strings, got the string {values!r}; wrap it: [{values!r}]")
     out = list(values)
     if not all(isinstance(v, str) and v for v in out):
-        raise ValueError(f"LosslessConfig.{field} must be a list of non-empty strings, got {out!r}")
+        raise ValueError(f"{owner}.{field} must be a list of non-empty strings, got {out!r}")
     return out
 
 
+def _normalise_stages(owner: str, stages: Iterable[Any] | None) -> list[dict[str, Any]]:
+    """Stages as canonical ``Transform.to_dict()`` dicts, checked one by one and as a pipeline."""
+    if stages is None:
+        return []
+    if isinstance(stages, (str, dict)) or not isinstance(stages, Iterable):
+        raise ValueError(f"{owner}.stages must be a list of transform configs, got {stages!r}; wrap it in a list")
+    stages = list(stages)
+    if not stages:
+        return []
+    from llmcomp_hf.transforms import Pipeline, Transform, config_from_dict
+
+    configs = []
+    for i, stage in enumerate(stages):
+        if isinstance(stage, Transform):
+            stage = stage.to_dict()
+        if not isinstance(stage, dict):
+            raise ValueError(f"{owner}.stages[{i}] must be a transform config dict, got {stage!r}")
+        calib = sorted(k for k in stage if k in CALIBRATION_KEYS)
+        if calib:
+            raise ValueError(
+                f"{owner}.stages[{i}] has calibration-dependent option(s) {calib}: a quantization_config has no "
+                "calibration data; drop them (importance and step allocation are for the transforms API)"
+            )
+        try:
+            configs.append(config_from_dict(stage))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{owner}.stages[{i}]: {exc}") from exc
+    try:
+        Pipeline(stages=tuple(configs))
+    except ValueError as exc:
+        raise ValueError(f"{owner}.stages: {exc}") from exc
+    return [c.to_dict() for c in configs]
+
+
 def _copy(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else value
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value

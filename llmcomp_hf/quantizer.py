@@ -5,8 +5,11 @@ Flow inside ``from_pretrained`` (transformers 5.x):
 * dense checkpoint + ``quantization_config=LosslessConfig()`` (``pre_quantized=False``): every selected
   weight goes through ``EncodeOp`` as it loads; the model keeps the plain weight for compute and the
   quantizer keeps the EncodedTensor, which ``save_pretrained`` writes unless the weight changed since.
-* llmcomp checkpoint (``pre_quantized=True``): one ``WeightConverter`` gathers the three parts of each
-  compressed weight and ``DecodeOp`` decodes them on the CPU into an ordinary, bit-identical weight.
+  With a lossy ``CompressionConfig`` the op applies the stages instead: the model gets the
+  reconstruction (what a reload gives) and the quantizer keeps the encoded transform tensors.
+* llmcomp checkpoint (``pre_quantized=True``): one ``WeightConverter`` gathers the stored parts of each
+  compressed weight and ``DecodeOp`` decodes them on the CPU into an ordinary weight (bit-identical for
+  lossless weights; the reconstruction for lossy ones, whose stored form is kept for re-saving).
 
 ``save_pretrained`` calls ``get_state_dict_and_metadata``, which returns the shard tensors of
 docs/format.md part 2 and the shard metadata, and adds the missing-plugin guard to the config.
@@ -15,40 +18,46 @@ docs/format.md part 2 and the shard metadata, and adds the missing-plugin guard 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import torch
 from transformers.quantizers.base import HfQuantizer
-from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from llmcomp_hf import loading
 from llmcomp_hf._guard import add_guard, strip_guard
+from llmcomp_hf._placeholders import check_encoded_modules, install_placeholders
 from llmcomp_hf._register import check_transformers_version
+from llmcomp_hf._select import Stamp, select_weights, shared_tied_targets, stamp_of, tensor_of
 from llmcomp_hf.codec import EncodedTensor, encode
-from llmcomp_hf.config import LosslessConfig
+from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
+from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.reader import shard_keys
-from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key, split_key
-from llmcomp_hf.modules import EncodedWeight, compressed_module, keep_compressed
+from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key, split_key, transform_base
+from llmcomp_hf.modules import keep_compressed
 
 logger = logging.getLogger(__name__)
 
-_Stamp = tuple[int, int, torch.dtype, torch.Size]
-
 
 class LlmcompHfQuantizer(HfQuantizer):
-    """Lossless llmcomp compression behind ``quantization_config`` (weights are decoded for compute)."""
+    """llmcomp compression (lossless, or lossy stages + entropy coding) behind ``quantization_config``.
+
+    Weights are decoded for compute; ``compression_stats()`` reports sizes and bits/weight.
+    """
 
     requires_calibration = False
     # Every checkpoint `.weight` goes through one converter: the three parts of a compressed weight, or
     # the plain tensor (norms, small weights), which the op casts to the parameter's dtype.
     serialized_names = {"weight": ["weight"] + [part_key("weight", p) for p in ("data", "index", "header")]}
 
-    def __init__(self, quantization_config: LosslessConfig, **kwargs: Any) -> None:
+    def __init__(self, quantization_config: CompressionConfig, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
         self.encoded: dict[str, EncodedTensor] = {}
+        self.lossy: dict[str, LossyWeight] = {}  # lossy weights as stored (compressed on load or read)
+        self._pipeline: Any = None
         self.load_error: LlmcompError | None = None  # first decode failure, raised after loading
-        self._stamps: dict[str, _Stamp] = {}
+        self._stamps: dict[str, Stamp] = {}
         self._files: dict[str, str] = {}
         self._targets: set[str] = set()
         self._converters: list[Any] = []
@@ -76,17 +85,38 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.load_error = None
         if self.pre_quantized:
             self._files = {}
+            all_keys: list[str] = []
             for file in checkpoint_files or []:
                 if not file.endswith(".safetensors"):
                     raise FormatError(f"llmcomp checkpoints are safetensors shards{where(None, file)}; this file is not")
                 keys, _ = shard_keys(file)  # also checks the shard format version
+                all_keys += keys
                 for key in keys:
                     base, part = split_key(key)
-                    if part is not None:
+                    lossy_name = transform_base(key)
+                    if lossy_name is not None:
+                        self._files.setdefault(lossy_name, file)
+                    elif part is not None:
                         self._files.setdefault(base, file)
+            lossy_names = {name for name in map(transform_base, all_keys) if name is not None}
+            if lossy_names and self.on_the_fly:
+                name = min(lossy_names)
+                raise FormatError(
+                    f"this checkpoint holds lossy weights, which cannot be kept compressed in memory"
+                    f"{where(name, self._files.get(name))}; load it without "
+                    "llmcomp_hf.load_options(decode='on_the_fly')"
+                )
+            self.serialized_names = _serialized_names(lossy_names, all_keys)
             if self.on_the_fly:
-                _install_placeholders(model, self._files)
-        else:  # a tied copy (lm_head of tied embeddings) is not encoded: only its source is stored
+                install_placeholders(model, self._files)
+        else:
+            if self.on_the_fly and not self.quantization_config.is_lossless:
+                raise LlmcompError(
+                    "lossy stages cannot be kept compressed in memory: compress without "
+                    "llmcomp_hf.load_options(decode='on_the_fly'), save, then load the saved model"
+                )
+            self._pipeline = self.quantization_config.pipeline()
+            # a tied copy (lm_head of tied embeddings) is not encoded: only its source is stored
             tied = getattr(model, "all_tied_weights_keys", None) or {}
             self._targets = set(select_weights(model, self.quantization_config)) - set(tied)
         return model
@@ -131,18 +161,24 @@ class LlmcompHfQuantizer(HfQuantizer):
             model._weight_conversions = [c for c in model._weight_conversions if all(c is not o for o in self._converters)]
         if self.on_the_fly:
             if self.pre_quantized:
-                _check_encoded_modules(model, self.options.verify, self.file_of)
+                check_encoded_modules(model, self.options.verify, self.file_of)
             else:
                 keep_compressed(model, self.encoded)
                 self.encoded.clear()
             return model
         self._stamps = {}
         for name in list(self.encoded):
-            param = _tensor(model, name)
+            param = tensor_of(model, name)
             if param is None or param.device.type == "meta":
                 del self.encoded[name]  # offloaded: re-encoded from disk on save
             else:
-                self._stamps[name] = _stamp(param)
+                self._stamps[name] = stamp_of(param)
+        for name in list(self.lossy):  # kept even when offloaded: re-applying the stages would compound the loss
+            param = tensor_of(model, name)
+            if param is None:
+                del self.lossy[name]
+            elif param.device.type != "meta":
+                self._stamps[name] = stamp_of(param)
         return model
 
     def file_of(self, name: str) -> str | None:
@@ -152,6 +188,26 @@ class LlmcompHfQuantizer(HfQuantizer):
         return next((f for key, f in self._files.items() if key.endswith("." + name) or name.endswith("." + key)), None)
 
     # -- encoding and saving ------------------------------------------------------------------
+    def compress_weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Compress one weight on load and keep the result; return what the model holds from now on.
+
+        Lossless: ``tensor`` itself. Lossy: the reconstruction (bit-identical to a reload). A weight the
+        stages cannot take is reported after loading (``load_error``) and kept unchanged meanwhile.
+        """
+        if self.quantization_config.is_lossless:
+            self.encode_weight(name, tensor)
+            return tensor
+        if self.load_error is not None:
+            return tensor
+        cfg = self.quantization_config
+        try:
+            stored, weight = compress_lossy(name, tensor, self._pipeline or cfg.pipeline(), cfg.coder, cfg.block_size)
+        except LlmcompError as exc:
+            self.load_error = exc
+            return tensor
+        self.lossy[name] = stored
+        return weight
+
     def encode_weight(self, name: str, tensor: torch.Tensor, keep: bool = True) -> EncodedTensor:
         """Encode ``tensor`` with this config's coder and block size; ``keep`` it for the next save."""
         cfg = self.quantization_config
@@ -170,7 +226,7 @@ class LlmcompHfQuantizer(HfQuantizer):
 
         add_guard(model.config)
         state = model.state_dict()
-        tied = _shared_tied_targets(model)
+        tied = shared_tied_targets(model)
         targets = set(select_weights(model, self.quantization_config)) - set(tied)
         out: dict[str, torch.Tensor] = {}
         reused = 0
@@ -180,9 +236,12 @@ class LlmcompHfQuantizer(HfQuantizer):
             if name not in targets:
                 out[name] = tensor
                 continue
+            if not self.quantization_config.is_lossless or name in self.lossy:
+                out.update(self._lossy_for_save(model, name, tensor))
+                continue
             enc = self.encoded.pop(name, None)
-            param = _tensor(model, name)
-            if enc is not None and param is not None and self._stamps.get(name) == _stamp(param):
+            param = tensor_of(model, name)
+            if enc is not None and param is not None and self._stamps.get(name) == stamp_of(param):
                 self.encoded[name] = enc
                 reused += 1
             else:
@@ -194,16 +253,56 @@ class LlmcompHfQuantizer(HfQuantizer):
         logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", len(targets), reused, len(targets) - reused)
         return out, dict(SHARD_METADATA)
 
-    def compression_stats(self) -> dict[str, float]:
-        """Sizes of the encodings this quantizer holds: tensors, original and stored bytes, ratio."""
-        original = sum(e.original_nbytes for e in self.encoded.values())
-        stored = sum(e.nbytes for e in self.encoded.values())
+    def _lossy_for_save(self, model: Any, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shard tensors of lossy weight ``name``: the kept form while the weight is unchanged, else re-applied."""
+        from transformers.integrations.accelerate import load_offloaded_parameter
+
+        stored = self.lossy.get(name)
+        param = tensor_of(model, name)
+        unchanged = param is not None and (param.device.type == "meta" or self._stamps.get(name) == stamp_of(param))
+        if stored is not None and unchanged:
+            return stored.pack()
+        if tensor.device.type == "meta":
+            tensor = load_offloaded_parameter(model, name)
+        if stored is not None:
+            warnings.warn(
+                f"weight {name!r} changed since it was compressed; saving re-applies the lossy stages to it, so the "
+                "saved weight differs from the one in memory",
+                stacklevel=3,
+            )
+        pipeline = self._pipeline or self.quantization_config.pipeline()
+        if pipeline is None:  # a lossy checkpoint loaded with a lossless config: keep the stored stages
+            from llmcomp_hf.transforms import config_from_dict
+
+            pipeline = config_from_dict(stored.header["meta"]["config"])
+        cfg = self.quantization_config
+        fresh, _ = compress_lossy(name, tensor, pipeline, cfg.coder, cfg.block_size)
+        return fresh.pack()
+
+    def compression_stats(self) -> dict[str, Any]:
+        """Sizes of the compressed weights this quantizer holds (lossless encodings and lossy weights).
+
+        Keys: ``tensors``, ``original_bytes``, ``stored_bytes``, ``ratio``, ``bits_per_weight`` (stored bits
+        over the weights they replace, everything counted) and ``lossless`` (False once any weight is lossy).
+        """
+        entries = [*self.encoded.values(), *self.lossy.values()]
+        original = sum(e.original_nbytes for e in entries)
+        stored = sum(e.nbytes for e in entries)
+        numel = sum(e.numel for e in entries)
         return {
-            "tensors": len(self.encoded),
+            "tensors": len(entries),
             "original_bytes": original,
             "stored_bytes": stored,
             "ratio": stored / original if original else 1.0,
+            "bits_per_weight": 8.0 * stored / numel if numel else 0.0,
+            "lossless": not self.lossy and self.quantization_config.is_lossless,
         }
+
+    def tensor_bits(self) -> dict[str, float]:
+        """Effective bits/weight of every compressed weight held, everything counted, by name."""
+        out = {name: 8.0 * e.nbytes / max(e.numel, 1) for name, e in self.encoded.items()}
+        out.update({name: e.bits_per_weight for name, e in self.lossy.items()})
+        return out
 
     # -- capabilities -------------------------------------------------------------------------
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
@@ -221,99 +320,26 @@ class LlmcompHfQuantizer(HfQuantizer):
     def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
         # Weights are already ordinary tensors in their loaded dtypes: only the encodings go.
         self.encoded.clear()
+        self.lossy.clear()
         self._stamps.clear()
         return model
 
 
-def select_weights(model: torch.nn.Module, config: LosslessConfig) -> list[str]:
-    """Names of the ``weight`` parameters the config compresses, in module order."""
-    kinds, dtypes = set(config.module_types), set(config.dtypes)
-    names = []
-    for module_name, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if weight is None or not any(c.__name__ in kinds for c in type(module).__mro__):
-            continue
-        if str(weight.dtype).removeprefix("torch.") not in dtypes or weight.numel() < config.min_numel:
-            continue
-        if _skipped(module_name, config.modules_to_not_convert):
-            continue
-        names.append(f"{module_name}.weight" if module_name else "weight")
-    return names
+def _serialized_names(lossy_names: set[str], keys: list[str]) -> dict[str, list[str]]:
+    """``serialized_names`` with the lossy part keys found in the shards, relative to their module.
 
-
-def _skipped(module_name: str, patterns: list[str]) -> bool:
-    """True when an entry equals the module path, a prefix of it, or a run of its segments."""
-    padded = f".{module_name}."
-    return any(f".{p}." in padded for p in patterns)
-
-
-def _tensor(model: torch.nn.Module, name: str) -> torch.Tensor | None:
-    try:
-        module, attr = get_module_from_name(model, name)
-    except AttributeError:
-        return None
-    value = getattr(module, attr, None)
-    return value if isinstance(value, torch.Tensor) else None
-
-
-def _stamp(param: torch.Tensor) -> _Stamp:
-    """Changes whenever the weight may have changed: new storage, in-place update, cast or reshape."""
-    return (param.data_ptr(), param._version, param.dtype, param.shape)
-
-
-def _shared_tied_targets(model: torch.nn.Module) -> dict[str, str]:
-    """``{target: source}`` for tied weights that really share their tensor (so one copy is saved)."""
-    out = {}
-    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
-        a, b = _tensor(model, target), _tensor(model, source)
-        if a is None or b is None:
-            continue
-        if a is b or (a.device.type != "meta" and a.device == b.device and a.data_ptr() == b.data_ptr()):
-            out[target] = source
-    return out
-
-
-def _install_placeholders(model: torch.nn.Module, files: dict[str, str]) -> None:
-    """Swap each module whose weight is stored compressed for a compressed twin with empty buffers.
-
-    Buffer sizes come from the shard headers, so the loader fills them like any other tensor.
-    Modules without a compressed twin (e.g. a Linear subclass) are left to fail loudly as missing.
+    The loader's converter needs every source name up front: ``weight.llmcomp_transform`` and
+    ``weight.<part>.llmcomp_data|index|header`` for the parts this checkpoint holds.
     """
-    from safetensors import safe_open
-
-    handles: dict[str, Any] = {}
-    try:
-        for name, file in files.items():
-            module_name, _, attr = name.rpartition(".")
-            if attr != "weight":
-                continue
-            try:
-                module = model.get_submodule(module_name)
-            except AttributeError:
-                continue
-            if file not in handles:
-                handles[file] = safe_open(file, framework="pt")
-            sizes = tuple(int(handles[file].get_slice(part_key(name, p)).get_shape()[0]) for p in ("data", "index", "header"))
-            twin = compressed_module(module, EncodedWeight.placeholder(name, sizes))
-            if twin is None:
-                raise FormatError(
-                    f"cannot keep {type(module).__name__} weights compressed in memory{where(name, file)}; "
-                    "load without llmcomp_hf.load_options(decode='on_the_fly')"
-                )
-            parent_name, _, child = module_name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
-    finally:
-        handles.clear()
-
-
-def _check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) -> None:
-    """Validate every encoded weight once (and check its checksum with a decode into scratch)."""
-    for module_name, module in model.named_modules():
-        if not isinstance(module, EncodedWeight):
-            continue
-        try:
-            module.encoded  # parses and validates the header and index
-            if verify:  # a transient full decode, not the shared scratch (it would stay embedding-sized)
-                module.decode(verify=True)
-        except FormatError as exc:
-            raise type(exc)(f"{exc}{where(None, file_of(module_name))}") from exc
+    names = set(LlmcompHfQuantizer.serialized_names["weight"])
+    if not lossy_names:
+        return {"weight": list(LlmcompHfQuantizer.serialized_names["weight"])}
+    for key in keys:
+        owner = transform_base(key)
+        pos = key.find(".")
+        while owner is None and pos != -1:  # the lossy weight whose name prefixes the key
+            owner = key[:pos] if key[:pos] in lossy_names else None
+            pos = key.find(".", pos + 1)
+        if owner is not None and owner.rpartition(".")[2] == "weight":
+            names.add("weight" + key[len(owner):])
+    return {"weight": ["weight"] + sorted(names - {"weight"})}

@@ -12,7 +12,8 @@ from safetensors import SafetensorError, safe_open
 
 from llmcomp_hf.codec import decode
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.shard import check_metadata, split_key, unpack, with_file
+from llmcomp_hf.format.lossy import claim_parts, decode_lossy
+from llmcomp_hf.format.shard import check_metadata, split_key, transform_base, unpack, with_file
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -52,24 +53,36 @@ def checkpoint_files(path: str | os.PathLike) -> list[str]:
 def decode_tensors(
     tensors: Mapping[str, torch.Tensor], files: Mapping[str, str] | None = None, verify: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Replace every compressed triple in ``tensors`` by its decoded tensor; plain tensors pass through.
+    """Replace every compressed tensor in ``tensors`` by its decoded tensor; plain tensors pass through.
 
+    Lossless triples are decoded bit-exactly; lossy weights (a ``.llmcomp_transform`` key and its
+    encoded parts, docs/format.md part 3) are decoded and reconstructed in their original dtype.
     ``files`` maps a compressed tensor's name to its shard, for error messages only.
     """
     files = files or {}
     out: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[str, torch.Tensor]] = {}
+    transforms: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
+        lossy_name = transform_base(key)
         base, part = split_key(key)
-        if part is None:
+        if lossy_name is not None:
+            transforms[lossy_name] = tensor
+        elif part is None:
             out[key] = tensor
         else:
             groups.setdefault(base, {})[part] = tensor
+    lossy_parts = claim_parts(groups, transforms)
     for name, parts in groups.items():
         file = files.get(name)
         if name in out:
             raise FormatError(f"tensor stored both plain and compressed{where(name, file)}; the checkpoint is inconsistent")
         out[name] = decode_parts(name, parts, file, verify)
+    for name, header in transforms.items():
+        file = files.get(name)
+        if name in out:
+            raise FormatError(f"tensor stored both plain and lossy{where(name, file)}; the checkpoint is inconsistent")
+        out[name] = decode_lossy(name, header, lossy_parts.get(name, {}), file, verify)[0]
     return out
 
 
@@ -83,7 +96,7 @@ def decode_parts(name: str, parts: Mapping[str, torch.Tensor | None], file: str 
 
 
 def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
-    """Load a whole llmcomp (or plain) safetensors checkpoint, decoded, as ``{name: tensor}``.
+    """Load a whole llmcomp (or plain) safetensors checkpoint, decoded (lossy weights reconstructed), as ``{name: tensor}``.
 
     The parts of one compressed tensor may lie in different shards; they are gathered first.
     """
@@ -94,9 +107,8 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, t
         with safe_open(file, framework="pt") as handle:
             for key in keys:
                 raw[key] = handle.get_tensor(key)
-                files.setdefault(split_key(key)[0], file)
+                files.setdefault(transform_base(key) or split_key(key)[0], file)
     return decode_tensors(raw, files, verify)
 
 
-__all__ = [
-    "decode_parts","checkpoint_files", "decode_tensors", "load_checkpoint", "shard_keys"]
+__all__ = ["checkpoint_files", "decode_parts", "decode_tensors", "load_checkpoint", "shard_keys"]

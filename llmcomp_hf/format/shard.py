@@ -6,6 +6,9 @@ A compressed parameter ``X.weight`` becomes three standard tensors (see docs/for
     X.weight.llmcomp_index   int64  [n_blocks + 1]  block byte offsets
     X.weight.llmcomp_header  uint8  [n_json]        the encoded-tensor header, compact UTF-8 JSON
 
+A lossy weight (part 3) stores each transform tensor ``<part>`` that way under ``X.weight.<part>``, plus
+``X.weight.llmcomp_transform`` (uint8 JSON, see ``llmcomp_hf.format.lossy``).
+
 Every shard also carries ``SHARD_METADATA`` in its safetensors ``__metadata__``.
 This module only maps names and bytes; it never imports transformers.
 """
@@ -31,6 +34,8 @@ SHARD_METADATA: dict[str, str] = {META_FORMAT_KEY: SHARD_FORMAT, META_VERSION_KE
 PARTS = ("data", "index", "header")
 SUFFIXES: dict[str, str] = {part: f"llmcomp_{part}" for part in PARTS}
 MAX_HEADER_BYTES = 1 << 16
+#: last segment of the key holding a lossy weight's transform header (docs/format.md part 3)
+TRANSFORM_SUFFIX = "llmcomp_transform"
 
 
 def part_key(name: str, part: str) -> str:
@@ -45,6 +50,20 @@ def split_key(key: str) -> tuple[str, str | None]:
         if last == suffix and base:
             return base, part
     return key, None
+
+
+def transform_key(name: str) -> str:
+    """Checkpoint key of the transform header of lossy weight ``name`` (``X.weight.llmcomp_transform``)."""
+    return f"{name}.{TRANSFORM_SUFFIX}"
+
+
+def transform_base(key: str) -> str | None:
+    """``"X.weight"`` for ``"X.weight.llmcomp_transform"``; None for every other key.
+
+    :func:`split_key` treats a transform key as plain, so lossless tools see it as an ordinary tensor.
+    """
+    base, _, last = key.rpartition(".")
+    return base if last == TRANSFORM_SUFFIX and base else None
 
 
 def pack(name: str, enc: EncodedTensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,60 @@
+"""On-the-fly loading helpers: compressed twins with empty buffers, and their validation after load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.shard import part_key
+from llmcomp_hf.modules import EncodedWeight, compressed_module
+
+
+def install_placeholders(model: torch.nn.Module, files: dict[str, str]) -> None:
+    """Swap each module whose weight is stored compressed for a compressed twin with empty buffers.
+
+    Buffer sizes come from the shard headers, so the loader fills them like any other tensor.
+    Modules without a compressed twin (e.g. a Linear subclass) are left to fail loudly as missing.
+    """
+    from safetensors import safe_open
+
+    handles: dict[str, Any] = {}
+    try:
+        for name, file in files.items():
+            module_name, _, attr = name.rpartition(".")
+            if attr != "weight":
+                continue
+            try:
+                module = model.get_submodule(module_name)
+            except AttributeError:
+                continue
+            if file not in handles:
+                handles[file] = safe_open(file, framework="pt")
+            sizes = tuple(int(handles[file].get_slice(part_key(name, p)).get_shape()[0]) for p in ("data", "index", "header"))
+            twin = compressed_module(module, EncodedWeight.placeholder(name, sizes))
+            if twin is None:
+                raise FormatError(
+                    f"cannot keep {type(module).__name__} weights compressed in memory{where(name, file)}; "
+                    "load without llmcomp_hf.load_options(decode='on_the_fly')"
+                )
+            parent_name, _, child = module_name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
+    finally:
+        handles.clear()
+
+
+def check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) -> None:
+    """Validate every encoded weight once (and check its checksum with a decode into scratch)."""
+    for module_name, module in model.named_modules():
+        if not isinstance(module, EncodedWeight):
+            continue
+        try:
+            module.encoded  # parses and validates the header and index
+            if verify:  # a transient full decode, not the shared scratch (it would stay embedding-sized)
+                module.decode(verify=True)
+        except FormatError as exc:
+            raise type(exc)(f"{exc}{where(None, file_of(module_name))}") from exc
+
+
+__all__ = ["check_encoded_modules", "install_placeholders"]
