@@ -1,0 +1,244 @@
+"""Model cards for llmcomp checkpoints, rendered from the templates in ``model_cards/``.
+
+The card's YAML block carries ``base_model``, ``base_model_relation: quantized``,
+``library_name: transformers``, tags (``llmcomp`` plus ``lossless``, or ``lossy`` and the stage
+names: a lossy model is never tagged or described as lossless) and an ``llmcomp`` mapping with the
+figures (original/stored bytes, ratio, bits per weight, coder, format version, stages).
+
+``write_card(save_dir, stats, base_model=...)`` is the entry point for ``llmcomp compress`` and for
+the quantizer's save hook; ``stats_from_encoded`` builds the stats from a quantizer's encodings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmcomp_hf.errors import LlmcompError
+
+CARD_NAME = "README.md"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+CARD_KEY = "llmcomp"  # the YAML key holding the figures; marks a card written by llmcomp-hf
+CARRIED_KEYS = ("license", "license_name", "license_link", "language", "pipeline_tag", "datasets")
+
+
+@dataclass
+class CardStats:
+    """The figures a card states. Sizes count tensor bytes only (no JSON headers of the files).
+
+    ``original_bytes``/``compressed_bytes`` cover every tensor of the checkpoint (tensors kept
+    plain count on both sides); ``weights``/``weights_stored_bytes`` only the compressed tensors,
+    for bits per weight.
+    """
+
+    original_bytes: int
+    compressed_bytes: int
+    weights: int = 0
+    weights_stored_bytes: int = 0
+    tensors: int = 0
+    compressed_tensors: int = 0
+    coder: str = "huffman"
+    format_version: int = 1
+    stages: list[str] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.compressed_bytes / self.original_bytes if self.original_bytes else 1.0
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        return 8.0 * self.weights_stored_bytes / self.weights if self.weights else None
+
+    @property
+    def lossless(self) -> bool:
+        return not self.stages
+
+    def figures(self) -> dict[str, Any]:
+        """The ``llmcomp`` YAML mapping of the card."""
+        out: dict[str, Any] = {
+            "format_version": self.format_version,
+            "coder": self.coder,
+            "mode": "lossless" if self.lossless else "lossy",
+            "original_bytes": self.original_bytes,
+            "compressed_bytes": self.compressed_bytes,
+            "ratio": round(self.ratio, 4),
+            "bits_per_weight": None if self.bits_per_weight is None else round(self.bits_per_weight, 3),
+            "compressed_tensors": self.compressed_tensors,
+            "tensors": self.tensors,
+        }
+        if self.stages:
+            out["stages"] = list(self.stages)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stage_names(stages: Iterable[Any] | None) -> list[str]:
+    """Names of lossy stages from a config's ``stages`` (transform dicts, configs or names); pipelines flattened."""
+    names: list[str] = []
+    for stage in stages or []:
+        if isinstance(stage, str):
+            names.append(stage)
+        elif isinstance(stage, Mapping):
+            if stage.get("transform") == "pipeline" and stage.get("stages"):
+                names += stage_names(stage["stages"])
+            else:
+                names.append(str(stage.get("transform") or stage.get("name") or "unknown"))
+        elif getattr(stage, "name", "") == "pipeline" and getattr(stage, "stages", None):
+            names += stage_names(stage.stages)
+        else:
+            names.append(str(getattr(stage, "name", "") or type(stage).__name__))
+    return names
+
+
+def card_tags(stats: CardStats) -> list[str]:
+    """``["llmcomp", "lossless"]``, or ``["llmcomp", "lossy", <stage names>...]``."""
+    if stats.lossless:
+        return ["llmcomp", "lossless"]
+    return ["llmcomp", "lossy", *dict.fromkeys(stats.stages)]
+
+
+def stats_from_encoded(
+    encoded: Iterable[Any],
+    plain_bytes: int = 0,
+    plain_tensors: int = 0,
+    config: Any = None,
+) -> CardStats:
+    """Card figures from EncodedTensors (e.g. ``quantizer.encoded.values()``) plus the plain tensors' bytes.
+
+    ``config`` (a LosslessConfig or its dict) gives the coder, format version and stages.
+    """
+    encs = list(encoded)
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    original = sum(e.original_nbytes for e in encs)
+    stored = sum(e.nbytes for e in encs)
+    return CardStats(
+        original_bytes=original + plain_bytes,
+        compressed_bytes=stored + plain_bytes,
+        weights=sum(e.numel for e in encs),
+        weights_stored_bytes=stored,
+        tensors=len(encs) + plain_tensors,
+        compressed_tensors=len(encs),
+        coder=str(cfg.get("coder", encs[0].header.get("coder", "huffman") if encs else "huffman")),
+        format_version=int(cfg.get("format_version", 1)),
+        stages=stage_names(cfg.get("stages")),
+        dtypes=sorted({e.dtype for e in encs}),
+    )
+
+
+def render_card(
+    stats: CardStats,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+    title: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    template: str | os.PathLike | None = None,
+) -> str:
+    """The card's text. ``metadata`` adds YAML keys (license, language, pipeline_tag...) from the base card."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = Path(template) if template else TEMPLATE_DIR / ("lossless.md" if stats.lossless else "lossy.md")
+    if not path.is_file():
+        raise LlmcompError(f"model card template {os.fspath(path)!r} not found; reinstall llmcomp-hf")
+    extra = {k: v for k, v in (metadata or {}).items() if k in CARRIED_KEYS and v}
+    data = ModelCardData(
+        base_model=base_model or None,
+        base_model_relation="quantized" if base_model else None,
+        library_name="transformers",
+        tags=card_tags(stats),
+        **extra,
+        **{CARD_KEY: stats.figures()},
+    )
+    name = repo_id or (base_model.split("/")[-1] if base_model else "model")
+    kind = "lossless" if stats.lossless else "lossy"
+    bpw = stats.bits_per_weight
+    card = ModelCard.from_template(
+        data,
+        template_path=os.fspath(path),
+        title=title or f"{name.split('/')[-1]} (llmcomp, {kind})",
+        base_model=base_model,
+        repo_id=repo_id or "path/to/this/folder",
+        coder=stats.coder,
+        stages=" → ".join(stats.stages),
+        original_bytes=f"{stats.original_bytes:,}",
+        compressed_bytes=f"{stats.compressed_bytes:,}",
+        original_h=human_bytes(stats.original_bytes),
+        compressed_h=human_bytes(stats.compressed_bytes),
+        ratio=f"{stats.ratio:.4f}",
+        bits_per_weight="n/a" if bpw is None else f"{bpw:.3f}",
+        dtypes=", ".join(stats.dtypes) or "n/a",
+        compressed_tensors=stats.compressed_tensors,
+        tensors=stats.tensors,
+        format_version=stats.format_version,
+    )
+    return str(card)
+
+
+def write_card(
+    save_dir: str | os.PathLike,
+    stats: CardStats | Mapping[str, Any],
+    base_model: str | None = None,
+    repo_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``README.md`` into ``save_dir`` (replacing any card there) and return its path.
+
+    ``stats`` is a CardStats or a mapping of its fields (``stored_bytes`` is accepted for
+    ``compressed_bytes``, as in ``LlmcompHfQuantizer.compression_stats()``).
+    """
+    if not isinstance(stats, CardStats):
+        stats = _stats_from_mapping(stats)
+    path = Path(save_dir) / CARD_NAME
+    text = render_card(stats, base_model=base_model, repo_id=repo_id, metadata=metadata)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_card(folder: str | os.PathLike) -> Any | None:
+    """The ModelCard in ``folder/README.md``, or None if there is none or it does not parse."""
+    from huggingface_hub import ModelCard
+
+    path = Path(folder) / CARD_NAME
+    if not path.is_file():
+        return None
+    try:
+        return ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=True)
+    except ValueError:
+        return None
+
+
+def is_llmcomp_card(card: Any) -> bool:
+    """True for a card written by llmcomp-hf (its YAML holds the ``llmcomp`` figures)."""
+    return card is not None and isinstance(card.data.to_dict().get(CARD_KEY), Mapping)
+
+
+def human_bytes(n: int) -> str:
+    """``1234567`` -> ``"1.23 MB"`` (decimal units, as the Hub shows file sizes)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _stats_from_mapping(values: Mapping[str, Any]) -> CardStats:
+    data = dict(values)
+    if "compressed_bytes" not in data and "stored_bytes" in data:
+        data["compressed_bytes"] = data.pop("stored_bytes")
+    if "compressed_tensors" not in data and "tensors" in data and "weights" not in data:
+        data["compressed_tensors"] = data["tensors"]
+    known = {f for f in CardStats.__dataclass_fields__}
+    unknown = sorted(set(data) - known - {"stored_bytes", "ratio"})
+    if unknown or "original_bytes" not in data or "compressed_bytes" not in data:
+        raise LlmcompError(
+            f"card stats need original_bytes and compressed_bytes (or stored_bytes); got keys {sorted(values)}"
+            + (f", unknown {unknown}" if unknown else "")
+        )
+    data["stages"] = stage_names(data.get("stages"))
+    return CardStats(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,141 @@
+"""The ``llmcomp`` subcommands: argument handling around ``llmcomp_hf.stream`` and ``llmcomp_hf.hub``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmcomp_hf.cli import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Progress, print_json
+from llmcomp_hf.errors import FormatError, LlmcompError
+
+
+def run(args: argparse.Namespace, progress: Progress) -> int:
+    """Dispatch one parsed command; map exceptions to exit codes with a one-line message."""
+    from llmcomp_hf.hub import HubError
+    from llmcomp_hf.stream.source import CheckpointError, VerificationError
+
+    handler = {"compress": compress, "decompress": decompress, "inspect": inspect, "verify": verify, "push": push}
+    try:
+        return handler[args.command](args, progress)
+    except KeyboardInterrupt:
+        _error("interrupted; no output was left behind")
+        return EXIT_INTERRUPTED
+    except (VerificationError, FormatError) as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    except (CheckpointError, HubError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except (LlmcompError, OSError) as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+
+
+def _error(message: str) -> None:
+    print(f"llmcomp: error: {message}", file=sys.stderr)
+
+
+def load_config(args: argparse.Namespace) -> Any:
+    """CompressionConfig from --config/--preset plus the per-field flags (ValueError on bad input)."""
+    from llmcomp_hf.config import CompressionConfig, LosslessConfig
+
+    flags = ("coder", "block_size", "min_numel")
+    overrides = {key: getattr(args, key) for key in flags if getattr(args, key) is not None}
+    try:
+        if args.config:
+            if not Path(args.config).is_file():
+                raise ValueError(f"no such file {args.config!r}")
+            return CompressionConfig.from_yaml(args.config, **overrides)
+        if args.preset:
+            return CompressionConfig.from_preset(args.preset, **overrides)
+        return LosslessConfig(**overrides)
+    except ValueError as exc:
+        source = f"--config {args.config}" if args.config else f"--preset {args.preset}" if args.preset else "flags"
+        raise ValueError(f"invalid configuration ({source}): {exc}") from exc
+
+
+def compress(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.hub import resolve_source
+    from llmcomp_hf.stream.compress import compress_checkpoint
+
+    config = load_config(args)
+    src, repo_id = resolve_source(args.src, revision=args.revision, cache_dir=args.cache_dir, token=args.token)
+    result = compress_checkpoint(
+        src, Path(args.dst), config, workers=args.workers, verify=args.verify, overwrite=args.overwrite,
+        base_model=args.base_model or repo_id, progress=progress,
+    )
+    n = sum(r.compressed for r in result.records)
+    rate = result.original_bytes / max(result.seconds, 1e-9) / 1e6
+    print(f"compressed {n} of {len(result.records)} tensors: {result.original_bytes:,} -> {result.stored_bytes:,} "
+          f"bytes (ratio {result.ratio:.4f}) in {result.seconds:.1f} s ({rate:.0f} MB/s)"
+          + ("; verified bit for bit" if result.verified else "") + f" -> {args.dst}")
+    return EXIT_OK
+
+
+def decompress(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.stream.compress import decompress_checkpoint
+
+    result = decompress_checkpoint(Path(args.src), Path(args.out), workers=args.workers, overwrite=args.overwrite,
+                                   progress=progress)
+    n = sum(r.compressed for r in result.records)
+    print(f"decompressed {n} tensors ({len(result.records)} in all, {result.original_bytes:,} bytes, checksums "
+          f"verified) in {result.seconds:.1f} s -> {args.out}")
+    return EXIT_OK
+
+
+def inspect(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.stream.check import inspect_checkpoint
+
+    report = inspect_checkpoint(Path(args.path), bound=not args.no_bound, workers=args.workers)
+    totals = report.totals()
+    if args.json:
+        print_json({"path": report.path, "tensors": [r.to_dict() for r in report.rows], "totals": totals,
+                    "quantization_config": (report.config or {}).get("quantization_config")})
+        return EXIT_OK
+    head = ("tensor", "dtype", "shape", "stored", "stages", "ratio", "bits/w", "bound")
+    lines = [head]
+    for r in report.rows:
+        stored = f"llmcomp/{r.coder}" if r.compressed else "plain"
+        bound = "" if r.bound_bits is None else f"{r.bound_bits:.3f}"
+        lines.append((r.name, r.dtype, "x".join(map(str, r.shape)) or "scalar", stored, "+".join(r.stages) or "-",
+                      f"{r.ratio:.4f}", f"{r.bits_per_weight:.3f}", bound))
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    for row in lines:
+        pairs = enumerate(zip(row, widths, strict=True))
+        print("  ".join(str(c).ljust(w) if i < 5 else str(c).rjust(w) for i, (c, w) in pairs))
+    bpw, bound = totals["bits_per_weight"], totals["bound_bits_per_weight"]
+    print(f"\n{totals['tensors']} tensors, {totals['compressed_tensors']} compressed: {totals['original_bytes']:,} -> "
+          f"{totals['stored_bytes']:,} bytes, ratio {totals['ratio']:.4f}"
+          + (f"; compressed weights {bpw:.3f} bits/weight" if bpw is not None else "")
+          + (f" (order-0 bound {bound:.3f}, one table per plane and tensor)" if bound is not None else ""))
+    return EXIT_OK
+
+
+def verify(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.stream.check import verify_checkpoint
+
+    report = verify_checkpoint(Path(args.path), workers=args.workers, progress=progress)
+    if report.error:
+        _error(f"verification failed: {report.error}")
+        return EXIT_FAILED
+    n = sum(r.compressed for r in report.rows)
+    print(f"ok: {n} compressed tensors decoded with valid checksums, {len(report.rows) - n} plain tensors, "
+          f"format fields and index consistent ({report.seconds:.1f} s)")
+    return EXIT_OK
+
+
+def push(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.hub import push_folder
+
+    try:
+        info = push_folder(Path(args.path), args.repo_id, private=args.private or None, token=args.token,
+                           revision=args.revision, commit_message=args.commit_message, card=not args.no_card)
+    except (LlmcompError, ValueError, OSError):
+        raise
+    except Exception as exc:  # huggingface_hub's HTTP/auth errors have no common base we can name here
+        _error(f"upload to {args.repo_id!r} failed: {exc}")
+        return EXIT_ERROR
+    print(f"pushed {args.path} to {getattr(info, 'commit_url', None) or args.repo_id}")
+    return EXIT_OK

@@ -1,0 +1,165 @@
+"""The Hugging Face Hub side: resolve a repo id to a local snapshot, push a compressed folder with its card.
+
+Everything goes through ``huggingface_hub`` (``snapshot_download``, ``HfApi.create_repo``,
+``HfApi.upload_folder``); nothing here talks HTTP itself.
+
+Why ``push_model`` exists: transformers 5.x ``PreTrainedModel.push_to_hub`` (and
+``save_pretrained(push_to_hub=True)``) saves into a folder and then *overwrites* ``README.md`` with
+the repo's current card (or, for a new repo, a bare card that only lists tags), so the llmcomp
+card written at save time never reaches the Hub. ``push_model`` saves, writes the card and
+uploads with ``upload_folder``; ``push_folder`` does the same for a folder on disk (``llmcomp push``).
+(``upload_folder`` makes one commit, or, with ``hf_xet`` installed, a resumable series of commits
+for very large folders.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from llmcomp_hf.errors import LlmcompError
+
+# Weights in other formats are not needed to compress a safetensors checkpoint.
+IGNORE_ON_DOWNLOAD = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.gguf",
+                      "onnx/*", "openvino/*", "*.ot"]
+IGNORE_ON_UPLOAD = [".*", ".*/**", "**/.*", "*.partial-*", "__pycache__/**"]
+_CACHE_DIR_RE = re.compile(r"(?:^|/)models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class HubError(LlmcompError):
+    """A repo id could not be resolved, or the Hub refused an operation."""
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """``"org/name"`` or ``"name"`` (and not an existing path)."""
+    return bool(_REPO_ID_RE.match(text)) and not text.endswith((".", "/")) and ".." not in text
+
+
+def resolve_source(
+    src: str,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    offline: bool | None = None,
+) -> tuple[Path, str | None]:
+    """(local folder, hub repo id or None) for a local folder or a hub repo id.
+
+    A repo id is looked up in the Hugging Face cache first (``local_files_only=True``); it is
+    downloaded only when missing and the Hub is reachable (not ``offline``/``HF_HUB_OFFLINE=1``).
+    """
+    path = Path(src).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise HubError(f"{src!r} is a file; give the model folder (the one holding config.json)")
+        return path, repo_id_of_cache_path(path)
+    if not looks_like_repo_id(src):
+        raise HubError(f"{src!r} is neither an existing folder nor a Hub repo id like 'org/name'")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if offline is None:
+        offline = bool(constants.HF_HUB_OFFLINE)
+    kwargs: dict[str, Any] = dict(revision=revision, cache_dir=cache_dir, token=token,
+                                  ignore_patterns=IGNORE_ON_DOWNLOAD)
+    try:
+        return Path(snapshot_download(src, local_files_only=True, **kwargs)), src
+    except (LocalEntryNotFoundError, FileNotFoundError) as exc:
+        if offline:
+            raise HubError(
+                f"{src!r} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and the Hub is "
+                "offline (HF_HUB_OFFLINE=1): download it first (`hf download {src}`) or give a local folder"
+            ) from exc
+    try:
+        return Path(snapshot_download(src, **kwargs)), src
+    except Exception as exc:  # huggingface_hub raises many types (HTTP, auth, repo not found)
+        raise HubError(f"cannot download {src!r} from the Hub: {exc}") from exc
+
+
+def repo_id_of_cache_path(path: Path) -> str | None:
+    """``"org/name"`` for a folder ``.../models--org--name/snapshots/<rev>``, else None."""
+    match = _CACHE_DIR_RE.search(path.resolve().as_posix())
+    return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def ensure_card(folder: Path, repo_id: str | None = None) -> Path:
+    """Make ``folder/README.md`` an up-to-date llmcomp card (figures from the shard headers).
+
+    A card written by llmcomp-hf (or none) is (re)rendered with ``repo_id`` in its usage snippet,
+    keeping its base_model and carried metadata; a card written by someone else is left alone.
+    """
+    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card, read_card, write_card
+    from llmcomp_hf.stream.check import stats_from_checkpoint
+
+    card = read_card(folder)
+    if card is not None and not is_llmcomp_card(card):
+        return folder / CARD_NAME
+    metadata = card.data.to_dict() if card is not None else {}
+    return write_card(folder, stats_from_checkpoint(folder), base_model=metadata.get("base_model"),
+                      repo_id=repo_id, metadata=metadata)
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    card: bool = True,
+) -> Any:
+    """Create ``repo_id`` if needed and upload the llmcomp checkpoint in ``folder`` with ``upload_folder``.
+
+    Uploads shards, index, config, tokenizer files and the card (``card=True`` re-renders an
+    llmcomp card for ``repo_id`` first). Hidden files and leftover ``*.partial-*`` folders stay home.
+    Returns huggingface_hub's CommitInfo.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise HubError(f"{os.fspath(folder)!r} has no config.json: give the folder written by `llmcomp compress`")
+    if card:
+        ensure_card(folder, repo_id)
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = getattr(url, "repo_id", None) or repo_id
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        revision=revision,
+        commit_message=commit_message or "Upload llmcomp-compressed model",
+        ignore_patterns=IGNORE_ON_UPLOAD,
+    )
+
+
+def push_model(
+    model: Any,
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+    max_shard_size: str | int = "5GB",
+    **save_kwargs: Any,
+) -> Any:
+    """``model.push_to_hub`` for llmcomp models that keeps the llmcomp card.
+
+    Saves with ``save_pretrained`` into a temp folder, writes the card (figures from the saved shards,
+    ``base_model`` defaulting to the model's ``name_or_path`` when it is a repo id), uploads the folder.
+    """
+    from llmcomp_hf.stream.check import stats_from_checkpoint, write_checkpoint_card
+
+    name = str(getattr(model, "name_or_path", "") or "")
+    local = Path(name) if name and Path(name).is_dir() else None
+    if base_model is None:
+        base_model = repo_id_of_cache_path(local) if local else (name if looks_like_repo_id(name) else None)
+    with tempfile.TemporaryDirectory(prefix="llmcomp-push-") as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size, **save_kwargs)
+        write_checkpoint_card(Path(tmp), stats_from_checkpoint(tmp), base_model, src=local, repo_id=repo_id)
+        return push_folder(tmp, repo_id, private=private, token=token, commit_message=commit_message, card=False)

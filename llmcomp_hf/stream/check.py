@@ -1,0 +1,312 @@
+"""Inspect and verify llmcomp checkpoints, compare a written checkpoint with its source, card figures."""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.shard import check_metadata, split_key
+from llmcomp_hf.stream.expand import (
+    CompressedMap,
+    ShardHandles,
+    iter_decoded,
+)
+from llmcomp_hf.stream.reader import BufferPool, ShardReader
+from llmcomp_hf.stream.source import (
+    CODE_TO_NAME,
+    INDEX_NAME,
+    NAME_TO_CODE,
+    ShardInfo,
+    VerificationError,
+    read_checkpoint,
+    read_config,
+    tensor_bytes,
+)
+from llmcomp_hf.stream.writer import dtype_itemsize
+
+
+@dataclass
+class TensorRow:
+    """One stored tensor as ``llmcomp inspect`` shows it."""
+
+    name: str
+    file: str
+    dtype: str
+    shape: list[int]
+    compressed: bool
+    coder: str | None
+    stages: list[str]
+    original_bytes: int
+    stored_bytes: int
+    bound_bits: float | None = None  # order-0 entropy of the byte planes, one table per tensor
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ratio(self) -> float:
+        return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.stored_bytes / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out.update(numel=self.numel, ratio=self.ratio, bits_per_weight=self.bits_per_weight)
+        return out
+
+
+@dataclass
+class Report:
+    """``inspect``/``verify`` result: rows, totals, and the first failure for verify."""
+
+    path: str
+    rows: list[TensorRow] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    def totals(self) -> dict[str, Any]:
+        comp = [r for r in self.rows if r.compressed]
+        weights = sum(r.numel for r in comp)
+        stored_w = sum(r.stored_bytes for r in comp)
+        bounded = [r for r in comp if r.bound_bits is not None]
+        orig, stored = sum(r.original_bytes for r in self.rows), sum(r.stored_bytes for r in self.rows)
+        return {
+            "tensors": len(self.rows),
+            "compressed_tensors": len(comp),
+            "original_bytes": orig,
+            "stored_bytes": stored,
+            "ratio": stored / orig if orig else 1.0,
+            "bits_per_weight": 8.0 * stored_w / weights if weights else None,
+            "bound_bits_per_weight": (
+                sum(r.bound_bits * r.numel for r in bounded) / sum(r.numel for r in bounded) if bounded else None
+            ),
+        }
+
+
+def order0_bits(tensor: Any) -> float:
+    """Order-0 entropy (bits per element) of the codec's byte planes (docs/format.md), one table per plane."""
+    u8 = tensor_bytes(tensor)
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name in ("bfloat16", "float16"):
+        w = u8.view(np.uint16)
+        planes = [((w >> 7) & 0xFF).astype(np.uint8), (((w >> 8) & 0x80) | (w & 0x7F)).astype(np.uint8)]
+    elif name == "float32":
+        w = u8.view(np.uint32)
+        planes = [((w >> 23) & 0xFF), ((w >> 24) & 0x80) | ((w >> 16) & 0x7F), (w >> 8) & 0xFF, w & 0xFF]
+        planes = [p.astype(np.uint8) for p in planes]
+    else:
+        size = tensor.element_size()
+        planes = [u8.reshape(-1, size)[:, j] for j in range(size)]
+    bits = 0.0
+    for plane in planes:
+        counts = np.bincount(plane, minlength=256)
+        p = counts[counts > 0] / plane.size
+        bits += float(-(p * np.log2(p)).sum()) if plane.size else 0.0
+    return bits
+
+
+def _stages(config: dict[str, Any] | None) -> list[str]:
+    from llmcomp_hf.card import stage_names
+
+    return stage_names(((config or {}).get("quantization_config") or {}).get("stages"))
+
+
+def _rows(shards: list[ShardInfo], cmap: CompressedMap, config: dict[str, Any] | None) -> dict[str, TensorRow]:
+    stages = _stages(config)
+    rows: dict[str, TensorRow] = {}
+    for shard in shards:
+        for t in shard.tensors:
+            base, part = split_key(t.name)
+            size = t.numel * dtype_itemsize(t.dtype, t.name)
+            if part is None:
+                rows[t.name] = TensorRow(t.name, shard.rel, CODE_TO_NAME.get(t.dtype, t.dtype), list(t.shape),
+                                         False, None, [], size, size)
+                continue
+            row = rows.get(base)
+            if row is None:
+                h = cmap.headers.get(base, {})
+                shape = [int(d) for d in h.get("shape", [])]
+                dname = str(h.get("dtype", "?"))
+                code = NAME_TO_CODE.get(dname)
+                orig = math.prod(shape) * (dtype_itemsize(code) if code else 0)
+                row = rows[base] = TensorRow(base, cmap.home(base).rel, dname, shape, True, h.get("coder"),
+                                             stages, orig, 0)
+            row.stored_bytes += size
+    return rows
+
+
+def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1) -> Report:
+    """Per-tensor dtype, shape, stages, sizes, ratio, bits/weight and (``bound``) the order-0 bound.
+
+    The bound needs each compressed tensor decoded (``workers`` at a time); without it only the
+    shard headers and the tiny header tensors are read.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    shards, _ = read_checkpoint(path)
+    cmap = CompressedMap(shards)
+    report = Report(str(path), config=read_config(path))
+    rows = _rows(shards, cmap, report.config)
+    if bound:
+        with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
+            handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
+            for shard in shards:
+                for name, tensor, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False):
+                    rows[name].bound_bits = order0_bits(tensor)
+    report.rows = list(rows.values())
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) -> Report:
+    """Check format fields, shard metadata, the index and every tensor's checksum.
+
+    Returns a Report whose ``error`` names the first bad tensor and its file (None when all is well);
+    raises CheckpointError when ``path`` is not a checkpoint folder at all.
+    """
+    from llmcomp_hf.config import QUANT_METHOD, LosslessConfig
+
+    start = time.perf_counter()
+    path = Path(path)
+    report = Report(str(path))
+    try:
+        shards, sharded = read_checkpoint(path)
+        for shard in shards:
+            check_metadata(shard.metadata, str(shard.path))
+        if sharded:
+            _check_index(path, shards)
+        report.config = read_config(path)
+        qc = (report.config or {}).get("quantization_config")
+        cmap = CompressedMap(shards)
+        if cmap.files and not (isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD):
+            raise FormatError(f"config.json of {str(path)!r} has no llmcomp quantization_config, so transformers "
+                              "would not decode the compressed tensors; restore config.json")
+        if isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD:
+            try:
+                LosslessConfig(**qc)
+            except ValueError as exc:
+                raise FormatError(f"invalid quantization_config in {str(path / 'config.json')!r}: {exc}") from exc
+        rows = _rows(shards, cmap, report.config)
+        total, done = sum(r.original_bytes for r in rows.values() if r.compressed), 0
+        with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
+            handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
+            for shard in shards:
+                for name, _, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False):
+                    done += rows[name].original_bytes
+                    if progress is not None:
+                        progress("verify", done, total)
+        report.rows = list(rows.values())
+    except (FormatError, VerificationError) as exc:  # a missing folder (CheckpointError) is a usage error
+        report.error = str(exc)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_index(path: Path, shards: list[ShardInfo]) -> None:
+    import json
+
+    weight_map = json.loads((path / INDEX_NAME).read_text(encoding="utf-8"))["weight_map"]
+    actual = {t.name: s.rel for s in shards for t in s.tensors}
+    for key, rel in weight_map.items():
+        if actual.get(key) != rel:
+            raise FormatError(f"{INDEX_NAME} maps {key!r} to {rel!r}, but it is "
+                              f"{'in ' + repr(actual[key]) if key in actual else 'in no shard'}; restore the index")
+    extra = sorted(set(actual) - set(weight_map))
+    if extra:
+        raise FormatError(f"tensors {extra[:3]} are in shards but not in {INDEX_NAME}; restore the index")
+
+
+def verify_against_source(
+    out: Path, src: Path, src_shards: list[ShardInfo], workers: int = 1, progress: Any = None
+) -> None:
+    """Decode every tensor of the checkpoint in ``out`` and compare it bit for bit with ``src``.
+
+    Raises VerificationError naming the first tensor that differs (or is missing) and its file.
+    """
+    out_shards, _ = read_checkpoint(out)
+    cmap = CompressedMap(out_shards)
+    total = sum(t.numel * dtype_itemsize(t.dtype, t.name) for s in src_shards for t in s.tensors)
+    done = 0
+    with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
+        handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
+        by_rel = {s.rel: s for s in out_shards}
+        for src_shard in src_shards:
+            shard = by_rel.get(src_shard.rel)
+            if shard is None:
+                raise VerificationError(f"shard {src_shard.rel!r} of the source was not written to {str(out)!r}")
+            src_info = {t.name: t for t in src_shard.tensors}
+            expected = set(src_info)
+            seen = set()
+            with ShardReader(src_shard) as original:
+                out_info = {t.name: t for t in shard.tensors}
+                for name, value, compressed in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs):
+                    if name not in expected:
+                        raise VerificationError(f"unexpected tensor{where(name, str(shard.path))} not in the source")
+                    if compressed:
+                        got = (NAME_TO_CODE.get(str(value.dtype).removeprefix("torch.")), tuple(value.shape))
+                    else:
+                        got = (out_info[name].dtype, out_info[name].shape)
+                    buf = bufs.take(original.nbytes(name))
+                    ref = original.read_into(name, buf)
+                    info = src_info[name]
+                    same = got == (info.dtype, info.shape) and np.array_equal(ref, tensor_bytes(value))
+                    bufs.give(buf)
+                    if not same:
+                        raise VerificationError(
+                            f"decoded tensor differs from the source{where(name, str(shard.path))}; please report "
+                            "this bug with the source checkpoint"
+                        )
+                    seen.add(name)
+                    done += ref.nbytes
+                    if progress is not None:
+                        progress("verify", done, total)
+            if seen != expected:
+                raise VerificationError(f"tensors {sorted(expected - seen)[:3]} are missing from {str(shard.path)!r}")
+
+
+def card_stats(records: list[Any], config: Any) -> Any:
+    """CardStats from per-tensor records (compress results or inspect rows) and the config."""
+    from llmcomp_hf.card import CardStats, stage_names
+
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    comp = [r for r in records if r.compressed]
+    return CardStats(
+        original_bytes=sum(r.original_bytes for r in records),
+        compressed_bytes=sum(r.stored_bytes for r in records),
+        weights=sum(math.prod(r.shape) for r in comp),
+        weights_stored_bytes=sum(r.stored_bytes for r in comp),
+        tensors=len(records),
+        compressed_tensors=len(comp),
+        coder=str(cfg.get("coder", "huffman")),
+        format_version=int(cfg.get("format_version", 1)),
+        stages=stage_names(cfg.get("stages")),
+        dtypes=sorted({CODE_TO_NAME.get(r.dtype, r.dtype) for r in comp}),
+    )
+
+
+def stats_from_checkpoint(path: str | Path) -> Any:
+    """CardStats of an llmcomp checkpoint folder, from its headers (no decoding)."""
+    report = inspect_checkpoint(path, bound=False)
+    return card_stats(report.rows, ((report.config or {}).get("quantization_config") or {}))
+
+
+def write_checkpoint_card(folder: Path, stats: Any, base_model: str | None, src: Path | None = None,
+                          repo_id: str | None = None) -> Path:
+    """Write the card into ``folder``, carrying license/language/pipeline_tag over from ``src``'s card."""
+    from llmcomp_hf.card import read_card, write_card
+
+    base_card = read_card(src) if src is not None else None
+    metadata = base_card.data.to_dict() if base_card is not None else {}
+    return write_card(folder, stats, base_model=base_model, repo_id=repo_id, metadata=metadata)

@@ -1,0 +1,265 @@
+"""Streaming decompression: an llmcomp checkpoint back to plain safetensors, tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, unpack, with_file
+from llmcomp_hf.stream.files import CARD_NAME, copy_side_files
+from llmcomp_hf.stream.reader import BufferPool, ShardReader
+from llmcomp_hf.stream.source import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    NAME_TO_CODE,
+    CheckpointError,
+    ShardInfo,
+    open_shard,
+    read_checkpoint,
+    read_config,
+    tensor_bytes,
+    write_json,
+)
+from llmcomp_hf.stream.writer import StreamingShardWriter, dtype_itemsize
+
+
+class CompressedMap:
+    """Where the parts of every compressed tensor live, and their decoded dtype and shape."""
+
+    def __init__(self, shards: list[ShardInfo]) -> None:
+        self.files: dict[str, dict[str, ShardInfo]] = {}
+        for shard in shards:
+            for t in shard.tensors:
+                base, part = split_key(t.name)
+                if part is not None:
+                    self.files.setdefault(base, {})[part] = shard
+        self.headers: dict[str, dict[str, Any]] = {}
+        for shard in shards:
+            bases = [b for b, p in self.files.items() if p.get("header") is shard]
+            if bases:
+                with open_shard(shard.path) as h:
+                    for base in bases:
+                        self.headers[base] = _header_json(base, h.get_tensor(part_key(base, "header")), str(shard.path))
+
+    def home(self, base: str) -> ShardInfo:
+        """The shard the decoded tensor goes to: the one holding its data part."""
+        parts = self.files[base]
+        missing = [p for p in PARTS if p not in parts]
+        if missing:
+            shard = next(iter(parts.values()))
+            raise FormatError(
+                f"compressed tensor is missing its {missing} part(s){where(base, str(shard.path))}; a shard is "
+                "missing or truncated: re-download the checkpoint"
+            )
+        return parts["data"]
+
+    def read(self, base: str, handles: ShardHandles, bufs: BufferPool) -> tuple[Any, list[np.ndarray]]:
+        """(validated EncodedTensor of ``base``, buffers holding its parts); parts may lie in several shards."""
+        parts, held = {}, []
+        for part, shard in self.files[base].items():
+            parts[part], buf = handles.get(shard).read(part_key(base, part), bufs)
+            held.append(buf)
+        try:
+            return unpack(base, parts, str(self.home(base).path)), held
+        except BaseException:
+            for buf in held:
+                bufs.give(buf)
+            raise
+
+
+class ShardHandles:
+    """Open ShardReaders, one per file, closed together."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack, self._open = stack, {}
+
+    def get(self, shard: ShardInfo) -> ShardReader:
+        if shard.path not in self._open:
+            self._open[shard.path] = self._stack.enter_context(ShardReader(shard))
+        return self._open[shard.path]
+
+
+def decode_checked(enc: Any, out: Any, file: str) -> Any:
+    """Decode into ``out`` with checksum verification, one codec thread; errors name the tensor and file."""
+    from llmcomp_hf.codec import decode
+
+    try:
+        return decode(enc, out=out, threads=1, verify=True)
+    except FormatError as exc:
+        raise with_file(exc, enc.name, file) from exc
+
+
+def _out_tensor(header: dict[str, Any], bufs: BufferPool) -> tuple[Any, np.ndarray | None]:
+    """A contiguous tensor of the header's dtype and shape over a pooled buffer (and that buffer)."""
+    import torch
+
+    dtype, shape = getattr(torch, str(header["dtype"])), [int(d) for d in header["shape"]]
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype), None
+    buf = bufs.take(nbytes)
+    return torch.from_numpy(buf[:nbytes]).view(dtype).reshape(shape), buf
+
+
+def iter_decoded(
+    shard: ShardInfo, cmap: CompressedMap, pool: ThreadPoolExecutor, workers: int, handles: ShardHandles,
+    bufs: BufferPool, plain: bool = True,
+) -> Iterator[tuple[str, Any, bool]]:
+    """(name, tensor, was_compressed) for every tensor homed in ``shard``, decoded ``workers`` at a time.
+
+    Decoded tensors are torch tensors; plain ones are their raw bytes (a uint8 numpy array, any dtype).
+    Either lives in a pooled buffer: it is valid until the next item is requested.
+    ``plain=False`` skips the tensors stored plain (they are not read at all).
+    """
+    pending: deque[tuple[str, Future, list[np.ndarray], np.ndarray | None]] = deque()
+
+    def finish() -> Iterator[tuple[str, Any, bool]]:
+        name, fut, held, out_buf = pending.popleft()
+        tensor = fut.result()
+        for buf in held:
+            bufs.give(buf)
+        yield name, tensor, True
+        if out_buf is not None:
+            bufs.give(out_buf)
+
+    own = handles.get(shard)
+    for t in shard.tensors:
+        base, part = split_key(t.name)
+        if part is None:
+            if not plain:
+                continue
+            while pending:
+                yield from finish()
+            buf = bufs.take(own.nbytes(t.name))
+            yield t.name, own.read_into(t.name, buf), False
+            bufs.give(buf)
+            continue
+        if part != "data":
+            continue
+        cmap.home(base)  # checks every part is present
+        enc, held = cmap.read(base, handles, bufs)
+        out, out_buf = _out_tensor(enc.header, bufs)
+        pending.append((base, pool.submit(decode_checked, enc, out, str(shard.path)), held, out_buf))
+        while len(pending) > workers:
+            yield from finish()
+    while pending:
+        yield from finish()
+
+
+def decompress_into(
+    src: Path, out: Path, workers: int = 1, progress: Callable[[str, int, int], None] | None = None
+) -> list:
+    """Write the plain checkpoint of ``src`` into the (empty) folder ``out``; return TensorRecords."""
+    from llmcomp_hf.card import is_llmcomp_card, read_card
+    from llmcomp_hf.stream.compress import TensorRecord
+
+    shards, sharded = read_checkpoint(src)
+    stages = ((read_config(src) or {}).get("quantization_config") or {}).get("stages")
+    lossy = [t.name for s in shards for t in s.tensors if transform_base(t.name) is not None]
+    if stages or lossy:
+        raise CheckpointError(
+            f"{str(src)!r} holds lossy weights ({(lossy or ['stages in config.json'])[0]}, ...): decompressing "
+            "them needs their reconstruction (format part 3), which `llmcomp decompress` does not do yet; load "
+            "the model with transformers and save_pretrained it without quantization_config instead"
+        )
+    cmap = CompressedMap(shards)
+    plan: dict[str, list[tuple[str, str, list[int]]]] = {s.rel: [] for s in shards}
+    for shard in shards:
+        for t in shard.tensors:
+            base, part = split_key(t.name)
+            if part is None:
+                plan[shard.rel].append((t.name, t.dtype, list(t.shape)))
+            elif part == "data":
+                h = cmap.headers.get(base) or {}
+                if cmap.home(base) is shard:
+                    plan[shard.rel].append((base, _code(base, h, str(shard.path)), list(h.get("shape", []))))
+    total = sum(_nbytes(d, s) for entries in plan.values() for _, d, s in entries)
+    done, records, weight_map = 0, [], {}
+    bufs = BufferPool(keep=2 * (workers + 1))  # per tensor in flight: its data part and its output
+    with ExitStack() as stack, ThreadPoolExecutor(workers) as pool:
+        handles = ShardHandles(stack)
+        for shard in shards:
+            if not plan[shard.rel]:  # only holds parts of tensors homed elsewhere: no plain shard needed
+                continue
+            dest = out / shard.rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            writer = StreamingShardWriter(str(dest), {"format": "pt"})
+            specs = {name: (dtype, shape) for name, dtype, shape in plan[shard.rel]}
+            for name, (dtype, shape) in specs.items():
+                writer.add_fixed(name, dtype, shape)
+            writer.start()
+            try:
+                for name, tensor, compressed in iter_decoded(shard, cmap, pool, workers, handles, bufs):
+                    writer.write_fixed(name, tensor_bytes(tensor))
+                    dtype, shape = specs[name]
+                    size = _nbytes(dtype, shape)
+                    records.append(TensorRecord(name, shard.rel, dtype, tuple(shape), size, size, compressed))
+                    weight_map[name] = shard.rel
+                    done += size
+                    if progress is not None:
+                        progress("decompress", done, total)
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+    if sharded:
+        write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    copy_side_files(src, out, skip={CONFIG_NAME, CARD_NAME})
+    cfg = read_config(src)
+    if cfg is not None:
+        write_json(out / CONFIG_NAME, plain_config(cfg))
+    card = read_card(src)
+    if card is not None and not is_llmcomp_card(card):
+        shutil.copyfile(src / CARD_NAME, out / CARD_NAME)
+    return records
+
+
+def plain_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` without ``quantization_config`` and without the load guard entry."""
+    from llmcomp_hf._guard import GUARD_KEY
+
+    cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}
+    fusion = cfg.get("fusion_config")
+    if isinstance(fusion, dict) and GUARD_KEY in fusion:
+        rest = {k: v for k, v in fusion.items() if k != GUARD_KEY}
+        if rest:
+            cfg["fusion_config"] = rest
+        else:
+            del cfg["fusion_config"]
+    return cfg
+
+
+def _header_json(base: str, tensor: Any, file: str) -> dict[str, Any]:
+    try:
+        header = json.loads(tensor_bytes(tensor).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(
+            f"header of compressed tensor is not valid JSON{where(base, file)}: {exc}; re-download it"
+        ) from exc
+    if not isinstance(header, dict):
+        raise FormatError(f"header of compressed tensor is not a JSON object{where(base, file)}; re-download it")
+    return header
+
+
+def _code(base: str, header: dict[str, Any], file: str) -> str:
+    code = NAME_TO_CODE.get(str(header.get("dtype")))
+    if code is None:
+        raise FormatError(f"unsupported dtype {header.get('dtype')!r} in header{where(base, file)}; upgrade llmcomp-hf")
+    return code
+
+
+def _nbytes(code: str, shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * dtype_itemsize(code)

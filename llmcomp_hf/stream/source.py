@@ -1,0 +1,159 @@
+"""Reading checkpoints lazily: shard lists, per-tensor dtype/shape from headers, one tensor at a time.
+
+Tensors are read with ``safe_open(..., backend="pread")`` where available: each ``get_tensor`` is a
+fresh buffer freed when dropped, whereas the default memory map keeps every page touched so far
+resident until the file is closed (a whole shard's worth of RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+
+from llmcomp_hf.errors import FormatError, LlmcompError, where
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+# safetensors dtype code <-> llmcomp format dtype name (docs/format.md part 1)
+CODE_TO_NAME = {
+    "BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2", "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64",
+    "BOOL": "bool",
+}
+NAME_TO_CODE = {name: code for code, name in CODE_TO_NAME.items()}
+
+
+class CheckpointError(LlmcompError):
+    """The input or output folder cannot be used as asked (missing, wrong kind, would be overwritten)."""
+
+
+class VerificationError(LlmcompError):
+    """A written checkpoint does not reproduce its source bit for bit."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a shard, from the header only."""
+
+    name: str
+    dtype: str  # safetensors code, e.g. "BF16"
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class ShardInfo:
+    """A shard file: its name relative to the checkpoint folder, metadata and tensors in file order."""
+
+    path: Path
+    rel: str
+    metadata: dict[str, str]
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+
+def shard_files(folder: Path) -> tuple[list[Path], bool]:
+    """(shard paths, sharded?) of a checkpoint folder: via its index, else ``model.safetensors``."""
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise FormatError(
+                f"{os.fspath(index)!r} is not a valid safetensors index ({exc}); restore the file"
+            ) from exc
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [os.fspath(f) for f in files if not f.is_file()]
+        if missing:
+            raise FormatError(f"shards named in {INDEX_NAME} are missing: {missing[:3]}; re-download the checkpoint")
+        return files, True
+    if (folder / SINGLE_NAME).is_file():
+        return [folder / SINGLE_NAME], False
+    others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.safetensors"))
+    hint = (
+        f"; found {others[:3]}: convert to safetensors first (load with transformers and save_pretrained)"
+        if others else ""
+    )
+    raise CheckpointError(f"no {SINGLE_NAME} or {INDEX_NAME} in {os.fspath(folder)!r}{hint}")
+
+
+@contextmanager
+def open_shard(path: Path | str) -> Iterator[Any]:
+    """``safe_open`` of a shard for torch, reading tensors with pread when supported."""
+    path = os.fspath(path)
+    try:
+        try:
+            handle = safe_open(path, framework="pt", backend="pread")
+        except TypeError:  # safetensors < 0.8: no backend argument
+            handle = safe_open(path, framework="pt")
+    except SafetensorError as exc:
+        raise FormatError(
+            f"cannot read safetensors shard{where(None, path)}: {exc}; re-download or re-save it"
+        ) from exc
+    with handle as h:
+        yield h
+
+
+def read_shard(path: Path, folder: Path) -> ShardInfo:
+    """Header of one shard: metadata and every tensor's dtype and shape, in file order."""
+    with open_shard(path) as h:
+        keys = h.offset_keys() if hasattr(h, "offset_keys") else list(h.keys())
+        tensors = []
+        for key in keys:
+            sl = h.get_slice(key)
+            tensors.append(TensorInfo(key, sl.get_dtype(), tuple(int(d) for d in sl.get_shape())))
+        return ShardInfo(path, path.relative_to(folder).as_posix(), dict(h.metadata() or {}), tensors)
+
+
+def read_checkpoint(folder: Path) -> tuple[list[ShardInfo], bool]:
+    """Headers of every shard of a checkpoint folder, and whether it is sharded (has an index)."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{os.fspath(folder)!r} is not a folder")
+    files, sharded = shard_files(folder)
+    return [read_shard(f, folder) for f in files], sharded
+
+
+def read_config(folder: Path) -> dict[str, Any] | None:
+    """``config.json`` of a folder as a dict, or None when there is none."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{os.fspath(path)!r} is not valid JSON ({exc}); restore it") from exc
+    if not isinstance(data, dict):
+        raise FormatError(f"{os.fspath(path)!r} must hold a JSON object")
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def tensor_bytes(tensor: Any) -> Any:
+    """The raw little-endian bytes of a CPU torch tensor as a flat uint8 numpy array (no copy).
+
+    A numpy array (raw bytes already) is returned flattened to uint8.
+    """
+    import numpy as np
+    import torch
+
+    if isinstance(tensor, np.ndarray):
+        return tensor.reshape(-1).view(np.uint8)
+    flat = tensor.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy()

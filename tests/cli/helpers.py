@@ -1,0 +1,74 @@
+"""Helpers for the CLI/streaming tests: tiny sharded checkpoints, hub-cache layouts, tree digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from llmcomp_hf.cli import main
+from llmcomp_hf.format import load_checkpoint
+from tests.integration.helpers import assert_same_state, raw_bits, tiny_model  # noqa: F401  (re-exported)
+
+
+def tiny_checkpoint(
+    folder: Path, dtype: torch.dtype = torch.bfloat16, shard: str = "150KB", kind: str = "llama"
+) -> Path:
+    """A randomly initialised 2-layer model saved as a plain, sharded safetensors checkpoint."""
+    tiny_model(kind, dtype).save_pretrained(folder, max_shard_size=shard)
+    (folder / "README.md").write_text("---\nlicense: mit\nlanguage: en\n---\n# tiny base model\n")
+    (folder / "tokenizer_config.json").write_text("{}\n")
+    return folder
+
+
+def tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
+    """{relative path: (sha256, mtime_ns)} of every file under ``folder``."""
+    out = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[path.relative_to(folder).as_posix()] = (digest, path.stat().st_mtime_ns)
+    return out
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``llmcomp ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def state(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (plain or llmcomp) checkpoint, decoded."""
+    return load_checkpoint(folder)
+
+
+def hub_cache(cache: Path, repo_id: str, folder: Path, revision: str = "0" * 39 + "1") -> Path:
+    """Lay ``folder`` out as the Hugging Face cache does: blobs, a snapshot of symlinks, refs/main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / path.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

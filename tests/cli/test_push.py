@@ -1,0 +1,145 @@
+"""Pushing to the Hub, intercepted at the HfApi boundary: exactly which files and which card go up."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+from huggingface_hub.errors import EntryNotFoundError
+from transformers import AutoModelForCausalLM
+
+from llmcomp_hf.hub import push_model
+from tests.cli.helpers import run_cli, tiny_checkpoint
+
+REPO = "me/tiny-llmcomp"
+
+
+class FakeHub:
+    """Records create_repo/create_commit calls and the uploaded files' bytes; serves a remote README."""
+
+    def __init__(self, monkeypatch, remote_card: str | None = None, tmp: Path | None = None) -> None:
+        self.repos: list[dict] = []
+        self.commits: list[dict[str, bytes]] = []
+        fake = self
+
+        def create_repo(api, repo_id, **kwargs):
+            fake.repos.append({"repo_id": repo_id, **kwargs})
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def create_commit(api, repo_id, operations, **kwargs):
+            files = {}
+            for op in operations:
+                src = op.path_or_fileobj
+                files[op.path_in_repo] = Path(src).read_bytes() if isinstance(src, (str, Path)) else (
+                    src.getvalue() if isinstance(src, io.BytesIO) else bytes(src))
+            fake.commits.append(files)
+            return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}",
+                              commit_message=kwargs.get("commit_message") or "", commit_description="", oid="0" * 40)
+
+        def hf_hub_download(repo_id, filename, **kwargs):  # what ModelCard.load fetches
+            if remote_card is None:
+                raise EntryNotFoundError(f"{filename} not found in {repo_id}")
+            path = tmp / "remote-README.md"
+            path.write_text(remote_card)
+            return str(path)
+
+        # upload_folder streams through hf_xet when it is installed; its legacy path ends in create_commit
+        monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+        # the Hub's README YAML check (POST /api/validate-yaml): parse it locally instead
+        monkeypatch.setattr(HfApi, "_validate_yaml", lambda api, content, **kwargs: ModelCard(content))
+        monkeypatch.setattr("huggingface_hub.repocard.hf_hub_download", hf_hub_download)
+
+    def card(self, commit: int = -1) -> ModelCard:
+        return ModelCard(self.commits[commit]["README.md"].decode())
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("push")
+    src = tiny_checkpoint(root / "src")
+    from llmcomp_hf.cli import main
+
+    assert main(["compress", str(src), str(root / "c"), "-q", "--workers", "1", "--base-model", "org/tiny"]) == 0
+    return root / "c"
+
+
+def test_cli_push_uploads_the_checkpoint_and_our_card(compressed, tmp_path, monkeypatch, capsys):
+    folder = shutil.copytree(compressed, tmp_path / "c")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "junk").write_text("x")
+    (folder / ".DS_Store").write_text("x")
+    hub = FakeHub(monkeypatch)
+    rc, out, err = run_cli(capsys, "push", folder, REPO, "--private", "-q")
+    assert rc == 0, err
+    assert REPO in out
+    assert hub.repos == [{"repo_id": REPO, "private": True, "exist_ok": True}]
+    (files,) = hub.commits
+    local = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert set(files) == local - {".cache/junk", ".DS_Store"}
+    assert {"config.json", "model.safetensors.index.json", "README.md", "tokenizer_config.json"} <= set(files)
+    assert sum(name.endswith(".safetensors") for name in files) > 2
+    for name, data in files.items():
+        if name != "README.md":
+            assert data == (folder / name).read_bytes(), name
+    card = hub.card()
+    assert card.data.base_model == "org/tiny" and card.data.tags == ["llmcomp", "lossless"]
+    assert f'from_pretrained("{REPO}")' in card.text and card.data.license == "mit"
+    assert card.data.to_dict()["llmcomp"] == ModelCard((compressed / "README.md").read_text()).data.to_dict()["llmcomp"]
+
+
+def test_cli_push_keeps_a_hand_written_card(compressed, tmp_path, monkeypatch, capsys):
+    folder = shutil.copytree(compressed, tmp_path / "c")
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# my own words\n")
+    hub = FakeHub(monkeypatch)
+    rc, _, err = run_cli(capsys, "push", folder, REPO, "-q")
+    assert rc == 0, err
+    assert hub.commits[0]["README.md"] == b"---\nlicense: mit\n---\n# my own words\n"
+    assert hub.repos[0]["private"] is None
+
+
+def test_cli_push_refuses_a_folder_without_config(tmp_path, monkeypatch, capsys):
+    hub = FakeHub(monkeypatch)
+    rc, _, err = run_cli(capsys, "push", tmp_path, REPO, "-q")
+    assert rc == 2 and "config.json" in err and hub.commits == []
+
+
+@pytest.fixture(scope="module")
+def model(compressed):
+    return AutoModelForCausalLM.from_pretrained(compressed)
+
+
+def test_transformers_push_to_hub_replaces_our_card_with_a_bare_one(model, monkeypatch, tmp_path):
+    """What transformers 5.x does (why push_model exists): a new repo gets its bare card, not ours."""
+    hub = FakeHub(monkeypatch, remote_card=None, tmp=tmp_path)
+    model.push_to_hub(REPO)
+    (files,) = hub.commits
+    shards = [data for name, data in files.items() if name.endswith(".safetensors")]
+    assert shards and all(b"llmcomp_data" in data[:200_000] for data in shards)  # the compressed weights go up
+    card = hub.card().data.to_dict()
+    assert "llmcomp" not in card and "base_model" not in card
+
+
+def test_transformers_push_to_hub_keeps_a_card_already_on_the_hub(model, compressed, monkeypatch, tmp_path):
+    ours = (compressed / "README.md").read_text()
+    hub = FakeHub(monkeypatch, remote_card=ours, tmp=tmp_path)
+    model.push_to_hub(REPO, tags=["extra"])
+    card = hub.card()
+    assert card.data.base_model == "org/tiny" and card.data.tags == ["llmcomp", "lossless", "extra"]
+    assert "llmcomp" in card.data.to_dict()
+
+
+def test_push_model_sends_the_checkpoint_and_our_card_in_one_commit(model, monkeypatch, tmp_path):
+    hub = FakeHub(monkeypatch, remote_card=None, tmp=tmp_path)
+    push_model(model, REPO, base_model="org/tiny", max_shard_size="100KB")
+    (files,) = hub.commits
+    assert {"config.json", "model.safetensors.index.json", "README.md"} <= set(files)
+    card = hub.card()
+    assert card.data.base_model == "org/tiny" and card.data.base_model_relation == "quantized"
+    figures = card.data.to_dict()["llmcomp"]
+    assert figures["compressed_tensors"] > 0 and figures["compressed_bytes"] < figures["original_bytes"]
+    assert f'from_pretrained("{REPO}")' in card.text
