@@ -156,6 +156,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         if self.load_error is not None:
             error, self.load_error = self.load_error, None
             raise error
+        _tag(model, self.quantization_config)
         # Saving must not "reverse" our converters: get_state_dict_and_metadata already writes final names.
         if getattr(model, "_weight_conversions", None):
             model._weight_conversions = [c for c in model._weight_conversions if all(c is not o for o in self._converters)]
@@ -343,3 +344,11 @@ def _serialized_names(lossy_names: set[str], keys: list[str]) -> dict[str, list[
         if owner is not None and owner.rpartition(".")[2] == "weight":
             names.add("weight" + key[len(owner):])
     return {"weight": ["weight"] + sorted(names - {"weight"})}
+
+
+def _tag(model: Any, config: Any) -> None:
+    """Hub tags that say what was done (``push_to_hub`` writes them into the card it generates)."""
+    stages = [str(stage.get("transform", "stage")) for stage in getattr(config, "stages", []) if isinstance(stage, dict)]
+    tags = ["llmcomp", "lossless"] if not stages else ["llmcomp", "lossy", *dict.fromkeys(stages)]
+    if hasattr(model, "add_model_tags"):
+        model.add_model_tags(tags)
