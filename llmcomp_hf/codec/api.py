@@ -25,6 +25,20 @@ DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "raw": 0.0}
 
 # numba's default threading layer must not be entered from two Python threads at once.
 _KERNEL_LOCK = threading.Lock()
+_SCRATCH = threading.local()  # per Python thread: decode buffers reused across calls
+
+
+def _decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.ndarray, ...]:
+    """This Python thread's decode buffers for (kernel threads, planes, block size), made once."""
+    from llmcomp_hf.codec.blocks import decode_scratch
+
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (n_threads, n_planes, block_size)
+    if key not in cache:
+        if len(cache) >= 8:  # bounded: a few shapes are in use at a time
+            cache.clear()
+        cache[key] = decode_scratch(n_threads, n_planes, block_size)
+    return cache[key]
 
 
 def dtype_name(dtype: Any) -> str:
@@ -199,12 +213,14 @@ def decode(
     errs = np.zeros(n_blocks, np.int64)
     err_plane = np.full(n_blocks, -1, np.int64)
     csum = np.zeros(n_blocks, np.uint64)
-    args = (enc.data, enc.index, kind, itemsize, enc.numel, enc.header["block_size"], n_planes, words, u8, u32)
+    block_size = enc.header["block_size"]
+    args = (enc.data, enc.index, kind, itemsize, enc.numel, block_size, n_planes, words, u8, u32)
     if n_blocks < PARALLEL_MIN_BLOCKS or threads == 1:  # small: a thread-pool launch costs more
-        decode_range(*args, 0, n_blocks, errs, err_plane, csum)
+        scratch = _decode_scratch(1, n_planes, block_size)
+        decode_range(*args, 0, n_blocks, errs, err_plane, csum, *(part[0] for part in scratch))
     else:
         with _kernel_threads(threads) as count:
-            decode_blocks(*args, errs, err_plane, csum, count)
+            decode_blocks(*args, errs, err_plane, csum, count, *_decode_scratch(count, n_planes, block_size))
     bad = np.flatnonzero(errs)
     if bad.size:
         b = int(bad[0])

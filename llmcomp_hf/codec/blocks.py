@@ -182,19 +182,30 @@ def decode_block(data, lo, hi, n, n_planes, planes, src, single, multi, memo, sl
     return 0, -1
 
 
+def decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.ndarray, ...]:
+    """Per-thread decode buffers (planes, raw offsets, Huffman tables + memo, rANS slots).
+
+    Kept by the caller and passed to every decode, so decoding allocates nothing per call.
+    """
+    return (
+        np.empty((n_threads, n_planes, block_size), np.uint8),
+        np.empty((n_threads, n_planes), np.int64),
+        np.empty((n_threads, n_planes, huffman.LUT_SIZE), np.uint16),
+        np.empty((n_threads, n_planes, huffman.LUT_SIZE), np.uint64),
+        np.zeros((n_threads, n_planes, huffman.MEMO_SIZE), np.uint8),
+        np.empty((n_threads, 4096), np.uint32),
+    )
+
+
 @njit(cache=True, nogil=True)
-def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, b_lo, b_hi, errs, err_plane, csum):
-    """Decode blocks ``[b_lo, b_hi)`` into ``words``, with one set of scratch tables.
+def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, b_lo, b_hi, errs, err_plane, csum,
+                 planes, src, single, multi, memo, slots):
+    """Decode blocks ``[b_lo, b_hi)`` into ``words`` with one thread's scratch (see decode_scratch).
 
     Blocks are self-contained, so any range decodes; consecutive blocks that share a table (the
-    encoder's groups) skip the rebuild.
+    encoder's groups) skip the rebuild. The memo only ever matches the exact table bytes that
+    ``single``/``multi`` were built from, so it may carry over between calls and tensors.
     """
-    planes = np.empty((n_planes, block_size), np.uint8)
-    src = np.empty(n_planes, np.int64)
-    single = np.empty((n_planes, huffman.LUT_SIZE), np.uint16)
-    multi = np.empty((n_planes, huffman.LUT_SIZE), np.uint64)
-    memo = np.zeros((n_planes, huffman.MEMO_SIZE), np.uint8)
-    slots = np.empty(4096, np.uint32)
     for b in range(b_lo, b_hi):
         start = b * block_size
         n = min(block_size, numel - start)
@@ -202,14 +213,16 @@ def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words
         if err < 0:
             errs[b] = err
             err_plane[b] = plane
-            memo[:, 0] = 0
+            for p in range(n_planes):
+                memo[p, 0] = 0
         else:
             merge_block(planes, src, data, kind, itemsize, start, n, words)
             csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, errs, err_plane, csum, n_threads):
+def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, errs, err_plane, csum, n_threads,
+                  planes, src, single, multi, memo, slots):
     """Decode every block into ``words``, filling per-block (error code, error plane, checksum).
 
     Each thread takes one contiguous run of blocks (one table rebuild per run, not per block).
@@ -218,7 +231,8 @@ def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, word
     nt = max(1, min(n_threads, n_blocks))
     for t in prange(nt):
         decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32,
-                     t * n_blocks // nt, (t + 1) * n_blocks // nt, errs, err_plane, csum)
+                     t * n_blocks // nt, (t + 1) * n_blocks // nt, errs, err_plane, csum,
+                     planes[t], src[t], single[t], multi[t], memo[t], slots[t])
 
 
 @njit(cache=True, nogil=True)
