@@ -108,3 +108,17 @@ def test_load_options_validation() -> None:
     with pytest.raises(ValueError, match="decode must be one of"):
         with llmcomp_hf.load_options(decode="lazy"):
             pass
+
+
+@pytest.mark.parametrize("device_map", ["cpu", "auto"])
+def test_on_the_fly_with_device_map(minilm_bf16, device_map: str) -> None:
+    from transformers import AutoModel
+
+    dense_dir, packed_dir = minilm_bf16
+    with llmcomp_hf.load_options(decode="on_the_fly"):
+        fly = AutoModel.from_pretrained(packed_dir, device_map=device_map)
+    dense = AutoModel.from_pretrained(dense_dir, device_map=device_map)
+    assert isinstance(fly.encoder.layer[0].intermediate.dense, CompressedLinear)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.inference_mode():
+        assert torch.equal(raw_bits(fly(ids).last_hidden_state), raw_bits(dense(ids).last_hidden_state))
