@@ -176,7 +176,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
     Returns a Report whose ``error`` names the first bad tensor and its file (None when all is well);
     raises CheckpointError when ``path`` is not a checkpoint folder at all.
     """
-    from llmcomp_hf.config import QUANT_METHOD, LosslessConfig
+    from llmcomp_hf.config import QUANT_METHOD, CompressionConfig
 
     start = time.perf_counter()
     path = Path(path)
@@ -195,7 +195,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
                               "would not decode the compressed tensors; restore config.json")
         if isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD:
             try:
-                LosslessConfig(**qc)
+                CompressionConfig.from_dict(dict(qc))
             except ValueError as exc:
                 raise FormatError(f"invalid quantization_config in {str(path / 'config.json')!r}: {exc}") from exc
         rows = _rows(shards, cmap, report.config)
