@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmcomp_hf._resources import resource_dir
 from llmcomp_hf.errors import LlmcompError
 
 CARD_NAME = "README.md"
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATE_DIR = resource_dir("model_cards")
 CARD_KEY = "llmcomp"  # the YAML key holding the figures; marks a card written by llmcomp-hf
 CARRIED_KEYS = ("license", "license_name", "license_link", "language", "pipeline_tag", "datasets")
 

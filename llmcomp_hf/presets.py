@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmcomp_hf._resources import resource_dir
+
 #: folder of the shipped presets (one ``<name>.yaml`` per preset)
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRESET_DIR = resource_dir("configs")
 
 
 def preset_names() -> list[str]:
