@@ -103,7 +103,7 @@ def bench_set(name: str, tensors: list[torch.Tensor], coder: str, block: int, de
     sec = timer.median(run, reps)
     nbytes = sum(o.numel() * o.element_size() for o in outs)
     stored = sum(e.nbytes for e in encs)
-    del devs, scratch
+    devs.clear()  # release device buffers before the next set
     return {
         "set": name, "method": f"llmcomp {coder}", "block_size": block, "tensors": len(tensors),
         "out_bytes": nbytes, "ratio": stored / nbytes, "median_ms": sec * 1e3, "gbps": nbytes / sec / 1e9,

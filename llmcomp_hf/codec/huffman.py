@@ -15,7 +15,6 @@ from llmcomp_hf.codec.models import (
     BITMAP_BYTES,
     HUFF_MAX_LEN,
     canonical_codes,
-    huffman_lengths,
     read_bitmap,
     write_bitmap,
 )

@@ -27,7 +27,7 @@ def encode_section(plane: np.ndarray, n: int, counts: np.ndarray, freq: np.ndarr
     Returns the payload length.
     """
     start = pos
-    k = write_bitmap(counts, out, pos)
+    write_bitmap(counts, out, pos)
     pos += BITMAP_BYTES
     cum = np.zeros(256, np.int64)
     c = 0

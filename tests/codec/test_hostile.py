@@ -6,7 +6,6 @@ noted, decode exactly), never crash or raise anything else.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
