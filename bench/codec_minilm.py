@@ -253,10 +253,14 @@ def run(quick: bool, reps: int, out: Path) -> list[Row]:
 
     load_start = os.getloadavg()[0]
     models = load_models()
-    warm = torch.randn(3 * BLOCK).to(torch.bfloat16)
-    for coder in ("huffman", "rans"):  # compile (or load) the numba kernels before any timing
-        for th in (1, 2):
-            decode(encode(warm, coder=coder, threads=th), threads=th)
+    # Compile (or load) every numba kernel before any timing: the serial and the parallel paths
+    # (33 blocks > one encoder group of 16) for both word types (16-bit and 32-bit floats).
+    for dtype in (torch.bfloat16, torch.float32):
+        warm = torch.randn(33 * BLOCK).to(dtype)
+        for coder in ("huffman", "rans"):
+            for th in (1, 2):
+                decode(encode(warm, coder=coder, threads=th), threads=th)
+                decode(encode(warm[:BLOCK], coder=coder, threads=th), threads=th)
     rows: list[Row] = []
     for dname, m in models.items():
         bound = bounds(m)
