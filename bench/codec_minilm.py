@@ -102,6 +102,19 @@ def bench_ours(m: Model, coder: str, threads: int, reps: int) -> Row:
                _mbps(m.nbytes, t_dec), exact, reps=reps, note="per tensor, headers+index counted")
 
 
+def bench_ours_batched(m: Model, coder: str, threads: int, reps: int) -> Row:
+    """encode_many/decode_many: small tensors side by side on ``threads`` threads (as the CLI does)."""
+    from llmcomp_hf.codec import decode_many, encode_many
+
+    t_enc, encs = _median_time(lambda: encode_many(m.tensors, coder=coder, threads=threads), reps)
+    t_dec, outs = _median_time(lambda: decode_many(encs, threads=threads), reps)
+    exact = all(o.dtype == t.dtype and o.shape == t.shape and np.array_equal(_raw(o), _raw(t))
+                for o, t in zip(outs, m.tensors))
+    ratio = sum(e.nbytes for e in encs) / m.nbytes
+    return Row(m.dtype, f"llmcomp {coder}, batched", threads, ratio, ratio * m.bits, _mbps(m.nbytes, t_enc),
+               _mbps(m.nbytes, t_dec), exact, reps=reps, note="encode_many/decode_many: tensors side by side")
+
+
 def bench_zipnn(m: Model, threads: int, reps: int) -> Row:
     import zipnn
 
@@ -265,6 +278,7 @@ def run(quick: bool, reps: int, out: Path) -> list[Row]:
     for dname, m in models.items():
         bound = bounds(m)
         ours = [bench_ours(m, coder, th, reps) for coder in ("huffman", "rans") for th in (1, 2)]
+        ours += [bench_ours_batched(m, coder, 2, reps) for coder in ("huffman", "rans")]
         for r in ours:
             r.gap_bits = (r.ratio - bound["planes, per tensor"]) * m.bits
         rows += ours

@@ -8,7 +8,7 @@ Public API::
 
 from __future__ import annotations
 
-from llmcomp_hf.codec.api import decode, encode
+from llmcomp_hf.codec.api import decode, decode_many, encode, encode_many
 from llmcomp_hf.codec.encoded import FORMAT_VERSION, EncodedTensor
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, FormatError
 
@@ -19,5 +19,7 @@ __all__ = [
     "EncodedTensor",
     "FormatError",
     "decode",
+    "decode_many",
     "encode",
+    "encode_many",
 ]
