@@ -138,6 +138,44 @@ class EncodeOp(ConversionOps):
         return _IdentityOp()
 
 
+def fast_copy_converter(converter_cls: type) -> type:
+    """A subclass of transformers' ``WeightConverter`` that copies cheaply.
+
+    The loader deep-copies the template converter once per target weight; for a converter that
+    matches every ``weight`` key that was ~100 us each, 13 ms of a 43 ms MiniLM load. The copy
+    shares what never changes after construction (compiled patterns) and starts the per-target
+    state empty, as a fresh deep copy of the unused template would.
+    """
+
+    class FastCopyConverter(converter_cls):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def __deepcopy__(self, memo: dict) -> Any:
+            import copy
+            from collections import defaultdict
+
+            new = object.__new__(type(self))
+            for klass in type(self).__mro__:
+                for slot in getattr(klass, "__slots__", ()):
+                    if not hasattr(self, slot):
+                        continue
+                    value = getattr(self, slot)
+                    if slot == "collected_tensors":
+                        value = defaultdict(list)
+                    elif slot == "layer_targets":
+                        value = defaultdict(set)
+                    elif slot == "operations":
+                        value = [copy.deepcopy(op, memo) for op in value]
+                    elif isinstance(value, (list, dict, set)):
+                        value = copy.copy(value)
+                    elif isinstance(value, ConversionOps):
+                        value = copy.deepcopy(value, memo)
+                    object.__setattr__(new, slot, value)
+            return new
+
+    return FastCopyConverter
+
+
 def _count(parts: dict[str, list[torch.Tensor]]) -> int:
     return max(len(tensors) for tensors in parts.values())
 

@@ -141,13 +141,14 @@ class LlmcompHfQuantizer(HfQuantizer):
             return []
         from transformers.core_model_loading import WeightConverter
 
-        from llmcomp_hf._ops import DecodeOp
+        from llmcomp_hf._ops import DecodeOp, fast_copy_converter
 
         # Longest pattern first: transformers < 5.24 tries the patterns in order with no name boundary,
         # so `weight` would also match inside `weight.llmcomp_data`. force_cpu: the compressed bytes
         # stay on the CPU where the decoder runs; the loader moves the decoded weight.
+        converter = fast_copy_converter(WeightConverter)
         self._converters = [
-            WeightConverter(sorted(names, key=len, reverse=True), param, [DecodeOp(self)], force_cpu=True)
+            converter(sorted(names, key=len, reverse=True), param, [DecodeOp(self)], force_cpu=True)
             for param, names in self.serialized_names.items()
         ]
         return list(self._converters)
