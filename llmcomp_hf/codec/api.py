@@ -28,6 +28,20 @@ _KERNEL_LOCK = threading.Lock()
 _SCRATCH = threading.local()  # per Python thread: decode buffers reused across calls
 
 
+_TMP_KEEP_BYTES = 64 << 20  # encode staging buffers up to this size are kept per Python thread
+
+
+def _encode_tmp(nbytes: int) -> np.ndarray:
+    """Staging buffer for encoded blocks: reused across calls (fresh pages fault on every touch)."""
+    if nbytes > _TMP_KEEP_BYTES:
+        return np.empty(nbytes, np.uint8)
+    buf = getattr(_SCRATCH, "encode_tmp", None)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(max(nbytes, 1 << 20), np.uint8)
+        _SCRATCH.encode_tmp = buf
+    return buf[:nbytes]
+
+
 def _decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.ndarray, ...]:
     """This Python thread's decode buffers for (kernel threads, planes, block size), made once."""
     from llmcomp_hf.codec.blocks import decode_scratch
@@ -149,7 +163,7 @@ def encode(
     keep_num = int((1.0 - gain) * 1024)
     n_blocks = -(-numel // block_size)
     cap = block_capacity(block_size, n_planes)
-    tmp = np.empty(n_blocks * cap, np.uint8)
+    tmp = _encode_tmp(n_blocks * cap)
     sizes = np.zeros(n_blocks, np.int64)
     csum = np.zeros(n_blocks, np.uint64)
     args = (words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32)

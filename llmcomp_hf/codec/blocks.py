@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from llmcomp_hf.codec import huffman, rans
 from llmcomp_hf.codec.checksum import sum32_range
-from llmcomp_hf.codec.models import histogram, huffman_lengths, rans_frequencies
+from llmcomp_hf.codec.models import BITMAP_BYTES, histogram, huffman_lengths, rans_frequencies
 from llmcomp_hf.codec.planes import merge_block, split_block
 
 MODE_RAW, MODE_CONST, MODE_HUFFMAN, MODE_RANS = 0, 1, 2, 3
@@ -50,6 +50,22 @@ def _huffman_plan(counts, n, prev, prev_ok):
 
 
 @njit(cache=True, nogil=True)
+def _huffman_may_pay(counts, n, k, max_payload) -> bool:
+    """False when even the entropy bound cannot beat ``max_payload`` (then the plane goes raw).
+
+    Any prefix code needs at least the order-0 entropy, and the table needs at least the bitmap
+    and the lengths of the ``k`` present symbols, so skipping the table build here never changes
+    the output; it saves building a 256-symbol table for planes that stay raw (bf16 mantissas).
+    """
+    entropy_bits = 0.0
+    for s in range(256):
+        if counts[s] > 0:
+            entropy_bits += counts[s] * np.log2(n / counts[s])
+    lower = BITMAP_BYTES + (k + 1) // 2 + 12 + (entropy_bits * (1.0 - 1e-9) - 1.0) / 8.0
+    return lower < max_payload
+
+
+@njit(cache=True, nogil=True)
 def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, prev_ok) -> int:
     """Encode one plane section at ``out[pos]``; return its size (0 is never returned).
 
@@ -65,7 +81,7 @@ def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, p
         out[pos] = MODE_CONST
         out[pos + 1] = plane[0]
         return 2
-    if coder == MODE_HUFFMAN:
+    if coder == MODE_HUFFMAN and _huffman_may_pay(counts, n, k, max_payload):
         lengths, bits = _huffman_plan(counts, n, prev, prev_ok[0])
         if huffman.encoded_size(bits, lengths) < max_payload:
             size = huffman.encode_section(plane, n, lengths, out, pos + 5)
