@@ -131,6 +131,15 @@ class EncodedWeight(nn.Module):
         raise RuntimeError("EncodedWeight holds data; call .decode()")
 
 
+def _encoded_2d(enc: EncodedTensor | EncodedWeight, shape: tuple[int, ...] | None, kind: str) -> tuple[EncodedWeight, tuple[int, int]]:
+    """The EncodedWeight for ``enc`` and its 2-D shape (``shape`` when the weight is a placeholder)."""
+    weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
+    shape = tuple(shape or weight.shape)
+    if len(shape) != 2:
+        raise ValueError(f"{kind} needs a 2-D weight, got {list(shape)} for {weight._name!r}")
+    return weight, shape
+
+
 def _scratch_decode(weight: EncodedWeight) -> torch.Tensor:
     out = SCRATCH.get(tuple(weight.shape), weight.dtype, weight.device)
     return weight.decode(out=out)
@@ -141,12 +150,7 @@ class CompressedLinear(nn.Module):
 
     def __init__(self, enc: EncodedTensor | EncodedWeight, bias: torch.Tensor | None = None, shape: tuple[int, int] | None = None) -> None:
         super().__init__()
-        weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
-        shape = shape or tuple(weight.shape)
-        if len(shape) != 2:
-            raise ValueError(f"CompressedLinear needs a 2-D weight, got {list(shape)} for {weight._name!r}")
-        self.out_features, self.in_features = shape
-        self.weight = weight
+        self.weight, (self.out_features, self.in_features) = _encoded_2d(enc, shape, "CompressedLinear")
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,8 +166,7 @@ class CompressedConv1D(nn.Module):
 
     def __init__(self, enc: EncodedTensor | EncodedWeight, bias: torch.Tensor, shape: tuple[int, int]) -> None:
         super().__init__()
-        self.weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
-        self.nx, self.nf = shape
+        self.weight, (self.nx, self.nf) = _encoded_2d(enc, shape, "CompressedConv1D")
         self.bias = nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,13 +179,8 @@ class CompressedEmbedding(nn.Module):
 
     def __init__(self, enc: EncodedTensor | EncodedWeight, padding_idx: int | None = None, shape: tuple[int, int] | None = None) -> None:
         super().__init__()
-        weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
-        shape = shape or tuple(weight.shape)
-        if len(shape) != 2:
-            raise ValueError(f"CompressedEmbedding needs a 2-D weight, got {list(shape)} for {weight._name!r}")
-        self.num_embeddings, self.embedding_dim = shape
+        self.weight, (self.num_embeddings, self.embedding_dim) = _encoded_2d(enc, shape, "CompressedEmbedding")
         self.padding_idx = padding_idx
-        self.weight = weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.weight.device.type != "cpu":

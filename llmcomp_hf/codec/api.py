@@ -282,7 +282,9 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     words, _ = _word_views(u8, kind)
     errs = np.zeros(block_ids.numel(), np.int64)
     ids = block_ids.numpy()
-    decode_block_list(enc.data, enc.index, kind, itemsize, enc.numel, bs, n_planes, ids, words, errs)
+    buffers = _decode_scratch(1, n_planes, bs)  # reused: embeddings decode rows on every forward
+    decode_block_list(enc.data, enc.index, kind, itemsize, enc.numel, bs, n_planes, ids, words, errs,
+                      *(part[0] for part in buffers))
     bad = np.flatnonzero(errs)
     if bad.size:
         raise CorruptStreamError(

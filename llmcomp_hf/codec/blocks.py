@@ -252,17 +252,13 @@ def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, word
 
 
 @njit(cache=True, nogil=True)
-def decode_block_list(data, index, kind, itemsize, numel, block_size, n_planes, block_ids, words, errs):
+def decode_block_list(data, index, kind, itemsize, numel, block_size, n_planes, block_ids, words, errs,
+                      planes, src, single, multi, memo, slots):
     """Decode the listed blocks; block ``block_ids[j]`` lands at element ``j * block_size`` of ``words``.
 
     For partial decodes (an embedding's rows): no checksum, since it covers the whole tensor.
+    Scratch as in decode_range (one thread's slice of decode_scratch).
     """
-    planes = np.empty((n_planes, block_size), np.uint8)
-    src = np.empty(n_planes, np.int64)
-    single = np.empty((n_planes, huffman.LUT_SIZE), np.uint16)
-    multi = np.empty((n_planes, huffman.LUT_SIZE), np.uint64)
-    memo = np.zeros((n_planes, huffman.MEMO_SIZE), np.uint8)
-    slots = np.empty(4096, np.uint32)
     n_blocks = index.shape[0] - 1
     for j in range(block_ids.shape[0]):
         b = block_ids[j]
@@ -273,6 +269,7 @@ def decode_block_list(data, index, kind, itemsize, numel, block_size, n_planes, 
         err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, src, single, multi, memo, slots)
         if err < 0:
             errs[j] = err
-            memo[:, 0] = 0
+            for p in range(n_planes):
+                memo[p, 0] = 0
         else:
             merge_block(planes, src, data, kind, itemsize, j * block_size, n, words)
