@@ -8,6 +8,7 @@ Why ``push_model`` exists: transformers 5.x ``PreTrainedModel.push_to_hub`` (and
 the repo's current card (or, for a new repo, a bare card that only lists tags), so the llmcomp
 card written at save time never reaches the Hub. ``push_model`` saves, writes the card and
 uploads with ``upload_folder``; ``push_folder`` does the same for a folder on disk (``llmcomp push``).
+Models loaded with llmcomp-hf route ``push_to_hub`` to ``push_model`` (see ``_save_hooks``).
 (``upload_folder`` makes one commit, or, with ``hf_xet`` installed, a resumable series of commits
 for very large folders.)
 """
@@ -110,6 +111,8 @@ def push_folder(
     token: str | bool | None = None,
     revision: str | None = None,
     commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
     card: bool = True,
 ) -> Any:
     """Create ``repo_id`` if needed and upload the llmcomp checkpoint in ``folder`` with ``upload_folder``.
@@ -133,8 +136,21 @@ def push_folder(
         folder_path=folder,
         revision=revision,
         commit_message=commit_message or "Upload llmcomp-compressed model",
+        commit_description=commit_description,
+        create_pr=create_pr,
         ignore_patterns=IGNORE_ON_UPLOAD,
     )
+
+
+def remote_card(repo_id: str, token: str | bool | None = None) -> Any | None:
+    """The card of ``repo_id`` on the Hub, or None when the repo or its README does not exist yet."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return ModelCard.load(repo_id, token=token, ignore_metadata_errors=True)
+    except (EntryNotFoundError, RepositoryNotFoundError):
+        return None
 
 
 def push_model(
@@ -144,22 +160,49 @@ def push_model(
     base_model: str | None = None,
     private: bool | None = None,
     token: str | bool | None = None,
+    revision: str | None = None,
     commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
     max_shard_size: str | int = "5GB",
+    tags: list[str] | str | None = None,
     **save_kwargs: Any,
 ) -> Any:
-    """``model.push_to_hub`` for llmcomp models that keeps the llmcomp card.
+    """``model.push_to_hub`` for llmcomp models, with the llmcomp card (models loaded with llmcomp-hf
+    route ``push_to_hub`` here).
 
     Saves with ``save_pretrained`` into a temp folder, writes the card (figures from the saved shards,
-    ``base_model`` defaulting to the model's ``name_or_path`` when it is a repo id), uploads the folder.
+    ``base_model`` defaulting to where the model came from) and uploads the folder in one commit. A
+    card already on the Hub that llmcomp-hf did not write is kept (with ``tags`` added, as
+    transformers does); an llmcomp card there is re-rendered with fresh figures.
     """
+    from llmcomp_hf._save_hooks import model_origin
+    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card
     from llmcomp_hf.stream.check import stats_from_checkpoint, write_checkpoint_card
 
-    name = str(getattr(model, "name_or_path", "") or "")
-    local = Path(name) if name and Path(name).is_dir() else None
-    if base_model is None:
-        base_model = repo_id_of_cache_path(local) if local else (name if looks_like_repo_id(name) else None)
+    local, origin = model_origin(model)
+    base_model = base_model or origin
+    extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+    current = remote_card(repo_id, token=token)
     with tempfile.TemporaryDirectory(prefix="llmcomp-push-") as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size, **save_kwargs)
-        write_checkpoint_card(Path(tmp), stats_from_checkpoint(tmp), base_model, src=local, repo_id=repo_id)
-        return push_folder(tmp, repo_id, private=private, token=token, commit_message=commit_message, card=False)
+        folder = Path(tmp)
+        model.save_pretrained(folder, max_shard_size=max_shard_size, **save_kwargs)
+        if current is not None and not is_llmcomp_card(current):
+            card = current
+        else:
+            if base_model is None and current is not None:
+                base_model = current.data.to_dict().get("base_model")
+            write_checkpoint_card(folder, stats_from_checkpoint(folder), base_model, src=local, repo_id=repo_id)
+            card = read_card_file(folder / CARD_NAME)
+        card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *extra_tags]))
+        card.save(folder / CARD_NAME)
+        return push_folder(folder, repo_id, private=private, token=token, revision=revision,
+                           commit_message=commit_message, commit_description=commit_description,
+                           create_pr=create_pr, card=False)
+
+
+def read_card_file(path: Path) -> Any:
+    """A ModelCard from a README.md written by llmcomp-hf."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=True)

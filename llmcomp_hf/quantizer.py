@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers.quantizers.base import HfQuantizer
 
-from llmcomp_hf import loading
+from llmcomp_hf import _save_hooks, loading
 from llmcomp_hf._guard import add_guard, strip_guard
 from llmcomp_hf._placeholders import check_encoded_modules, install_placeholders
 from llmcomp_hf._register import check_transformers_version
@@ -158,6 +158,7 @@ class LlmcompHfQuantizer(HfQuantizer):
             error, self.load_error = self.load_error, None
             raise error
         _tag(model, self.quantization_config)
+        _save_hooks.install(model)  # save_pretrained writes our card; push_to_hub uploads it
         # Saving must not "reverse" our converters: get_state_dict_and_metadata already writes final names.
         if getattr(model, "_weight_conversions", None):
             model._weight_conversions = [c for c in model._weight_conversions if all(c is not o for o in self._converters)]
@@ -321,6 +322,7 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
         # Weights are already ordinary tensors in their loaded dtypes: only the encodings go.
+        _save_hooks.uninstall(model)
         self.encoded.clear()
         self.lossy.clear()
         self._stamps.clear()

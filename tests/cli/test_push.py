@@ -113,24 +113,44 @@ def model(compressed):
     return AutoModelForCausalLM.from_pretrained(compressed)
 
 
-def test_transformers_push_to_hub_replaces_our_card_with_a_bare_one(model, monkeypatch, tmp_path):
-    """What transformers 5.x does (why push_model exists): a new repo gets its bare card, not ours."""
+def test_transformers_push_to_hub_uploads_our_card(model, monkeypatch, tmp_path):
+    """transformers 5.x would upload its bare card; a model loaded with llmcomp-hf routes to push_model."""
     hub = FakeHub(monkeypatch, remote_card=None, tmp=tmp_path)
-    model.push_to_hub(REPO)
+    model.push_to_hub(REPO, commit_message="compressed", private=True)
     (files,) = hub.commits
     shards = [data for name, data in files.items() if name.endswith(".safetensors")]
     assert shards and all(b"llmcomp_data" in data[:200_000] for data in shards)  # the compressed weights go up
-    card = hub.card().data.to_dict()
-    assert "llmcomp" not in card and "base_model" not in card
+    assert hub.repos == [{"repo_id": REPO, "private": True, "exist_ok": True}]
+    card = hub.card()
+    assert card.data.base_model == "org/tiny" and card.data.tags == ["llmcomp", "lossless"]
+    figures = card.data.to_dict()["llmcomp"]
+    assert figures["compressed_bytes"] < figures["original_bytes"]
+    assert f'from_pretrained("{REPO}")' in card.text
 
 
-def test_transformers_push_to_hub_keeps_a_card_already_on_the_hub(model, compressed, monkeypatch, tmp_path):
+def test_transformers_push_to_hub_refreshes_an_llmcomp_card_already_on_the_hub(model, compressed, monkeypatch, tmp_path):
     ours = (compressed / "README.md").read_text()
     hub = FakeHub(monkeypatch, remote_card=ours, tmp=tmp_path)
     model.push_to_hub(REPO, tags=["extra"])
     card = hub.card()
     assert card.data.base_model == "org/tiny" and card.data.tags == ["llmcomp", "lossless", "extra"]
-    assert "llmcomp" in card.data.to_dict()
+    assert "llmcomp" in card.data.to_dict() and f'from_pretrained("{REPO}")' in card.text
+
+
+def test_transformers_push_to_hub_keeps_a_hand_written_card_on_the_hub(model, monkeypatch, tmp_path):
+    mine = "---\nlicense: mit\n---\n# my own words\n"
+    hub = FakeHub(monkeypatch, remote_card=mine, tmp=tmp_path)
+    model.push_to_hub(REPO, tags="extra")
+    card = hub.card()
+    assert "my own words" in card.text and card.data.tags == ["extra"] and "llmcomp" not in card.data.to_dict()
+
+
+def test_save_pretrained_push_to_hub_uploads_our_card(model, monkeypatch, tmp_path):
+    hub = FakeHub(monkeypatch, remote_card=None, tmp=tmp_path)
+    model.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id=REPO, commit_message="m")
+    (files,) = hub.commits
+    assert files["README.md"] == (tmp_path / "out" / "README.md").read_bytes()
+    assert ModelCard(files["README.md"].decode()).data.to_dict()["llmcomp"]["compressed_tensors"] > 0
 
 
 def test_push_model_sends_the_checkpoint_and_our_card_in_one_commit(model, monkeypatch, tmp_path):

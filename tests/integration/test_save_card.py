@@ -1,0 +1,82 @@
+"""save_pretrained of a model loaded with llmcomp-hf writes the llmcomp card next to the shards."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+import llmcomp_hf
+
+from .helpers import shard_files, tiny_model
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("card") / "dense"
+    tiny_model("llama", torch.bfloat16).save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\nlanguage: en\n---\n# tiny\n")
+    return folder
+
+
+def _card(folder) -> ModelCard:
+    return ModelCard((folder / "README.md").read_text(encoding="utf-8"))
+
+
+def _tensor_bytes(folder) -> int:
+    total = 0
+    for file in shard_files(folder):
+        with safe_open(file, "pt") as f:
+            total += sum(f.get_tensor(k).nbytes for k in f.keys())
+    return total
+
+
+def test_lossless_save_writes_a_card_with_the_saved_figures(dense, tmp_path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
+    model.save_pretrained(tmp_path / "out", max_shard_size="200KB")
+    card = _card(tmp_path / "out")
+    figures = card.data.to_dict()["llmcomp"]
+    assert card.data.tags == ["llmcomp", "lossless"] and card.data.license == "apache-2.0"  # carried from the source
+    assert figures["compressed_tensors"] == sum(1 for _ in model.hf_quantizer.encoded) > 0
+    assert 0 < figures["compressed_bytes"] < figures["original_bytes"]
+    assert figures["compressed_bytes"] == _tensor_bytes(tmp_path / "out")  # everything stored, counted
+    assert "lossless" in card.text and "lossy" not in card.text.lower()
+    # reloaded and saved again: the card is re-rendered, same figures
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    again.save_pretrained(tmp_path / "again")
+    assert _card(tmp_path / "again").data.to_dict()["llmcomp"] == figures
+
+
+def test_lossy_save_card_never_says_lossless(dense, tmp_path) -> None:
+    cfg = llmcomp_hf.CompressionConfig.from_preset("int8", min_numel=0)
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=cfg)
+    model.save_pretrained(tmp_path / "out")
+    card = _card(tmp_path / "out")
+    assert card.data.tags[:2] == ["llmcomp", "lossy"] and "lossless" not in card.text.lower()
+    assert card.data.to_dict()["llmcomp"]["bits_per_weight"] < 16
+
+
+def test_a_hand_written_card_in_the_target_stays(dense, tmp_path, caplog) -> None:
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_bytes(b"# my notes\n")
+    with caplog.at_level(logging.WARNING, logger="llmcomp_hf"):
+        model.save_pretrained(out)
+    assert (out / "README.md").read_bytes() == b"# my notes\n"
+    assert "left as it is" in caplog.text
+
+
+def test_no_card_on_other_ranks_or_after_dequantize(dense, tmp_path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
+    model.save_pretrained(tmp_path / "rank1", is_main_process=False)
+    assert not (tmp_path / "rank1" / "README.md").exists()
+    assert type(model).__name__ == "LlamaForCausalLM"  # wrapped on the instance, not by swapping the class
+    model.dequantize()
+    assert "save_pretrained" not in model.__dict__ and "push_to_hub" not in model.__dict__
+    model.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "README.md").exists()
