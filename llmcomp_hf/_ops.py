@@ -99,7 +99,10 @@ class DecodeOp(ConversionOps):
             tensor = plain[i]
         else:
             picked = {part: tensors[i] if i < len(tensors) else None for part, tensors in parts.items()}
-            tensor = decode_parts(name, picked, self.hf_quantizer.file_of(name))
+            prefetch = getattr(self.hf_quantizer, "prefetch", None)
+            tensor = prefetch.take(picked["header"]) if prefetch is not None and picked.get("header") is not None else None
+            if tensor is None:
+                tensor = decode_parts(name, picked, self.hf_quantizer.file_of(name))
         return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
 
     def _lossy(self, name: str, headers: list[torch.Tensor], parts: dict[str, dict[str, list[torch.Tensor]]], i: int,

@@ -18,6 +18,7 @@ docs/format.md part 2 and the shard metadata, and adds the missing-plugin guard 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -61,6 +62,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         self._files: dict[str, str] = {}
         self._targets: set[str] = set()
         self._converters: list[Any] = []
+        self.prefetch: Any = None  # _prefetch.Prefetcher while a compressed checkpoint loads
         self.options = loading.current()  # read inside the user's `with load_options(...)` block
 
     @property
@@ -109,6 +111,8 @@ class LlmcompHfQuantizer(HfQuantizer):
             self.serialized_names = _serialized_names(lossy_names, all_keys)
             if self.on_the_fly:
                 install_placeholders(model, self._files)
+            else:
+                self._start_prefetch(lossy_names, kwargs.get("device_map"))
         else:
             if self.on_the_fly and not self.quantization_config.is_lossless:
                 raise LlmcompError(
@@ -120,6 +124,24 @@ class LlmcompHfQuantizer(HfQuantizer):
             tied = getattr(model, "all_tied_weights_keys", None) or {}
             self._targets = set(select_weights(model, self.quantization_config)) - set(tied)
         return model
+
+    def _start_prefetch(self, lossy_names: set[str], device_map: Any) -> None:
+        """Decode the lossless weights in the background while transformers loads (see _prefetch)."""
+        from llmcomp_hf._prefetch import Prefetcher
+
+        self.prefetch = None
+        offloaded = isinstance(device_map, dict) and "disk" in device_map.values()
+        if lossy_names or offloaded or not self._files or os.environ.get("LLMCOMP_PREFETCH", "1") == "0":
+            return
+        try:
+            self.prefetch = Prefetcher(self._files.items(), verify=self.options.verify).start()
+        except Exception as exc:  # e.g. a missing header part: the loader reports it with its name
+            logger.debug("llmcomp: no prefetch (%s)", exc)
+
+    def _stop_prefetch(self) -> None:
+        if getattr(self, "prefetch", None) is not None:
+            self.prefetch.close()
+            self.prefetch = None
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return not self.pre_quantized and param_name in self._targets
@@ -154,6 +176,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         return list(self._converters)
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        self._stop_prefetch()
         if self.load_error is not None:
             error, self.load_error = self.load_error, None
             raise error

@@ -1,0 +1,145 @@
+"""Decode a checkpoint's compressed weights on a background thread while transformers loads.
+
+``from_pretrained`` spends most of a small model's load in Python (key renaming, converters,
+module bookkeeping) on one core; the decode kernels release the GIL. So the quantizer starts a
+``Prefetcher`` before weight loading: it decodes the lossless weights of the checkpoint in the order
+the loader asks for them (transformers sorts keys by ``dot_natural_key``), and ``DecodeOp`` takes
+the finished tensor instead of decoding it again. A weight the prefetcher has not started yet is
+claimed and decoded by the loader itself, so nothing waits on work that has not begun.
+
+A prefetched weight is matched by its stored header (dtype, shape, coder and the checksum of the
+original bytes) and is handed out once. It was decoded from the same shard and its checksum was
+verified, so it is bit-identical to what the loader would decode; anything that fails here
+(a corrupted block, an unreadable file) is simply left to the loader, whose error names it.
+Decoded tensors not yet taken are bounded by ``max_ahead`` bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_PENDING, _RUNNING, _DONE, _TAKEN = range(4)
+_DIGITS = re.compile(r"^\d+$")
+IDLE_TIMEOUT_S = 10.0
+
+
+def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key of dotted names with numbers compared as numbers (the loader's order)."""
+    return tuple((0, int(p)) if _DIGITS.match(p) else (1, p) for p in name.split("."))
+
+
+class _Job:
+    __slots__ = ("name", "file", "header", "state", "result", "nbytes")
+
+    def __init__(self, name: str, file: str, header: bytes) -> None:
+        self.name, self.file, self.header = name, file, header
+        self.state, self.result, self.nbytes = _PENDING, None, 0
+
+
+class Prefetcher:
+    """Background decoding of lossless compressed weights ``(name, shard file)``; see the module doc."""
+
+    def __init__(self, weights: Iterable[tuple[str, str]], verify: bool = True, max_ahead: int = 256 << 20) -> None:
+        from safetensors import safe_open
+
+        from llmcomp_hf.format.shard import part_key
+
+        self.verify, self.max_ahead = verify, max_ahead
+        self._cond = threading.Condition()
+        self._closed = False
+        self._ahead = 0
+        by_file: dict[str, list[str]] = {}
+        for name, file in weights:
+            by_file.setdefault(file, []).append(name)
+        jobs: list[_Job] = []
+        for file, names in by_file.items():
+            with safe_open(file, framework="pt") as handle:
+                for name in names:
+                    header = handle.get_tensor(part_key(name, "header")).numpy().tobytes()
+                    jobs.append(_Job(name, file, header))
+        self._jobs = sorted(jobs, key=lambda job: natural_key(job.name))
+        self._by_header: dict[bytes, list[_Job]] = {}
+        for job in self._jobs:
+            self._by_header.setdefault(job.header, []).append(job)
+        self._thread = threading.Thread(target=self._run, name="llmcomp-prefetch", daemon=True)
+
+    def start(self) -> Prefetcher:
+        self._thread.start()
+        return self
+
+    def take(self, header: torch.Tensor) -> torch.Tensor | None:
+        """The decoded weight stored with this header, or None: then the caller decodes it.
+
+        Waits only for a weight whose decode is already running.
+        """
+        key = header.detach().cpu().contiguous().numpy().tobytes()
+        with self._cond:
+            for job in self._by_header.get(key, ()):
+                if job.state == _PENDING:
+                    job.state = _TAKEN  # ours to decode: the background thread skips it
+                    return None
+                while job.state == _RUNNING:
+                    self._cond.wait()
+                if job.state == _DONE:
+                    job.state, result, job.result = _TAKEN, job.result, None
+                    self._ahead -= job.nbytes
+                    self._cond.notify_all()
+                    return result
+            return None
+
+    def close(self) -> None:
+        """Stop and drop what was not taken (after loading)."""
+        with self._cond:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        self._closed = True
+        for job in self._jobs:
+            if job.state == _DONE:
+                job.state, job.result = _TAKEN, None
+        self._cond.notify_all()
+
+    def _run(self) -> None:
+        from safetensors import safe_open
+
+        from llmcomp_hf.format.reader import decode_parts
+        from llmcomp_hf.format.shard import PARTS, part_key
+
+        with contextlib.ExitStack() as stack:
+            handles: dict[str, Any] = {}
+            for job in self._jobs:
+                with self._cond:
+                    while not self._closed and self._ahead >= self.max_ahead:
+                        if not self._cond.wait(timeout=IDLE_TIMEOUT_S):
+                            self._close_locked()  # nobody takes (the load failed?): stop holding memory
+                    if self._closed:
+                        return
+                    if job.state != _PENDING:
+                        continue
+                    job.state = _RUNNING
+                result = None
+                try:
+                    if job.file not in handles:
+                        handles[job.file] = stack.enter_context(safe_open(job.file, framework="pt"))
+                    handle = handles[job.file]
+                    parts = {p: handle.get_tensor(part_key(job.name, p)) for p in PARTS}
+                    result = decode_parts(job.name, parts, job.file, verify=self.verify)
+                except Exception as exc:  # the loader decodes it again and reports the error
+                    logger.debug("llmcomp prefetch of %s failed: %s", job.name, exc)
+                with self._cond:
+                    if result is None or self._closed:
+                        job.state = _TAKEN  # failed or too late: take() returns None, the loader decodes it
+                    else:
+                        job.state, job.result = _DONE, result
+                        job.nbytes = result.numel() * result.element_size()
+                        self._ahead += job.nbytes
+                    self._cond.notify_all()
