@@ -88,7 +88,7 @@ def _default_workers() -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="llmcomp", description="Lossless compression of LLM checkpoints for Hugging Face transformers.",
+        prog="llmcomp", description="Lossless and lossy compression of LLM checkpoints for Hugging Face transformers.",
         epilog="Exit codes: 0 ok, 1 verification/corruption failure, 2 usage error, 3 I/O or Hub error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -100,14 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="model folder, or Hub repo id (e.g. org/name)")
     p.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--config", metavar="FILE", help="YAML file of CompressionConfig fields (top level or under "
-                   "'quantization_config')")
+    g.add_argument("--config", metavar="FILE|PRESET", help="YAML file of CompressionConfig fields (top level or "
+                   "under 'quantization_config'), or a preset name")
     g.add_argument("--preset", metavar="NAME", help=f"a named configuration from configs/ ({_presets()}; default: "
                    "lossless defaults)")
     p.add_argument("--coder", choices=["huffman", "rans"], help="entropy coder (overrides config/preset)")
     p.add_argument("--block-size", type=int, metavar="N", help="elements per block (multiple of 64)")
     p.add_argument("--min-numel", type=int, metavar="N", help="smaller tensors stay uncompressed")
-    p.add_argument("--verify", action="store_true", help="decode everything and compare with SRC bit for bit")
+    p.add_argument("--verify", action="store_true", help="decode everything and compare with SRC bit for bit (lossy weights: with "
+                   "their reconstruction computed while compressing)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (atomically)")
     p.add_argument("--base-model", metavar="REPO_ID", help="Hub id of the original model, for the model card")
     p.add_argument("--revision", help="Hub revision of SRC (branch, tag or commit)")
@@ -117,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decompress", help="turn an llmcomp checkpoint back into plain safetensors",
                        description="Decode SRC into the new folder OUT: same shards and index as a plain "
-                       "checkpoint, every tensor bit-identical (checksums verified), no quantization_config.")
+                       "checkpoint, every tensor bit-identical (checksums verified), no quantization_config. "
+                       "Lossy weights become their reconstruction (what from_pretrained gives), and OUT's "
+                       "config and card say so.")
     p.add_argument("src", metavar="SRC", help="llmcomp checkpoint folder")
     p.add_argument("out", metavar="OUT", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")

@@ -38,16 +38,22 @@ def _error(message: str) -> None:
 
 
 def load_config(args: argparse.Namespace) -> Any:
-    """CompressionConfig from --config/--preset plus the per-field flags (ValueError on bad input)."""
+    """CompressionConfig from --config (YAML file or preset name)/--preset plus the per-field flags.
+
+    Raises ValueError on bad input.
+    """
     from llmcomp_hf.config import CompressionConfig, LosslessConfig
+    from llmcomp_hf.presets import preset_names
 
     flags = ("coder", "block_size", "min_numel")
     overrides = {key: getattr(args, key) for key in flags if getattr(args, key) is not None}
     try:
         if args.config:
-            if not Path(args.config).is_file():
-                raise ValueError(f"no such file {args.config!r}")
-            return CompressionConfig.from_yaml(args.config, **overrides)
+            if Path(args.config).is_file():
+                return CompressionConfig.from_yaml(args.config, **overrides)
+            if args.config in preset_names():
+                return CompressionConfig.from_preset(args.config, **overrides)
+            raise ValueError(f"no such file {args.config!r} and no preset of that name; presets: {preset_names()}")
         if args.preset:
             return CompressionConfig.from_preset(args.preset, **overrides)
         return LosslessConfig(**overrides)
@@ -57,6 +63,9 @@ def load_config(args: argparse.Namespace) -> Any:
 
 
 def compress(args: argparse.Namespace, progress: Progress) -> int:
+    import math
+
+    from llmcomp_hf.card import stage_names
     from llmcomp_hf.hub import resolve_source
     from llmcomp_hf.stream.compress import compress_checkpoint
 
@@ -68,9 +77,15 @@ def compress(args: argparse.Namespace, progress: Progress) -> int:
     )
     n = sum(r.compressed for r in result.records)
     rate = result.original_bytes / max(result.seconds, 1e-9) / 1e6
-    print(f"compressed {n} of {len(result.records)} tensors: {result.original_bytes:,} -> {result.stored_bytes:,} "
-          f"bytes (ratio {result.ratio:.4f}) in {result.seconds:.1f} s ({rate:.0f} MB/s)"
-          + ("; verified bit for bit" if result.verified else "") + f" -> {args.dst}")
+    weights = [r for r in result.records if r.compressed]
+    numel = sum(math.prod(r.shape) for r in weights)
+    bpw = f", {8.0 * sum(r.stored_bytes for r in weights) / numel:.3f} bits/weight" if numel else ""
+    kind = "lossless" if config.is_lossless else "lossy " + "+".join(stage_names(config.stages))
+    checked = "; verified bit for bit" if config.is_lossless else "; verified (plain tensors bit for bit, lossy " \
+        "weights against their compress-time reconstruction)"
+    print(f"compressed {n} of {len(result.records)} tensors ({kind}{bpw}): {result.original_bytes:,} -> "
+          f"{result.stored_bytes:,} bytes (ratio {result.ratio:.4f}) in {result.seconds:.1f} s ({rate:.0f} MB/s)"
+          + (checked if result.verified else "") + f" -> {args.dst}")
     return EXIT_OK
 
 
@@ -81,7 +96,8 @@ def decompress(args: argparse.Namespace, progress: Progress) -> int:
                                    progress=progress)
     n = sum(r.compressed for r in result.records)
     print(f"decompressed {n} tensors ({len(result.records)} in all, {result.original_bytes:,} bytes, checksums "
-          f"verified) in {result.seconds:.1f} s -> {args.out}")
+          f"verified) in {result.seconds:.1f} s -> {args.out}"
+          + ("; lossy weights written as their reconstruction, not the original weights" if result.lossy else ""))
     return EXIT_OK
 
 

@@ -229,12 +229,18 @@ def _check_index(path: Path, shards: list[ShardInfo]) -> None:
 
 
 def verify_against_source(
-    out: Path, src: Path, src_shards: list[ShardInfo], workers: int = 1, progress: Any = None
+    out: Path, src: Path, src_shards: list[ShardInfo], workers: int = 1, progress: Any = None,
+    expected: dict[str, str] | None = None,
 ) -> None:
     """Decode every tensor of the checkpoint in ``out`` and compare it bit for bit with ``src``.
 
+    Lossy weights cannot match the source: their reconstruction is compared with ``expected`` (SHA-256
+    of the reconstruction computed while compressing, by name) instead, and must be listed there.
     Raises VerificationError naming the first tensor that differs (or is missing) and its file.
     """
+    from llmcomp_hf.stream.lossy import digest
+
+    expected = expected or {}
     out_shards, _ = read_checkpoint(out)
     cmap = CompressedMap(out_shards)
     total = sum(t.numel * dtype_itemsize(t.dtype, t.name) for s in src_shards for t in s.tensors)
@@ -247,33 +253,40 @@ def verify_against_source(
             if shard is None:
                 raise VerificationError(f"shard {src_shard.rel!r} of the source was not written to {str(out)!r}")
             src_info = {t.name: t for t in src_shard.tensors}
-            expected = set(src_info)
             seen = set()
             with ShardReader(src_shard) as original:
                 out_info = {t.name: t for t in shard.tensors}
-                for name, value, compressed in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs):
-                    if name not in expected:
+                decoded = iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, reconstruct=True)
+                for name, value, compressed in decoded:
+                    if name not in src_info:
                         raise VerificationError(f"unexpected tensor{where(name, str(shard.path))} not in the source")
                     if compressed:
                         got = (NAME_TO_CODE.get(str(value.dtype).removeprefix("torch.")), tuple(value.shape))
                     else:
                         got = (out_info[name].dtype, out_info[name].shape)
-                    buf = bufs.take(original.nbytes(name))
-                    ref = original.read_into(name, buf)
                     info = src_info[name]
-                    same = got == (info.dtype, info.shape) and np.array_equal(ref, tensor_bytes(value))
-                    bufs.give(buf)
+                    if (name in cmap.transforms) != (name in expected):
+                        raise VerificationError(f"tensor{where(name, str(shard.path))} is "
+                                                f"{'not ' if name in expected else ''}lossy, unlike what was written")
+                    if name in expected:
+                        same = got == (info.dtype, info.shape) and digest(value) == expected[name]
+                        what = "reconstruction differs from the one computed while compressing"
+                    else:
+                        buf = bufs.take(original.nbytes(name))
+                        same = got == (info.dtype, info.shape) and np.array_equal(
+                            original.read_into(name, buf), tensor_bytes(value))
+                        bufs.give(buf)
+                        what = "decoded tensor differs from the source"
                     if not same:
                         raise VerificationError(
-                            f"decoded tensor differs from the source{where(name, str(shard.path))}; please report "
-                            "this bug with the source checkpoint"
+                            f"{what}{where(name, str(shard.path))}; please report this bug with the source checkpoint"
                         )
                     seen.add(name)
-                    done += ref.nbytes
+                    done += original.nbytes(name)
                     if progress is not None:
                         progress("verify", done, total)
-            if seen != expected:
-                raise VerificationError(f"tensors {sorted(expected - seen)[:3]} are missing from {str(shard.path)!r}")
+            if seen != set(src_info):
+                raise VerificationError(f"tensors {sorted(set(src_info) - seen)[:3]} are missing from {str(shard.path)!r}")
 
 
 def card_stats(records: list[Any], config: Any) -> Any:
@@ -303,10 +316,23 @@ def stats_from_checkpoint(path: str | Path) -> Any:
 
 
 def write_checkpoint_card(folder: Path, stats: Any, base_model: str | None, src: Path | None = None,
-                          repo_id: str | None = None) -> Path:
-    """Write the card into ``folder``, carrying license/language/pipeline_tag over from ``src``'s card."""
+                          repo_id: str | None = None, records: list[Any] | None = None) -> Path:
+    """Write the card into ``folder``, carrying license/language/pipeline_tag over from ``src``'s card.
+
+    ``records`` (compress records) adds a table of the effective bits/weight of every compressed tensor.
+    """
     from llmcomp_hf.card import read_card, write_card
 
     base_card = read_card(src) if src is not None else None
     metadata = base_card.data.to_dict() if base_card is not None else {}
-    return write_card(folder, stats, base_model=base_model, repo_id=repo_id, metadata=metadata)
+    path = write_card(folder, stats, base_model=base_model, repo_id=repo_id, metadata=metadata)
+    comp = [r for r in records or [] if r.compressed]
+    if comp:
+        rows = [f"| {r.name} | {'x'.join(map(str, r.shape))} | {8.0 * r.stored_bytes / max(math.prod(r.shape), 1):.3f} |"
+                for r in comp]
+        table = ["", "## Bits per weight by tensor", "",
+                 "Effective bits/weight of each compressed tensor, everything stored counted.", "",
+                 "| tensor | shape | bits/weight |", "|---|---|---:|", *rows, ""]
+        with path.open("a", encoding="utf-8") as f:
+            f.write("\n".join(table))
+    return path

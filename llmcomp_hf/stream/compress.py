@@ -1,12 +1,16 @@
 """Streaming compression of a safetensors checkpoint of any size, shard by shard, tensor by tensor.
 
-Which tensors are compressed (there is no model here, so the rule works on names, shapes, dtypes):
-a tensor is encoded when its name is ``*.weight``, it has 2 or more dimensions, its dtype is in
+Which tensors are compressed losslessly (there is no model here, so the rule works on names, shapes,
+dtypes): a tensor is encoded when its name is ``*.weight``, it has 2 or more dimensions, its dtype is in
 ``config.dtypes``, it has at least ``config.min_numel`` elements and its module (the name without
 ``.weight``) is not matched by ``config.modules_to_not_convert`` (an entry matches a module path, a
 prefix of it or any run of its dot-separated segments, as in the quantizer). That selects the
 weights of Linear, Embedding and Conv layers; norms and biases (1-D) and buffers stay plain.
 Everything else is copied through byte for byte.
+
+A config with lossy ``stages`` changes weights, so it takes exactly the quantizer's selection, made
+on a weightless skeleton of the model (see select.py), and writes the quantizer's shard layout
+(docs/format.md part 3, see lossy.py).
 
 Each output shard mirrors one input shard (same file name) and is written as its tensors are
 encoded (see writer.py), so memory holds about ``workers + 1`` tensors, never a shard.
@@ -59,6 +63,15 @@ class TensorRecord:
     original_bytes: int
     stored_bytes: int
     compressed: bool
+    keys: tuple[str, ...] = ()  # its checkpoint tensors when not the three lossless parts or the name
+    lossy: bool = False  # stored with lossy stages (compress) or written as their reconstruction (decompress)
+
+    @property
+    def stored_keys(self) -> tuple[str, ...]:
+        """The checkpoint tensors written for this source tensor."""
+        if self.keys:
+            return self.keys
+        return tuple(part_key(self.name, p) for p in ("data", "index", "header")) if self.compressed else (self.name,)
 
 
 @dataclass
@@ -81,6 +94,11 @@ class RunResult:
     @property
     def ratio(self) -> float:
         return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
+
+    @property
+    def lossy(self) -> bool:
+        """True when any weight went through lossy stages."""
+        return any(r.lossy for r in self.records)
 
 
 def is_selected(info: TensorInfo, config: CompressionConfig) -> bool:
@@ -111,10 +129,11 @@ def compress_checkpoint(
 
     Args:
         config: what to compress and how (default ``LosslessConfig()``); written to ``config.json``.
-            Lossless only: a config with lossy ``stages`` raises CheckpointError.
+            With lossy ``stages`` the quantizer's weights get them and the shards hold format part 3.
         workers: tensors encoded at once, in threads (the codec releases the GIL).
         threads_per_tensor: codec threads inside one tensor's encode.
-        verify: decode the written checkpoint and compare it with ``src`` bit for bit before finishing.
+        verify: decode the written checkpoint and compare it with ``src`` bit for bit before finishing
+            (lossy weights: their reconstruction with the one computed while compressing).
         overwrite: replace an existing ``dst`` (atomically) instead of refusing.
         base_model: hub id of the original model, for the model card.
         progress: called with (phase, bytes done, bytes total); phases "compress" and "verify".
@@ -132,13 +151,6 @@ def compress_checkpoint(
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
     config = config or LosslessConfig()
-    if config.stages:
-        from llmcomp_hf.card import stage_names
-
-        raise CheckpointError(
-            f"the configuration has lossy stages {stage_names(config.stages)}: `llmcomp compress` writes lossless "
-            "checkpoints only (the lossy shard layout, format part 3, is not streamed yet); drop the stages"
-        )
     check_paths(src, dst)
     shards, sharded = read_checkpoint(src)
     src_config = read_config(src)
@@ -152,8 +164,14 @@ def compress_checkpoint(
         )
     if any(k.startswith("llmcomp.") for s in shards for k in s.metadata):
         raise CheckpointError(f"{str(src)!r} already holds llmcomp shards; compress the original checkpoint")
+    selected: set[str] | None = None
+    if not config.is_lossless:
+        from llmcomp_hf.stream.select import lossy_selection
+
+        selected = lossy_selection(src, shards, config)
     total = sum(t.numel * dtype_itemsize(t.dtype, t.name) for s in shards for t in s.tensors)
     result = RunResult(dst)
+    digests: dict[str, str] = {}  # lossy weights: SHA-256 of the reconstruction, for verify
     done = [0]
 
     def tick(n: int) -> None:
@@ -165,13 +183,19 @@ def compress_checkpoint(
     with staged_output(dst, overwrite) as tmp, ThreadPoolExecutor(max(1, workers)) as pool:
         weight_map: dict[str, str] = {}
         for shard in shards:
-            records = _compress_shard(
-                shard, tmp / shard.rel, config, pool, max(1, workers), threads_per_tensor, tick, bufs
-            )
+            if selected is None:
+                records = _compress_shard(
+                    shard, tmp / shard.rel, config, pool, max(1, workers), threads_per_tensor, tick, bufs
+                )
+            else:
+                from llmcomp_hf.stream.lossy import compress_lossy_shard
+
+                records = compress_lossy_shard(
+                    shard, tmp / shard.rel, config, selected, pool, max(1, workers), tick, bufs, digests
+                )
             result.records += records
             for r in records:
-                keys = [part_key(r.name, p) for p in ("data", "index", "header")] if r.compressed else [r.name]
-                weight_map.update(dict.fromkeys(keys, shard.rel))
+                weight_map.update(dict.fromkeys(r.stored_keys, shard.rel))
         bufs.clear()
         if sharded:
             write_json(tmp / INDEX_NAME, {"metadata": {"total_size": result.stored_bytes}, "weight_map": weight_map})
@@ -180,9 +204,10 @@ def compress_checkpoint(
         cfg["quantization_config"] = config.to_dict()
         cfg["fusion_config"] = {**(cfg.get("fusion_config") or {}), GUARD_KEY: False}
         write_json(tmp / CONFIG_NAME, cfg)
-        write_checkpoint_card(tmp, card_stats(result.records, config), base_model, src, repo_id=dst.name)
+        write_checkpoint_card(tmp, card_stats(result.records, config), base_model, src, repo_id=dst.name,
+                              records=result.records if selected is not None else None)
         if verify:
-            verify_against_source(tmp, src, shards, workers=max(1, workers), progress=progress)
+            verify_against_source(tmp, src, shards, workers=max(1, workers), progress=progress, expected=digests)
             result.verified = True
     result.seconds = time.perf_counter() - start
     return result
@@ -269,6 +294,8 @@ def decompress_checkpoint(
 
     Same shard files and index layout; every tensor bit-identical to the original (each decode
     checks the tensor's checksum); ``quantization_config`` and the load guard leave ``config.json``.
+    Lossy weights become their reconstruction (what ``from_pretrained`` of ``src`` gives), and the
+    config and card of ``dst`` say so.
     """
     from llmcomp_hf.stream.expand import decompress_into
 

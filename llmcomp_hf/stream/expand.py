@@ -1,4 +1,8 @@
-"""Streaming decompression: an llmcomp checkpoint back to plain safetensors, tensor by tensor."""
+"""Streaming decompression: an llmcomp checkpoint back to plain safetensors, tensor by tensor.
+
+Lossy weights (docs/format.md part 3) become their reconstruction, made by ``format.lossy.decode_lossy``
+(the function ``from_pretrained`` runs), so the output holds the weights a load of the checkpoint gives.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +19,13 @@ from typing import Any
 import numpy as np
 
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, unpack, with_file
+from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, transform_key, unpack, with_file
 from llmcomp_hf.stream.files import CARD_NAME, copy_side_files
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.source import (
     CONFIG_NAME,
     INDEX_NAME,
     NAME_TO_CODE,
-    CheckpointError,
     ShardInfo,
     open_shard,
     read_checkpoint,
@@ -34,22 +37,39 @@ from llmcomp_hf.stream.writer import StreamingShardWriter, dtype_itemsize
 
 
 class CompressedMap:
-    """Where the parts of every compressed tensor live, and their decoded dtype and shape."""
+    """Where the parts of every compressed tensor live, and their decoded dtype and shape.
+
+    Lossy weights: ``transforms`` maps each to the shard holding its transform header (where its
+    reconstruction goes), ``lossy_parts`` to its encoded tensors (``{part: base}``), ``lossy_headers``
+    to its parsed transform header.
+    """
 
     def __init__(self, shards: list[ShardInfo]) -> None:
+        from llmcomp_hf.format.lossy import claim_parts, read_header
+
         self.files: dict[str, dict[str, ShardInfo]] = {}
+        self.transforms: dict[str, ShardInfo] = {}
         for shard in shards:
             for t in shard.tensors:
                 base, part = split_key(t.name)
                 if part is not None:
                     self.files.setdefault(base, {})[part] = shard
+                elif transform_base(t.name) is not None:
+                    self.transforms[transform_base(t.name)] = shard
+        claimed = claim_parts({b: b for b in self.files}, self.transforms)
+        self.lossy_parts: dict[str, dict[str, str]] = {n: claimed.get(n, {}) for n in self.transforms}
+        self.owner = {base: name for name, parts in self.lossy_parts.items() for base in parts.values()}
         self.headers: dict[str, dict[str, Any]] = {}
+        self.lossy_headers: dict[str, dict[str, Any]] = {}
         for shard in shards:
             bases = [b for b, p in self.files.items() if p.get("header") is shard]
-            if bases:
+            names = [n for n, s in self.transforms.items() if s is shard]
+            if bases or names:
                 with open_shard(shard.path) as h:
                     for base in bases:
                         self.headers[base] = _header_json(base, h.get_tensor(part_key(base, "header")), str(shard.path))
+                    for name in names:
+                        self.lossy_headers[name] = read_header(name, h.get_tensor(transform_key(name)), str(shard.path))
 
     def home(self, base: str) -> ShardInfo:
         """The shard the decoded tensor goes to: the one holding its data part."""
@@ -113,13 +133,14 @@ def _out_tensor(header: dict[str, Any], bufs: BufferPool) -> tuple[Any, np.ndarr
 
 def iter_decoded(
     shard: ShardInfo, cmap: CompressedMap, pool: ThreadPoolExecutor, workers: int, handles: ShardHandles,
-    bufs: BufferPool, plain: bool = True,
+    bufs: BufferPool, plain: bool = True, reconstruct: bool = False,
 ) -> Iterator[tuple[str, Any, bool]]:
     """(name, tensor, was_compressed) for every tensor homed in ``shard``, decoded ``workers`` at a time.
 
     Decoded tensors are torch tensors; plain ones are their raw bytes (a uint8 numpy array, any dtype).
     Either lives in a pooled buffer: it is valid until the next item is requested.
-    ``plain=False`` skips the tensors stored plain (they are not read at all).
+    ``plain=False`` skips the tensors stored plain (they are not read at all). ``reconstruct=True``
+    yields each lossy weight once, reconstructed, instead of its transform header and encoded parts.
     """
     pending: deque[tuple[str, Future, list[np.ndarray], np.ndarray | None]] = deque()
 
@@ -135,6 +156,16 @@ def iter_decoded(
     own = handles.get(shard)
     for t in shard.tensors:
         base, part = split_key(t.name)
+        lossy_name = transform_base(t.name) if reconstruct else None
+        if lossy_name is not None:
+            transform, held = _read_lossy(lossy_name, cmap, handles, bufs)
+            fut = pool.submit(_reconstruct, lossy_name, transform, held, str(shard.path))
+            pending.append((lossy_name, fut, [buf for _, buf in held.values()], None))
+            while len(pending) > workers:
+                yield from finish()
+            continue
+        if reconstruct and cmap.owner.get(base) is not None:
+            continue  # an encoded part of a lossy weight: decoded with its transform header
         if part is None:
             if not plain:
                 continue
@@ -156,6 +187,38 @@ def iter_decoded(
         yield from finish()
 
 
+def _read_lossy(
+    name: str, cmap: CompressedMap, handles: ShardHandles, bufs: BufferPool
+) -> tuple[Any, dict[str, tuple[Any, np.ndarray]]]:
+    """(transform header tensor, ``{key: (tensor, pooled buffer)}`` of its parts), read on the calling thread."""
+    held: dict[str, tuple[Any, np.ndarray]] = {}
+    try:
+        transform, buf = handles.get(cmap.transforms[name]).read(transform_key(name), bufs)
+        held[transform_key(name)] = (transform, buf)
+        for base in cmap.lossy_parts[name].values():
+            cmap.home(base)  # checks every part is present
+            for part, shard in cmap.files[base].items():
+                held[part_key(base, part)] = handles.get(shard).read(part_key(base, part), bufs)
+    except BaseException:
+        for _, buf in held.values():
+            bufs.give(buf)
+        raise
+    return transform, held
+
+
+def _reconstruct(name: str, transform: Any, held: dict[str, tuple[Any, np.ndarray]], file: str) -> Any:
+    """The lossy weight ``name`` decoded (checksums verified) and reconstructed, as ``from_pretrained`` does."""
+    from llmcomp_hf.format.lossy import decode_lossy
+
+    parts: dict[str, dict[str, Any]] = {}
+    for key, (tensor, _) in held.items():
+        base, part = split_key(key)
+        if part is not None:
+            parts.setdefault(base[len(name) + 1:], {})[part] = tensor
+    weight, _ = decode_lossy(name, transform, parts, file, verify=True)
+    return weight
+
+
 def decompress_into(
     src: Path, out: Path, workers: int = 1, progress: Callable[[str, int, int], None] | None = None
 ) -> list:
@@ -164,20 +227,18 @@ def decompress_into(
     from llmcomp_hf.stream.compress import TensorRecord
 
     shards, sharded = read_checkpoint(src)
-    stages = ((read_config(src) or {}).get("quantization_config") or {}).get("stages")
-    lossy = [t.name for s in shards for t in s.tensors if transform_base(t.name) is not None]
-    if stages or lossy:
-        raise CheckpointError(
-            f"{str(src)!r} holds lossy weights ({(lossy or ['stages in config.json'])[0]}, ...): decompressing "
-            "them needs their reconstruction (format part 3), which `llmcomp decompress` does not do yet; load "
-            "the model with transformers and save_pretrained it without quantization_config instead"
-        )
     cmap = CompressedMap(shards)
     plan: dict[str, list[tuple[str, str, list[int]]]] = {s.rel: [] for s in shards}
     for shard in shards:
         for t in shard.tensors:
             base, part = split_key(t.name)
-            if part is None:
+            lossy_name = transform_base(t.name)
+            if lossy_name is not None:
+                h = cmap.lossy_headers[lossy_name]
+                plan[shard.rel].append((lossy_name, _code(lossy_name, h, str(shard.path)), list(h["shape"])))
+            elif cmap.owner.get(base) is not None:
+                continue
+            elif part is None:
                 plan[shard.rel].append((t.name, t.dtype, list(t.shape)))
             elif part == "data":
                 h = cmap.headers.get(base) or {}
@@ -199,11 +260,13 @@ def decompress_into(
                 writer.add_fixed(name, dtype, shape)
             writer.start()
             try:
-                for name, tensor, compressed in iter_decoded(shard, cmap, pool, workers, handles, bufs):
+                for name, tensor, compressed in iter_decoded(shard, cmap, pool, workers, handles, bufs,
+                                                             reconstruct=True):
                     writer.write_fixed(name, tensor_bytes(tensor))
                     dtype, shape = specs[name]
                     size = _nbytes(dtype, shape)
-                    records.append(TensorRecord(name, shard.rel, dtype, tuple(shape), size, size, compressed))
+                    records.append(TensorRecord(name, shard.rel, dtype, tuple(shape), size, size, compressed,
+                                                lossy=name in cmap.transforms))
                     weight_map[name] = shard.rel
                     done += size
                     if progress is not None:
@@ -216,9 +279,14 @@ def decompress_into(
         write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
     copy_side_files(src, out, skip={CONFIG_NAME, CARD_NAME})
     cfg = read_config(src)
+    card = read_card(src)
+    if cmap.transforms:
+        from llmcomp_hf.stream.recon import write_reconstruction_files
+
+        write_reconstruction_files(out, cfg, card, cmap.lossy_headers)
+        return records
     if cfg is not None:
         write_json(out / CONFIG_NAME, plain_config(cfg))
-    card = read_card(src)
     if card is not None and not is_llmcomp_card(card):
         shutil.copyfile(src / CARD_NAME, out / CARD_NAME)
     return records

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -184,24 +183,28 @@ def test_config_file_and_presets(src, tmp_path, capsys):
         assert json.loads((tmp_path / "b" / "config.json").read_text())["quantization_config"]["coder"] == "rans"
 
 
-def test_lossy_configs_are_refused_for_now(src, tmp_path, capsys):
+def test_lossy_config_file_is_streamed(src, tmp_path, capsys):
     from llmcomp_hf.transforms import UniformQuant
 
-    (tmp_path / "lossy.yaml").write_text(json.dumps({"stages": [UniformQuant(bits=8).to_dict()]}))
-    rc, _, err = run_cli(capsys, "compress", src, tmp_path / "x", "--config", tmp_path / "lossy.yaml", "-q")
-    assert rc == 2 and "lossy stages ['uniform']" in err and not (tmp_path / "x").exists()
+    (tmp_path / "lossy.yaml").write_text(json.dumps({"coder": "rans", "stages": [UniformQuant(bits=8).to_dict()]}))
+    rc, out, err = run_cli(capsys, "compress", src, tmp_path / "x", "--config", tmp_path / "lossy.yaml", "-q")
+    assert rc == 0, err
+    assert "lossy uniform" in out and "bits/weight" in out
+    keys = json.loads((tmp_path / "x" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.mlp.up_proj.weight.llmcomp_transform" in keys
+    assert "model.layers.0.mlp.up_proj.weight" not in keys and "model.norm.weight" in keys
+    stages = json.loads((tmp_path / "x" / "config.json").read_text())["quantization_config"]["stages"]
+    assert stages == [UniformQuant(bits=8).to_dict()]
 
 
-def test_decompress_refuses_lossy_checkpoints(compressed, tmp_path, capsys):
-    from llmcomp_hf.transforms import UniformQuant
-
-    _, dst = compressed
-    copy = shutil.copytree(dst, tmp_path / "c")
-    cfg = json.loads((copy / "config.json").read_text())
-    cfg["quantization_config"]["stages"] = [UniformQuant(bits=8).to_dict()]
-    (copy / "config.json").write_text(json.dumps(cfg))
-    rc, _, err = run_cli(capsys, "decompress", copy, tmp_path / "plain", "-q")
-    assert rc == 2 and "lossy" in err and not (tmp_path / "plain").exists()
+def test_decompress_of_a_lossy_checkpoint_writes_its_reconstruction(src, tmp_path, capsys):
+    assert run_cli(capsys, "compress", src, tmp_path / "c", "--config", "int8", "-q")[0] == 0
+    rc, out, err = run_cli(capsys, "decompress", tmp_path / "c", tmp_path / "plain", "-q")
+    assert rc == 0, err
+    assert "reconstruction, not the original weights" in out
+    cfg = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["llmcomp_reconstruction"]["lossy"] is True
+    assert_same_state(state(tmp_path / "plain"), AutoModelForCausalLM.from_pretrained(tmp_path / "c").state_dict())
 
 
 def test_selection_rule():

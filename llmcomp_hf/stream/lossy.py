@@ -1,0 +1,171 @@
+"""Streaming lossy shards (docs/format.md part 3), written exactly as the quantizer stores them.
+
+Each selected weight goes through ``format.lossy.compress_lossy`` (the function the quantizer runs
+on load) with the config's pipeline, coder and block size; ``LossyWeight.pack()`` gives its checkpoint
+tensors. Their names and sizes are only known once the stages ran, while a safetensors header lists
+every tensor first, so a shard is made in two passes: the stored tensors are spooled to a scratch
+file beside the output (compressed bytes only), then the shard is written with every size known.
+Memory holds about ``workers + 1`` source tensors, as in the lossless path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmcomp_hf.config import CompressionConfig
+from llmcomp_hf.errors import LlmcompError, where
+from llmcomp_hf.format.shard import SHARD_METADATA
+from llmcomp_hf.stream.reader import BufferPool, ShardReader
+from llmcomp_hf.stream.source import NAME_TO_CODE, CheckpointError, ShardInfo, TensorInfo, tensor_bytes
+from llmcomp_hf.stream.writer import StreamingShardWriter, dtype_itemsize
+
+
+def digest(tensor: Any) -> str:
+    """SHA-256 of a tensor's raw bytes (what compress-time reconstructions are checked against)."""
+    return hashlib.sha256(tensor_bytes(tensor)).hexdigest()
+
+
+@dataclass
+class _Spooled:
+    code: str
+    shape: list[int]
+    offset: int
+    nbytes: int
+
+
+class Spool:
+    """Tensors parked in a scratch file until their shard's header can be written; removed on close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._end = 0
+        self.items: dict[str, _Spooled] = {}
+
+    def put(self, key: str, tensor: Any) -> None:
+        raw = memoryview(tensor_bytes(tensor)).cast("B")
+        code = NAME_TO_CODE[str(tensor.dtype).removeprefix("torch.")]
+        self.items[key] = _Spooled(code, [int(d) for d in tensor.shape], self._end, raw.nbytes)
+        pos = self._end
+        while raw.nbytes:
+            done = os.pwrite(self._fd, raw, pos)
+            raw, pos = raw[done:], pos + done
+        self._end = pos
+
+    def get(self, key: str) -> bytes:
+        item = self.items[key]
+        return os.pread(self._fd, item.nbytes, item.offset) if item.nbytes else b""
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.path.exists():
+            self.path.unlink()
+
+
+def _compress(info: TensorInfo, tensor: Any, config: CompressionConfig, pipeline: Any, file: str) -> tuple[Any, str]:
+    """(LossyWeight, digest of its reconstruction); the stages' errors become CheckpointErrors naming the file."""
+    from llmcomp_hf.format.lossy import compress_lossy
+
+    try:
+        stored, recon = compress_lossy(info.name, tensor, pipeline, config.coder, config.block_size)
+    except LlmcompError as exc:
+        raise CheckpointError(f"{exc}{where(None, file)}") from exc
+    return stored, digest(recon)
+
+
+def compress_lossy_shard(
+    shard: ShardInfo,
+    out: Path,
+    config: CompressionConfig,
+    selected: set[str],
+    pool: ThreadPoolExecutor,
+    workers: int,
+    tick: Callable[[int], None],
+    bufs: BufferPool,
+    digests: dict[str, str],
+) -> list[Any]:
+    """Write ``out`` from ``shard``: the ``selected`` weights lossy, everything else copied byte for byte.
+
+    Returns TensorRecords (``keys`` lists each weight's checkpoint tensors); ``digests`` receives the
+    SHA-256 of every reconstruction, for ``--verify``.
+    """
+    from llmcomp_hf.stream.compress import TensorRecord
+
+    pipeline = config.pipeline()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spool = Spool(out.with_name(f".{out.name}.spool"))
+    records: dict[str, TensorRecord] = {}
+    pending: deque[tuple[TensorInfo, Future, np.ndarray]] = deque()
+
+    def drain_one() -> None:
+        info, fut, buf = pending.popleft()
+        stored, recon_digest = fut.result()
+        bufs.give(buf)
+        packed = stored.pack()
+        for key, tensor in packed.items():
+            spool.put(key, tensor)
+        digests[info.name] = recon_digest
+        size = info.numel * dtype_itemsize(info.dtype)
+        records[info.name] = TensorRecord(info.name, shard.rel, info.dtype, info.shape, size, stored.nbytes, True,
+                                          keys=tuple(packed), lossy=True)
+        tick(size)
+
+    writer = None
+    try:
+        with ShardReader(shard) as reader:
+            for info in shard.tensors:  # pass 1: the lossy weights, into the spool
+                if info.name not in selected:
+                    continue
+                tensor, buf = reader.read(info.name, bufs)
+                pending.append((info, pool.submit(_compress, info, tensor, config, pipeline, str(shard.path)), buf))
+                del tensor
+                while len(pending) > workers:
+                    drain_one()
+            while pending:
+                drain_one()
+            writer = StreamingShardWriter(str(out), {"format": "pt", **SHARD_METADATA})
+            for info in shard.tensors:
+                if info.name in records:
+                    for key in records[info.name].keys:
+                        item = spool.items[key]
+                        writer.add_fixed(key, item.code, item.shape)
+                else:
+                    writer.add_fixed(info.name, info.dtype, list(info.shape))
+            writer.start()
+            out_records = []
+            for info in shard.tensors:  # pass 2: plain tensors from the source, lossy ones from the spool
+                if info.name in records:
+                    for key in records[info.name].keys:
+                        writer.write_fixed(key, spool.get(key))
+                    out_records.append(records[info.name])
+                    continue
+                size = info.numel * dtype_itemsize(info.dtype, info.name)
+                buf = bufs.take(size)
+                writer.write_fixed(info.name, reader.read_into(info.name, buf))
+                bufs.give(buf)
+                out_records.append(TensorRecord(info.name, shard.rel, info.dtype, info.shape, size, size, False))
+                tick(size)
+            writer.finish()
+    except BaseException:
+        for _, fut, _ in pending:
+            fut.cancel()
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        spool.close()
+    return out_records
+
+
+__all__ = ["Spool", "compress_lossy_shard", "digest"]
