@@ -122,5 +122,17 @@ class _RegisteringLoader(importlib.abc.Loader):
                 sys.meta_path.remove(self._hook)
         try:
             register()
-        except (ImportError, LlmcompError) as exc:  # never break `import transformers` itself
+        except ImportError as exc:
+            if not _llmcomp_initializing():  # else llmcomp_hf.quantizer registers when its import ends
+                warnings.warn(f"llmcomp-hf could not register with transformers: {exc}", stacklevel=2)
+        except LlmcompError as exc:  # never break `import transformers` itself
             warnings.warn(f"llmcomp-hf could not register with transformers: {exc}", stacklevel=2)
+
+
+def _llmcomp_initializing() -> bool:
+    """True while one of our modules is half-imported (it imported transformers.quantizers first)."""
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if name.startswith("llmcomp_hf.")
+    )

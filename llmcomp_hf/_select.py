@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from transformers.quantizers.quantizers_utils import get_module_from_name
 
 if TYPE_CHECKING:
     from llmcomp_hf.config import CompressionConfig
@@ -36,8 +35,13 @@ def skipped(module_name: str, patterns: list[str]) -> bool:
 
 
 def tensor_of(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """Parameter or buffer ``name`` of ``model``, or None.
+
+    (No transformers import here: this module loads while transformers registers the quantizer.)
+    """
+    module_name, _, attr = name.rpartition(".")
     try:
-        module, attr = get_module_from_name(model, name)
+        module = model.get_submodule(module_name) if module_name else model
     except AttributeError:
         return None
     value = getattr(module, attr, None)

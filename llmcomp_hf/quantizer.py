@@ -378,3 +378,11 @@ def _tag(model: Any, config: Any) -> None:
     tags = ["llmcomp", "lossless"] if not stages else ["llmcomp", "lossy", *dict.fromkeys(stages)]
     if hasattr(model, "add_model_tags"):
         model.add_model_tags(tags)
+
+
+
+# Imported before transformers' quantizer registry, this module triggered that registry's import
+# (through HfQuantizer) while half-initialised; register now that the class exists.
+from llmcomp_hf._register import install as _install_registration  # noqa: E402
+
+_install_registration()

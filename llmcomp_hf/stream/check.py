@@ -144,7 +144,24 @@ def _rows(shards: list[ShardInfo], cmap: CompressedMap, config: dict[str, Any] |
                 row = rows[base] = TensorRow(base, cmap.home(base).rel, dname, shape, True, h.get("coder"),
                                              stages, orig, 0)
             row.stored_bytes += size
+    _fold_lossy(rows, cmap, stages)
     return rows
+
+
+def _fold_lossy(rows: dict[str, TensorRow], cmap: CompressedMap, stages: list[str]) -> None:
+    """One row per lossy weight (the weight it replaces, every stored byte counted) instead of one row
+    for its transform header and one per encoded part (codes, scales...)."""
+    from llmcomp_hf.format.shard import transform_key
+
+    for name, header in cmap.lossy_headers.items():
+        members = [transform_key(name), *cmap.lossy_parts.get(name, {}).values()]
+        stored = sum(rows.pop(m).stored_bytes for m in members if m in rows)
+        shape = [int(d) for d in header["shape"]]
+        code = NAME_TO_CODE.get(str(header["dtype"]))
+        coders = {h.get("coder") for b in cmap.lossy_parts.get(name, {}).values() if (h := cmap.headers.get(b))}
+        rows[name] = TensorRow(name, cmap.transforms[name].rel, str(header["dtype"]), shape, True,
+                               "/".join(sorted(c for c in coders if c)) or None, stages or ["lossy"],
+                               math.prod(shape) * (dtype_itemsize(code) if code else 4), stored)
 
 
 def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1) -> Report:
@@ -164,7 +181,8 @@ def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1) -
             handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
             for shard in shards:
                 for name, tensor, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False):
-                    rows[name].bound_bits = order0_bits(tensor)
+                    if name in rows:  # a lossy weight's parts have no row of their own
+                        rows[name].bound_bits = order0_bits(tensor)
     report.rows = list(rows.values())
     report.seconds = time.perf_counter() - start
     return report
@@ -204,7 +222,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
             handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
             for shard in shards:
                 for name, _, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False):
-                    done += rows[name].original_bytes
+                    done += rows[name].original_bytes if name in rows else 0
                     if progress is not None:
                         progress("verify", done, total)
         report.rows = list(rows.values())

@@ -90,3 +90,20 @@ def test_dequantize_removes_the_guard(compressed, tmp_path):
     cfg = read_config(tmp_path / "plain")
     assert "quantization_config" not in cfg and "fusion_config" not in cfg
     assert_same_state(dense.state_dict(), AutoModelForCausalLM.from_pretrained(tmp_path / "plain").state_dict())
+
+
+@pytest.mark.parametrize("first", ["llmcomp_hf._select", "llmcomp_hf.quantizer", "llmcomp_hf.stream.select", "llmcomp_hf.cli"])
+def test_registration_survives_any_import_order(compressed, tmp_path, first):
+    """Importing one of our modules before transformers.quantizers must not break the registration."""
+    _, folder = compressed
+    proc = run(f"""
+        import warnings
+        warnings.simplefilter("error")
+        import {first}
+        import llmcomp_hf
+        from transformers import AutoModelForCausalLM
+        from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+        assert "llmcomp" in AUTO_QUANTIZER_MAPPING
+        AutoModelForCausalLM.from_pretrained({str(folder)!r})
+        """, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -57,7 +57,15 @@ def test_lossy_save_card_never_says_lossless(dense, tmp_path) -> None:
     model.save_pretrained(tmp_path / "out")
     card = _card(tmp_path / "out")
     assert card.data.tags[:2] == ["llmcomp", "lossy"] and "lossless" not in card.text.lower()
-    assert card.data.to_dict()["llmcomp"]["bits_per_weight"] < 16
+    figures = card.data.to_dict()["llmcomp"]
+    held = model.hf_quantizer.compression_stats()
+    assert figures["bits_per_weight"] == round(held["bits_per_weight"], 3) < 9  # parts folded into their weights
+    assert figures["compressed_tensors"] == held["tensors"]
+    from llmcomp_hf.stream.check import inspect_checkpoint
+
+    rows = {r.name: r for r in inspect_checkpoint(tmp_path / "out", bound=False).rows}
+    assert not any("llmcomp" in name for name in rows)  # one logical row per lossy weight
+    assert rows["lm_head.weight"].shape == [1000, 64] and rows["lm_head.weight"].stages == ["uniform"]
 
 
 def test_a_hand_written_card_in_the_target_stays(dense, tmp_path, caplog) -> None:
