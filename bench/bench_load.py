@@ -8,7 +8,8 @@ folders are loaded alternately ``--reps`` times; the table gives the median wall
 ``from_pretrained`` alone, and of ``from_pretrained`` plus touching every 4 KiB page of every weight
 ("ready": transformers maps a dense checkpoint's file and reads its pages only when first used,
 while a compressed load has already decoded everything). Every reload is checked bit for
-bit against the dense model. Writes bench_load.{md,json} under ``--out``.
+bit against the dense model. "no-prefetch" loads the compressed folder with LLMCOMP_PREFETCH=0
+(decoding only when transformers asks for each weight). Writes bench_load.{md,json} under ``--out``.
 """
 
 from __future__ import annotations
@@ -68,14 +69,20 @@ def run_dtype(label: str, src: Path, work: Path, reps: int) -> dict:
     save_s = time.perf_counter() - start
     del model
     timed_load(dense_dir), timed_load(comp_dir)  # warm-up: page cache, numba kernels
-    times: dict[str, list[tuple[float, float]]] = {"dense": [], "llmcomp": []}
+    times: dict[str, list[tuple[float, float]]] = {"dense": [], "llmcomp": [], "no_prefetch": []}
     exact = True
     for _ in range(reps):
         load_d, ready_d, dense = timed_load(dense_dir)
         load_c, ready_c, comp = timed_load(comp_dir)
+        os.environ["LLMCOMP_PREFETCH"] = "0"  # the same load, decoding only when transformers asks
+        try:
+            load_n, ready_n, plain = timed_load(comp_dir)
+        finally:
+            del os.environ["LLMCOMP_PREFETCH"]
         times["dense"].append((load_d, ready_d))
         times["llmcomp"].append((load_c, ready_c))
-        exact &= same_bits(dense, comp)
+        times["no_prefetch"].append((load_n, ready_n))
+        exact &= same_bits(dense, comp) and same_bits(dense, plain)
     med = {k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v)) for k, v in times.items()}
     return {
         "dtype": label,
@@ -87,6 +94,7 @@ def run_dtype(label: str, src: Path, work: Path, reps: int) -> dict:
         "load_dense_s": med["dense"][0],
         "load_llmcomp_s": med["llmcomp"][0],
         "load_ratio": med["llmcomp"][0] / med["dense"][0],
+        "load_no_prefetch_s": med["no_prefetch"][0],
         "ready_dense_s": med["dense"][1],
         "ready_llmcomp_s": med["llmcomp"][1],
         "ready_ratio": med["llmcomp"][1] / med["dense"][1],
@@ -98,13 +106,14 @@ def run_dtype(label: str, src: Path, work: Path, reps: int) -> dict:
 def table(rows: list[dict]) -> str:
     lines = [
         "| dtype | dense MB | llmcomp MB | size ratio | load dense ms | load llmcomp ms | load ratio "
-        "| ready dense ms | ready llmcomp ms | ready ratio | compress-on-load s | save s | bit-exact |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| no-prefetch ms | ready dense ms | ready llmcomp ms | ready ratio | compress-on-load s | save s | bit-exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['dtype']} | {r['dense_bytes'] / 1e6:.2f} | {r['llmcomp_bytes'] / 1e6:.2f} | {r['size_ratio']:.4f} "
             f"| {r['load_dense_s'] * 1e3:.0f} | {r['load_llmcomp_s'] * 1e3:.0f} | {r['load_ratio']:.2f} "
+            f"| {r['load_no_prefetch_s'] * 1e3:.0f} "
             f"| {r['ready_dense_s'] * 1e3:.0f} | {r['ready_llmcomp_s'] * 1e3:.0f} | {r['ready_ratio']:.2f} "
             f"| {r['compress_on_load_s']:.2f} | {r['save_s']:.2f} | {r['bit_exact']} |"
         )
