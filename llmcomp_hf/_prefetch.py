@@ -16,7 +16,6 @@ Decoded tensors not yet taken are bounded by ``max_ahead`` bytes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
@@ -70,6 +69,7 @@ class Prefetcher:
         self._by_header: dict[bytes, list[_Job]] = {}
         for job in self._jobs:
             self._by_header.setdefault(job.header, []).append(job)
+        self._handles = _Handles()
         self._thread = threading.Thread(target=self._run, name="llmcomp-prefetch", daemon=True)
 
     def start(self) -> Prefetcher:
@@ -79,7 +79,8 @@ class Prefetcher:
     def take(self, header: torch.Tensor) -> torch.Tensor | None:
         """The decoded weight stored with this header, or None: then the caller decodes it.
 
-        Waits only for a weight whose decode is already running.
+        While that weight is still being decoded in the background, the caller decodes the next
+        pending ones instead of idling (both cores then decode).
         """
         key = header.detach().cpu().contiguous().numpy().tobytes()
         with self._cond:
@@ -88,7 +89,11 @@ class Prefetcher:
                     job.state = _TAKEN  # ours to decode: the background thread skips it
                     return None
                 while job.state == _RUNNING:
-                    self._cond.wait()
+                    spare = None if self._closed else next((j for j in self._jobs if j.state == _PENDING), None)
+                    if spare is None:
+                        self._cond.wait()
+                    else:
+                        self._decode_locked(spare)
                 if job.state == _DONE:
                     job.state, result, job.result = _TAKEN, job.result, None
                     self._ahead -= job.nbytes
@@ -100,6 +105,7 @@ class Prefetcher:
         """Stop and drop what was not taken (after loading)."""
         with self._cond:
             self._close_locked()
+        self._handles.close()
 
     def _close_locked(self) -> None:
         self._closed = True
@@ -108,38 +114,65 @@ class Prefetcher:
                 job.state, job.result = _TAKEN, None
         self._cond.notify_all()
 
+    def _decode_locked(self, job: _Job) -> None:
+        """Decode ``job`` (PENDING) on this thread, single-threaded; called and returns with the lock held."""
+        job.state = _RUNNING
+        self._cond.release()
+        try:
+            result = self._decode(job)
+        finally:
+            self._cond.acquire()
+        if result is None or self._closed:
+            job.state = _TAKEN  # failed or too late: take() returns None, the loader decodes it
+        else:
+            job.state, job.result = _DONE, result
+            job.nbytes = result.numel() * result.element_size()
+            self._ahead += job.nbytes
+        self._cond.notify_all()
+
+    def _decode(self, job: _Job) -> torch.Tensor | None:
+        from llmcomp_hf.codec import decode
+        from llmcomp_hf.format.shard import PARTS, part_key, unpack
+
+        try:
+            handle = self._handles.get(job.file)
+            enc = unpack(job.name, {p: handle.get_tensor(part_key(job.name, p)) for p in PARTS}, job.file)
+            return decode(enc, threads=1, verify=self.verify)
+        except Exception as exc:  # the loader decodes it again and reports the error
+            logger.debug("llmcomp prefetch of %s failed: %s", job.name, exc)
+            return None
+
     def _run(self) -> None:
+        with self._cond:
+            for job in self._jobs:
+                while not self._closed and self._ahead >= self.max_ahead:
+                    if not self._cond.wait(timeout=IDLE_TIMEOUT_S):
+                        self._close_locked()  # nobody takes (the load failed?): stop holding memory
+                if self._closed:
+                    return
+                if job.state == _PENDING:
+                    self._decode_locked(job)
+
+
+class _Handles:
+    """Open safetensors handles per (thread, file), closed together."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, str], Any] = {}
+
+    def get(self, file: str) -> Any:
         from safetensors import safe_open
 
-        from llmcomp_hf.format.reader import decode_parts
-        from llmcomp_hf.format.shard import PARTS, part_key
+        key = (threading.get_ident(), file)
+        with self._lock:
+            handle = self._open.get(key)
+        if handle is None:
+            handle = safe_open(file, framework="pt")
+            with self._lock:
+                self._open[key] = handle
+        return handle
 
-        with contextlib.ExitStack() as stack:
-            handles: dict[str, Any] = {}
-            for job in self._jobs:
-                with self._cond:
-                    while not self._closed and self._ahead >= self.max_ahead:
-                        if not self._cond.wait(timeout=IDLE_TIMEOUT_S):
-                            self._close_locked()  # nobody takes (the load failed?): stop holding memory
-                    if self._closed:
-                        return
-                    if job.state != _PENDING:
-                        continue
-                    job.state = _RUNNING
-                result = None
-                try:
-                    if job.file not in handles:
-                        handles[job.file] = stack.enter_context(safe_open(job.file, framework="pt"))
-                    handle = handles[job.file]
-                    parts = {p: handle.get_tensor(part_key(job.name, p)) for p in PARTS}
-                    result = decode_parts(job.name, parts, job.file, verify=self.verify)
-                except Exception as exc:  # the loader decodes it again and reports the error
-                    logger.debug("llmcomp prefetch of %s failed: %s", job.name, exc)
-                with self._cond:
-                    if result is None or self._closed:
-                        job.state = _TAKEN  # failed or too late: take() returns None, the loader decodes it
-                    else:
-                        job.state, job.result = _DONE, result
-                        job.nbytes = result.numel() * result.element_size()
-                        self._ahead += job.nbytes
-                    self._cond.notify_all()
+    def close(self) -> None:
+        with self._lock:
+            self._open.clear()  # safe_open handles unmap when released

@@ -11,17 +11,18 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, FORMAT_VERSION, MAX_BLOCK, MIN_BLOCK, EncodedTensor
+from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, format_version
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, where
 
 DEFAULT_BLOCK_SIZE = 1 << 16
+MANY_CHUNK_BLOCKS = 8  # decode_many's unit of work: ~0.25 ms of decoding at 64K blocks
 PARALLEL_MIN_BLOCKS = 2  # decode in parallel from this many blocks (one block takes ~30-60 us)
 # A plane is entropy-coded only when it saves at least this share of its raw size; below that the
 # decode time is not worth it (bf16's sign+mantissa byte saves ~0.4% and stays raw).
-DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "raw": 0.0}
+DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "rans-ctx": 0.0, "raw": 0.0}
 
 # numba's default threading layer must not be entered from two Python threads at once.
 _KERNEL_LOCK = threading.Lock()
@@ -139,7 +140,8 @@ def encode(
 
     Args:
         tensor: any dtype listed in docs/format.md, any shape; copied to CPU if needed.
-        coder: ``"huffman"`` (fast decode), ``"rans"`` (smallest) or ``"raw"`` (byte planes only).
+        coder: ``"huffman"`` (fast decode), ``"rans"`` (smaller), ``"rans-ctx"`` (rANS with exponent
+            contexts, format version 2: smallest, ~20% slower decode) or ``"raw"`` (byte planes only).
         block_size: elements per independently decodable block (multiple of 64, >= 256).
         threads: numba threads (default: all available).
         name: tensor name, used in error messages only.
@@ -175,7 +177,7 @@ def encode(
     data, index = compact(tmp, cap, sizes)
     header = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": format_version(coder),
         "dtype": dname,
         "shape": shape,
         "coder": coder,
@@ -183,6 +185,74 @@ def encode(
         "checksum": f"{int(csum.sum(dtype=np.uint64)):016x}",
     }
     return EncodedTensor(header, data, index, name)
+
+
+class _Decoding:
+    """One tensor being decoded: validated encoding, output, kernel arguments, per-block results."""
+
+    __slots__ = ("enc", "out", "args", "n_planes", "block_size", "n_blocks", "errs", "err_plane", "csum")
+
+    def __init__(self, enc: EncodedTensor, out: torch.Tensor | None) -> None:
+        enc.validate()
+        dname, shape = enc.dtype, list(enc.shape)
+        itemsize, n_planes = DTYPES[dname]
+        tdtype = torch_dtype(dname)
+        if out is None:
+            out = torch.empty(shape, dtype=tdtype)
+        elif out.dtype != tdtype or list(out.shape) != shape or out.device.type != "cpu" or not out.is_contiguous():
+            raise ValueError(
+                f"out must be a contiguous CPU tensor of dtype {tdtype} and shape {shape}{where(enc.name)}, "
+                f"got {out.dtype} {list(out.shape)} on {out.device}"
+            )
+        u8 = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else np.empty(0, np.uint8)
+        kind = layout_of(dname, itemsize)
+        words, u32 = _word_views(u8, kind)
+        self.enc, self.out, self.n_planes = enc, out, n_planes
+        self.block_size = enc.header["block_size"]
+        self.n_blocks = enc.index.shape[0] - 1
+        self.errs = np.zeros(self.n_blocks, np.int64)
+        self.err_plane = np.full(self.n_blocks, -1, np.int64)
+        self.csum = np.zeros(self.n_blocks, np.uint64)
+        self.args = (enc.data, enc.index, kind, itemsize, enc.numel, self.block_size, n_planes, words, u8, u32)
+
+    def run_range(self, b_lo: int, b_hi: int) -> None:
+        """Decode blocks [b_lo, b_hi) on this Python thread, single-threaded (the kernel releases the GIL)."""
+        from llmcomp_hf.codec.blocks import decode_range
+
+        scratch = _decode_scratch(1, self.n_planes, self.block_size)
+        decode_range(*self.args, b_lo, b_hi, self.errs, self.err_plane, self.csum, *(part[0] for part in scratch))
+
+    def run_all(self, threads: int | None) -> None:
+        """Decode every block, in parallel over kernel threads when there are enough blocks."""
+        from llmcomp_hf.codec.blocks import decode_blocks
+
+        if self.n_blocks < PARALLEL_MIN_BLOCKS or threads == 1:  # small: a thread-pool launch costs more
+            self.run_range(0, self.n_blocks)
+            return
+        with _kernel_threads(threads) as count:
+            decode_blocks(*self.args, self.errs, self.err_plane, self.csum, count,
+                          *_decode_scratch(count, self.n_planes, self.block_size))
+
+    def finish(self, verify: bool) -> torch.Tensor:
+        """Raise on a corrupted block or (``verify``) a checksum mismatch; else the decoded tensor."""
+        from llmcomp_hf.codec.blocks import ERROR_TEXT
+
+        enc = self.enc
+        if self.errs.any():
+            b = int(np.flatnonzero(self.errs)[0])
+            raise CorruptStreamError(
+                f"corrupted encoded stream{where(enc.name)}: block {b}, plane {int(self.err_plane[b])}: "
+                f"{ERROR_TEXT.get(int(self.errs[b]), 'invalid data')}. The file is damaged or truncated: "
+                "re-download or re-compress it."
+            )
+        if verify:
+            got = f"{int(self.csum.sum(dtype=np.uint64)):016x}"
+            if got != enc.header["checksum"].lower():
+                raise ChecksumMismatchError(
+                    f"checksum mismatch{where(enc.name)}: decoded {got}, expected {enc.header['checksum']}. "
+                    "The encoded data is corrupted: re-download or re-compress it."
+                )
+        return self.out
 
 
 def decode(
@@ -204,53 +274,9 @@ def decode(
         ChecksumMismatchError: decoded bytes differ from the original.
     """
     ensure_consistent()
-    from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_blocks, decode_range
-
-    enc.validate()
-    dname, shape = enc.dtype, list(enc.shape)
-    itemsize, n_planes = DTYPES[dname]
-    tdtype = torch_dtype(dname)
-    if out is None:
-        out = torch.empty(shape, dtype=tdtype)
-    elif out.dtype != tdtype or list(out.shape) != shape or out.device.type != "cpu" or not out.is_contiguous():
-        raise ValueError(
-            f"out must be a contiguous CPU tensor of dtype {tdtype} and shape {shape}{where(enc.name)}, "
-            f"got {out.dtype} {list(out.shape)} on {out.device}"
-        )
-    if out.numel() == 0:
-        u8 = np.empty(0, np.uint8)
-    else:
-        u8 = out.reshape(-1).view(torch.uint8).numpy()
-    kind = layout_of(dname, itemsize)
-    words, u32 = _word_views(u8, kind)
-    n_blocks = enc.index.shape[0] - 1
-    errs = np.zeros(n_blocks, np.int64)
-    err_plane = np.full(n_blocks, -1, np.int64)
-    csum = np.zeros(n_blocks, np.uint64)
-    block_size = enc.header["block_size"]
-    args = (enc.data, enc.index, kind, itemsize, enc.numel, block_size, n_planes, words, u8, u32)
-    if n_blocks < PARALLEL_MIN_BLOCKS or threads == 1:  # small: a thread-pool launch costs more
-        scratch = _decode_scratch(1, n_planes, block_size)
-        decode_range(*args, 0, n_blocks, errs, err_plane, csum, *(part[0] for part in scratch))
-    else:
-        with _kernel_threads(threads) as count:
-            decode_blocks(*args, errs, err_plane, csum, count, *_decode_scratch(count, n_planes, block_size))
-    bad = np.flatnonzero(errs)
-    if bad.size:
-        b = int(bad[0])
-        raise CorruptStreamError(
-            f"corrupted encoded stream{where(enc.name)}: block {b}, plane {int(err_plane[b])}: "
-            f"{ERROR_TEXT.get(int(errs[b]), 'invalid data')}. The file is damaged or truncated: "
-            "re-download or re-compress it."
-        )
-    if verify:
-        got = f"{int(csum.sum(dtype=np.uint64)):016x}"
-        if got != enc.header["checksum"].lower():
-            raise ChecksumMismatchError(
-                f"checksum mismatch{where(enc.name)}: decoded {got}, expected {enc.header['checksum']}. "
-                "The encoded data is corrupted: re-download or re-compress it."
-            )
-    return out
+    job = _Decoding(enc, out)
+    job.run_all(threads)
+    return job.finish(verify)
 
 
 def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
@@ -343,9 +369,38 @@ def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None 
 
 
 def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: bool = True) -> list[torch.Tensor]:
-    """Decode many tensors one after the other, each with all kernel threads.
+    """Decode many tensors (a model) with ``threads`` threads sharing one queue of block ranges.
 
-    Unlike encoding, decoding splits even a 2-block tensor across threads, and running small
-    tensors side by side was measured slower (MiniLM bf16, 2 threads: 2.1-2.6 vs 2.9 GB/s).
+    Every tensor is cut into ranges of at most ``MANY_CHUNK_BLOCKS`` blocks; each thread takes the
+    next range and decodes it single-threaded (the kernel releases the GIL). A model of many small
+    tensors then keeps every thread busy, where per-tensor parallel calls leave threads idle on 1-3
+    block tensors and pay a thread-pool launch per tensor. Same bytes and errors as ``decode``.
     """
-    return [decode(enc, threads=threads, verify=verify) for enc in encs]
+    import numba
+
+    ensure_consistent()
+    count = numba.config.NUMBA_NUM_THREADS if threads is None else max(1, int(threads))
+    jobs = [_Decoding(enc, None) for enc in encs]
+    ranges = [(job, lo, min(lo + MANY_CHUNK_BLOCKS, job.n_blocks))
+              for job in jobs for lo in range(0, job.n_blocks, MANY_CHUNK_BLOCKS)]
+    if count == 1 or len(ranges) <= 1:
+        for job, lo, hi in ranges:
+            job.run_range(lo, hi)
+    else:
+        queue = iter(ranges)
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    item = next(queue, None)
+                if item is None:
+                    return
+                item[0].run_range(item[1], item[2])
+
+        helpers = [_pool(count - 1).submit(work) for _ in range(count - 1)]
+        work()
+        for fut in helpers:
+            fut.result()
+    return [job.finish(verify) for job in jobs]
+

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from llmcomp_hf.codec import huffman, rans
+from llmcomp_hf.codec import huffman, rans, rans_ctx
 from llmcomp_hf.codec.checksum import sum32_range
-from llmcomp_hf.codec.models import BITMAP_BYTES, histogram, huffman_lengths, rans_frequencies
-from llmcomp_hf.codec.planes import merge_block, split_block
+from llmcomp_hf.codec.models import BITMAP_BYTES, RANS_SCALE, histogram, huffman_lengths, rans_frequencies
+from llmcomp_hf.codec.planes import KIND_BYTES, merge_block, split_block
 
-MODE_RAW, MODE_CONST, MODE_HUFFMAN, MODE_RANS = 0, 1, 2, 3
-CODER_IDS = {"raw": MODE_RAW, "huffman": MODE_HUFFMAN, "rans": MODE_RANS}
+MODE_RAW, MODE_CONST, MODE_HUFFMAN, MODE_RANS, MODE_RANS_CTX = 0, 1, 2, 3, 4
+CODER_IDS = {"raw": MODE_RAW, "huffman": MODE_HUFFMAN, "rans": MODE_RANS, "rans-ctx": MODE_RANS_CTX}
 GROUP = 16
 ERR_MODE = -4
 ERR_TRAILING = -5
@@ -26,7 +26,7 @@ ERROR_TEXT = {
     huffman.ERR_TRUNCATED: "section runs past the end of the block",
     huffman.ERR_TABLE: "invalid code table",
     huffman.ERR_STREAM: "entropy-coded stream does not decode to its exact length",
-    ERR_MODE: "unknown section mode",
+    ERR_MODE: "unknown section mode (or a mode not allowed for this plane)",
     ERR_TRAILING: "bytes left over after the last plane",
 }
 
@@ -104,6 +104,98 @@ def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, p
 
 
 @njit(cache=True, nogil=True)
+def _group_model(words, kind, numel, block_size, first_block, last_block, hist):
+    """Context histograms of blocks ``[first_block, last_block)`` (``hist[j]``) and the group's
+    tables: (k, freq[2**k, 256], present[256]); k = -1 when plane 0 has < 2 symbols in the group.
+
+    k (0..ENCODER_MAX_CTX_BITS) minimises the estimated coded size plus table bytes over the whole group.
+    """
+    total = np.zeros((rans_ctx.N_CTX, 256), np.int64)
+    for b in range(first_block, last_block):
+        start = b * block_size
+        h = hist[b - first_block]
+        h[:] = 0
+        rans_ctx.ctx_histogram(words, kind, start, min(block_size, numel - start), h)
+        total += h
+    present = np.zeros(256, np.int64)
+    m = 0
+    for s in range(256):
+        for c in range(rans_ctx.N_CTX):
+            present[s] += total[c, s]
+        if present[s] > 0:
+            m += 1
+    best_k, best_cost = -1, np.int64(0)
+    best = np.zeros((1, 256), np.int64)
+    if m < 2:
+        return best_k, best, present
+    for k in range(rans_ctx.ENCODER_MAX_CTX_BITS + 1):
+        counts = rans_ctx.fold(total, k)
+        freq = rans_ctx.tables(counts, present)
+        c = rans_ctx.cost(counts, freq) + rans_ctx.table_bytes(freq, present) * 8 * rans_ctx.COST_ONE
+        if best_k < 0 or c < best_cost:
+            best_k, best_cost, best = k, c, freq
+    return best_k, best, present
+
+
+@njit(cache=True, nogil=True)
+def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, out, pos, scratch, words) -> tuple[int, bool]:
+    """Plane 0 of a float block under the rans coder: const, mode 3, mode 4 or raw, the smallest
+    by estimate (integer costs, so the reference encoder takes the same decisions).
+
+    ``ref`` > 0: block ``b - ref`` of the group holds the group tables (this block may point to
+    them); ``ref == 0``: none yet, and this block stores them if mode 4 with them wins. Returns
+    (section size, whether this block now holds the group tables).
+    """
+    plane = planes[0]
+    counts = histogram(plane, n)
+    m = 0
+    for s in range(256):
+        if counts[s] > 0:
+            m += 1
+    if m == 1:
+        out[pos] = MODE_CONST
+        out[pos + 1] = plane[0]
+        return 2, False
+    unit = 8 * rans_ctx.COST_ONE
+    freq3 = rans_frequencies(counts, n)
+    best = (5 + BITMAP_BYTES + 2 * m + 16) * unit
+    for s in range(256):
+        if counts[s] > 0:
+            best += counts[s] * rans_ctx.COST[freq3[s]]
+    choice = 0  # 0 mode 3, 1 group tables, 2 own tables
+    bc = rans_ctx.fold(hist, gk)
+    if gk >= 0:
+        c = rans_ctx.cost(bc, gfreq) + (5 + 1 + 16) * unit
+        if ref == 0:
+            c += rans_ctx.table_bytes(gfreq, gpresent) * unit
+        if c < best:
+            best, choice = c, 1
+    own = gfreq
+    if gk >= 0 and ref > 0:
+        own = rans_ctx.tables(bc, counts)
+        c = rans_ctx.cost(bc, own) + (5 + 1 + 16 + rans_ctx.table_bytes(own, counts)) * unit
+        if c < best:
+            best, choice = c, 2
+    if choice == 0:
+        size = rans.encode_section(plane, n, counts, freq3, scratch, 0, words)
+        mode = MODE_RANS
+    elif choice == 1:
+        size = rans_ctx.encode_payload(plane, planes[1], n, gk, gfreq, ref, gpresent, scratch, 0, words)
+        mode = MODE_RANS_CTX
+    else:
+        size = rans_ctx.encode_payload(plane, planes[1], n, gk, own, 0, counts, scratch, 0, words)
+        mode = MODE_RANS_CTX
+    if size < max_payload:
+        out[pos] = mode
+        _put_u32(out, pos + 1, size)
+        out[pos + 5 : pos + 5 + size] = scratch[:size]
+        return size + 5, choice == 1 and ref == 0
+    out[pos] = MODE_RAW
+    out[pos + 1 : pos + 1 + n] = plane[:n]
+    return n + 1, False
+
+
+@njit(cache=True, nogil=True)
 def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, first, step, tmp, cap, sizes, csum):
     """Encode groups first, first+step, ... into the ``cap``-sized block slots of ``tmp``."""
     n_blocks = sizes.shape[0]
@@ -112,15 +204,33 @@ def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, kee
     wbuf = np.empty(block_size + 8, np.uint16)
     prev = np.zeros((n_planes, 256), np.uint8)
     prev_ok = np.zeros((n_planes, 1), np.bool_)
+    with_ctx = coder == MODE_RANS_CTX and kind != KIND_BYTES
+    if coder == MODE_RANS_CTX:  # every other plane (and every plane of a non-float) as with rans
+        coder = MODE_RANS
+    hist = np.zeros((GROUP if with_ctx else 1, rans_ctx.N_CTX, 256), np.int64)
     for g in range(first, (n_blocks + GROUP - 1) // GROUP, step):
         prev_ok[:] = False
-        for b in range(g * GROUP, min(g * GROUP + GROUP, n_blocks)):
+        g_end = min(g * GROUP + GROUP, n_blocks)
+        owner, gk = -1, -1
+        gfreq = np.zeros((1, 256), np.int64)
+        gpresent = np.zeros(256, np.int64)
+        if with_ctx:
+            gk, gfreq, gpresent = _group_model(words, kind, numel, block_size, g * GROUP, g_end, hist)
+        for b in range(g * GROUP, g_end):
             start = b * block_size
             n = min(block_size, numel - start)
             split_block(words, kind, itemsize, start, n, planes)
             pos = b * cap
             max_payload = (n * keep_num) // 1024
-            for p in range(n_planes):
+            p_first = 0
+            if with_ctx:
+                size, owns = encode_plane0_ctx(planes, n, hist[b - g * GROUP], gk, gfreq, gpresent,
+                                               0 if owner < 0 else b - owner, max_payload, tmp, pos, scratch, wbuf)
+                if owns:
+                    owner = b
+                pos += size
+                p_first = 1
+            for p in range(p_first, n_planes):
                 pos += encode_plane(planes[p], n, coder, max_payload, tmp, pos, scratch, wbuf, prev[p], prev_ok[p])
             sizes[b] = pos - b * cap
             csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
@@ -152,13 +262,17 @@ def compact(tmp, cap, sizes):
 
 
 @njit(cache=True, nogil=True)
-def decode_block(data, lo, hi, n, n_planes, planes, src, single, multi, memo, slots):
-    """Decode the sections of block ``data[lo:hi]``; returns (0, -1) or (error code, plane).
+def decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4):
+    """Decode the sections of block ``b`` (``data[index[b]:index[b+1]]``); returns (0, -1) or
+    (error code, plane).
 
     Raw planes are not copied: ``src[p]`` is set to their offset in ``data`` (else -1 and the
-    plane is in ``planes[p]``).
+    plane is in ``planes[p]``). A mode-4 section (plane 0 of a float only) is decoded last, once
+    plane 1, its context, is known.
     """
+    lo, hi = index[b], index[b + 1]
     pos = lo
+    ctx_pos, ctx_end = -1, -1
     for p in range(n_planes):
         src[p] = -1
         if pos >= hi:
@@ -175,19 +289,24 @@ def decode_block(data, lo, hi, n, n_planes, planes, src, single, multi, memo, sl
                 return huffman.ERR_TRUNCATED, p
             planes[p, :n] = data[pos]
             pos += 1
-        elif mode == MODE_HUFFMAN or mode == MODE_RANS:
+        elif mode == MODE_HUFFMAN or mode == MODE_RANS or mode == MODE_RANS_CTX:
             if pos + 4 > hi:
                 return huffman.ERR_TRUNCATED, p
             size = 0
-            for b in range(4):
-                size |= np.int64(data[pos + b]) << (8 * b)
+            for t in range(4):
+                size |= np.int64(data[pos + t]) << (8 * t)
             pos += 4
             if pos + size > hi:
                 return huffman.ERR_TRUNCATED, p
             if mode == MODE_HUFFMAN:
                 err = huffman.decode_section(data, pos, pos + size, n, planes[p], single[p], multi[p], memo[p])
-            else:
+            elif mode == MODE_RANS:
                 err = rans.decode_section(data, pos, pos + size, n, planes[p], slots)
+            elif p != 0 or kind == KIND_BYTES:
+                return ERR_MODE, p
+            else:
+                ctx_pos, ctx_end = pos, pos + size
+                err = 0
             if err < 0:
                 return err, p
             pos += size
@@ -195,11 +314,17 @@ def decode_block(data, lo, hi, n, n_planes, planes, src, single, multi, memo, sl
             return ERR_MODE, p
     if pos != hi:
         return ERR_TRAILING, n_planes - 1
+    if ctx_pos >= 0:
+        ctx = data[src[1] : src[1] + n] if src[1] >= 0 else planes[1, :n]
+        err = rans_ctx.decode_payload(data, index, b, ctx_pos, ctx_end, n, ctx, planes[0], slots[RANS_SCALE:], memo4)
+        if err < 0:
+            return err, 0
     return 0, -1
 
 
 def decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.ndarray, ...]:
-    """Per-thread decode buffers (planes, raw offsets, Huffman tables + memo, rANS slots).
+    """Per-thread decode buffers (planes, raw offsets, Huffman tables + memo, rANS slots: mode 3's
+    table then mode 4's, mode-4 table memo).
 
     Kept by the caller and passed to every decode, so decoding allocates nothing per call.
     """
@@ -209,13 +334,14 @@ def decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.n
         np.empty((n_threads, n_planes, huffman.LUT_SIZE), np.uint16),
         np.empty((n_threads, n_planes, huffman.LUT_SIZE), np.uint64),
         np.zeros((n_threads, n_planes, huffman.MEMO_SIZE), np.uint8),
-        np.empty((n_threads, 4096), np.uint32),
+        np.empty((n_threads, (1 + rans_ctx.N_CTX) * RANS_SCALE), np.uint32),
+        np.zeros((n_threads, rans_ctx.MEMO_BYTES), np.uint8),
     )
 
 
 @njit(cache=True, nogil=True)
 def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, b_lo, b_hi, errs, err_plane, csum,
-                 planes, src, single, multi, memo, slots):
+                 planes, src, single, multi, memo, slots, memo4):
     """Decode blocks ``[b_lo, b_hi)`` into ``words`` with one thread's scratch (see decode_scratch).
 
     Blocks are self-contained, so any range decodes; consecutive blocks that share a table (the
@@ -225,12 +351,14 @@ def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words
     for b in range(b_lo, b_hi):
         start = b * block_size
         n = min(block_size, numel - start)
-        err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, src, single, multi, memo, slots)
+        err, plane = decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4)
         if err < 0:
             errs[b] = err
             err_plane[b] = plane
             for p in range(n_planes):
                 memo[p, 0] = 0
+            memo4[0] = 0
+            memo4[1] = 0
         else:
             merge_block(planes, src, data, kind, itemsize, start, n, words)
             csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
@@ -238,7 +366,7 @@ def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words
 
 @njit(cache=True, nogil=True, parallel=True)
 def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32, errs, err_plane, csum, n_threads,
-                  planes, src, single, multi, memo, slots):
+                  planes, src, single, multi, memo, slots, memo4):
     """Decode every block into ``words``, filling per-block (error code, error plane, checksum).
 
     Each thread takes one contiguous run of blocks (one table rebuild per run, not per block).
@@ -248,12 +376,12 @@ def decode_blocks(data, index, kind, itemsize, numel, block_size, n_planes, word
     for t in prange(nt):
         decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words, u8, u32,
                      t * n_blocks // nt, (t + 1) * n_blocks // nt, errs, err_plane, csum,
-                     planes[t], src[t], single[t], multi[t], memo[t], slots[t])
+                     planes[t], src[t], single[t], multi[t], memo[t], slots[t], memo4[t])
 
 
 @njit(cache=True, nogil=True)
 def decode_block_list(data, index, kind, itemsize, numel, block_size, n_planes, block_ids, words, errs,
-                      planes, src, single, multi, memo, slots):
+                      planes, src, single, multi, memo, slots, memo4):
     """Decode the listed blocks; block ``block_ids[j]`` lands at element ``j * block_size`` of ``words``.
 
     For partial decodes (an embedding's rows): no checksum, since it covers the whole tensor.
@@ -266,10 +394,12 @@ def decode_block_list(data, index, kind, itemsize, numel, block_size, n_planes, 
             errs[j] = ERR_MODE
             continue
         n = min(block_size, numel - b * block_size)
-        err, plane = decode_block(data, index[b], index[b + 1], n, n_planes, planes, src, single, multi, memo, slots)
+        err, plane = decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4)
         if err < 0:
             errs[j] = err
             for p in range(n_planes):
                 memo[p, 0] = 0
+            memo4[0] = 0
+            memo4[1] = 0
         else:
             merge_block(planes, src, data, kind, itemsize, j * block_size, n, words)

@@ -15,8 +15,11 @@ import numpy as np
 from llmcomp_hf.errors import CorruptStreamError, FormatError, where
 
 FORMAT_NAME = "llmcomp.tensor"
-FORMAT_VERSION = 1
-CODERS = ("huffman", "rans", "raw")
+FORMAT_VERSION = 1  # what encoders write, except for the rans-ctx coder (version 2)
+FORMAT_VERSIONS = (1, 2)  # what decoders read; version 2 adds section mode 4 (rANS with context)
+MODE_RANS_CTX = 4
+CODERS = ("huffman", "rans", "raw", "rans-ctx")
+VERSION_2_CODERS = ("rans-ctx",)  # coders whose streams may hold mode-4 sections
 MIN_BLOCK, MAX_BLOCK = 256, 1 << 24
 MAX_NUMEL = 1 << 40
 
@@ -115,15 +118,17 @@ class EncodedTensor:
             fmt = h.get("format") if isinstance(h, dict) else h
             raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {fmt!r}")
         version = h.get("version")
-        if type(version) is not int or version != FORMAT_VERSION:
+        if type(version) is not int or version not in FORMAT_VERSIONS:
             raise FormatError(
-                f"unsupported llmcomp format version {version!r}{at}; this llmcomp-hf reads version "
-                f"{FORMAT_VERSION}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
+                f"unsupported llmcomp format version {version!r}{at}; this llmcomp-hf reads versions "
+                f"{', '.join(map(str, FORMAT_VERSIONS))}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
             )
         if h.get("dtype") not in DTYPES:
             raise FormatError(f"unsupported dtype {h.get('dtype')!r}{at}; known: {sorted(DTYPES)}")
         if h.get("coder") not in CODERS:
             raise FormatError(f"unknown coder {h.get('coder')!r}{at}; known: {list(CODERS)}")
+        if version < format_version(h["coder"]):
+            raise FormatError(f"coder {h['coder']!r} needs format version {format_version(h['coder'])}{at}, header says {version}")
         shape = h.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise FormatError(f"shape must be a list of non-negative ints{at}, got {shape!r}")
@@ -168,6 +173,19 @@ class EncodedTensor:
                 f"a block is shorter than the {min_block} bytes any block needs{at}; "
                 "the file is truncated or corrupted: re-download or re-compress it"
             )
+        if version < 2 and isinstance(self.data, np.ndarray) and uses_mode4(self.data, idx):
+            raise CorruptStreamError(f"a version-1 stream holds a mode-4 section{at}; the file is corrupted: re-download or re-compress it")
+
+
+def format_version(coder: str) -> int:
+    """The version an encoder writes for ``coder``: 2 for ``rans-ctx`` (mode-4 sections), else 1."""
+    return 2 if coder in VERSION_2_CODERS else 1
+
+
+def uses_mode4(data: np.ndarray, index: np.ndarray) -> bool:
+    """Whether any block starts with a mode-4 section (mode 4 is only allowed on plane 0, the first)."""
+    starts = index[:-1][index[1:] > index[:-1]]
+    return bool(starts.size) and bool(np.any(data[starts] == MODE_RANS_CTX))
 
 
 def _host_copy(arr: Any) -> np.ndarray:

@@ -19,3 +19,26 @@ def test_many_matches_single_calls() -> None:
         for t, out in zip(tensors, decode_many(many, threads=threads)):
             assert torch.equal(out.view(torch.uint8), t.reshape(out.shape).view(torch.uint8))
     assert torch.equal(decode(singles[-1]), tensors[-1])
+
+
+def test_decode_many_shares_block_ranges_and_reports_the_bad_tensor() -> None:
+    import pytest
+
+    from llmcomp_hf.codec import api
+    from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError
+
+    torch.manual_seed(1)
+    dtypes = (torch.bfloat16, torch.float16, torch.float32, torch.int8, torch.float64)
+    tensors = [(torch.randn(n) * 100).to(dt) for n, dt in zip((0, 1, 3000, 40_000, 9_999), dtypes)]
+    encs = [encode(t, block_size=1024, coder=c, name=f"t{i}") for i, (t, c) in
+            enumerate(zip(tensors, ("huffman", "rans", "huffman", "rans", "huffman")))]
+    assert sum(-(-e.numel // 1024) for e in encs) > 4 * api.MANY_CHUNK_BLOCKS  # several ranges per tensor
+    for threads in (1, 2, 3):
+        for t, out in zip(tensors, decode_many(encs, threads=threads)):
+            assert torch.equal(out.view(torch.uint8), t.view(torch.uint8))
+    bad = encs[3]
+    data = bad.data.copy()
+    data[bad.index[20] + 30] ^= 0x55  # inside block 20 of t3
+    broken = type(bad)(bad.header, data, bad.index, name="t3")
+    with pytest.raises((CorruptStreamError, ChecksumMismatchError), match="t3"):
+        decode_many([*encs[:3], broken, encs[4]], threads=2)

@@ -1,0 +1,333 @@
+"""rANS with context (docs/format.md, mode 4): plane 0 of a float coded with 2**k frequency tables.
+
+The table of element ``i`` is chosen by the top ``k`` mantissa bits of its plane-1 byte
+(``ctx = (p1 >> (7 - k)) & (2**k - 1)``), so the decoder needs plane 1 first. Tables are stored
+compactly (one shared symbol bitmap, 1-2 byte frequencies) and a section may instead refer to the
+tables of an earlier block of its group of 16. Lanes, renormalisation and checks are mode 3's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from llmcomp_hf.codec.models import BITMAP_BYTES, RANS_SCALE, RANS_SCALE_BITS, read_bitmap, rans_frequencies
+from llmcomp_hf.codec.planes import KIND_HALF
+
+MAX_CTX_BITS = 3  # the format's limit
+ENCODER_MAX_CTX_BITS = 3
+N_CTX = 1 << MAX_CTX_BITS
+RANS_L = 1 << 16
+SLOT_MASK = RANS_SCALE - 1
+ERR_TRUNCATED, ERR_TABLE, ERR_STREAM = -1, -2, -3
+TABLE_MAX_BYTES = 1 + BITMAP_BYTES + N_CTX * 256 * 2  # k byte, bitmap, varint frequencies
+MEMO_BYTES = 2 + TABLE_MAX_BYTES  # u16 length + the bytes of the tables now built
+COST_ONE = 1 << 16  # fixed-point unit of the cost estimates (1 bit)
+# COST[f]: -log2(f / 4096) bits in 1/65536 units. Built once with numpy and shared by the kernels
+# and the reference encoder, so both take the same (integer) decisions.
+COST = np.round(np.log2(RANS_SCALE / np.maximum(np.arange(RANS_SCALE + 1), 1)) * COST_ONE).astype(np.int64)
+
+
+@njit(cache=True, nogil=True)
+def ctx_histogram(words: np.ndarray, kind: int, start: int, n: int, hist: np.ndarray) -> None:
+    """Add the counts of (3-bit context, plane-0 symbol) of elements ``[start, start+n)`` to ``hist[8, 256]``."""
+    w = words[start : start + n]
+    if kind == KIND_HALF:
+        for i in range(n):
+            x = np.uint32(w[i])
+            hist[(x >> np.uint32(4)) & np.uint32(7), (x >> np.uint32(7)) & np.uint32(0xFF)] += 1
+    else:
+        for i in range(n):
+            x = np.uint32(w[i])
+            hist[(x >> np.uint32(20)) & np.uint32(7), (x >> np.uint32(23)) & np.uint32(0xFF)] += 1
+
+
+@njit(cache=True, nogil=True)
+def fold(hist: np.ndarray, k: int) -> np.ndarray:
+    """Counts per k-bit context (int64[2**k, 256]) from the 3-bit context histogram."""
+    out = np.zeros((1 << k, 256), np.int64)
+    for c in range(N_CTX):
+        out[c >> (MAX_CTX_BITS - k)] += hist[c]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def tables(counts: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """One frequency table per context (int64[2**k, 256]), each summing to 4096 with 2..k symbols.
+
+    Only symbols in ``present`` (>= 2 of them, a superset of every context's symbols) get a
+    frequency; a context with fewer than 2 symbols gets 4095 on its symbol (or the first present
+    one) and 1 on the first other present symbol, so every frequency stays below 4096.
+    """
+    n_ctx = counts.shape[0]
+    freq = np.zeros((n_ctx, 256), np.int64)
+    first, second = -1, -1
+    for s in range(256):
+        if present[s] > 0:
+            if first < 0:
+                first = s
+            elif second < 0:
+                second = s
+    for c in range(n_ctx):
+        total, k, top = 0, 0, first
+        for s in range(256):
+            if counts[c, s] > 0:
+                total += counts[c, s]
+                k += 1
+                top = s
+        if k >= 2:
+            freq[c] = rans_frequencies(counts[c], total)
+        else:
+            freq[c, top] = RANS_SCALE - 1
+            freq[c, second if top == first else first] = 1
+    return freq
+
+
+@njit(cache=True, nogil=True)
+def table_bytes(freq: np.ndarray, present: np.ndarray) -> int:
+    """Stored size of the tables: k byte, bitmap and one 1-2 byte frequency per context and symbol."""
+    size = 1 + BITMAP_BYTES
+    for c in range(freq.shape[0]):
+        for s in range(256):
+            if present[s] > 0:
+                size += 1 if freq[c, s] < 128 else 2
+    return size
+
+
+@njit(cache=True, nogil=True)
+def cost(counts: np.ndarray, freq: np.ndarray) -> int:
+    """Estimated coded size of ``counts`` under ``freq`` in 1/65536 bits (COST units)."""
+    total = 0
+    for c in range(counts.shape[0]):
+        for s in range(256):
+            if counts[c, s] > 0:
+                total += counts[c, s] * COST[freq[c, s]]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def write_tables(freq: np.ndarray, k: int, present: np.ndarray, out: np.ndarray, pos: int) -> int:
+    """Write k, the bitmap of ``present`` and the frequencies at ``out[pos]``; return the new pos."""
+    out[pos] = k
+    pos += 1
+    for b in range(BITMAP_BYTES):
+        byte = 0
+        for t in range(8):
+            if present[b * 8 + t] > 0:
+                byte |= 1 << t
+        out[pos + b] = byte
+    pos += BITMAP_BYTES
+    for c in range(1 << k):
+        for s in range(256):
+            if present[s] > 0:
+                f = freq[c, s]
+                if f < 128:
+                    out[pos] = f
+                    pos += 1
+                else:
+                    out[pos] = (f & 0x7F) | 0x80
+                    out[pos + 1] = f >> 7
+                    pos += 2
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def encode_payload(p0: np.ndarray, p1: np.ndarray, n: int, k: int, freq: np.ndarray, ref: int, present: np.ndarray,
+                   out: np.ndarray, pos: int, words: np.ndarray) -> int:
+    """Write a mode-4 payload at ``out[pos]``: ref byte, tables when ``ref == 0``, states, words.
+
+    ``words`` is scratch of >= n+8 u16. Returns the payload length.
+    """
+    start = pos
+    out[pos] = ref
+    pos += 1
+    if ref == 0:
+        pos = write_tables(freq, k, present, out, pos)
+    n_ctx = 1 << k
+    cum = np.zeros((n_ctx, 256), np.int64)
+    for c in range(n_ctx):
+        acc = 0
+        for s in range(256):
+            cum[c, s] = acc
+            acc += freq[c, s]
+    shift, mask = 7 - k, n_ctx - 1
+    x = np.full(4, RANS_L, np.int64)
+    w = words.shape[0]
+    for i in range(n - 1, -1, -1):
+        lane = i & 3
+        c = (p1[i] >> shift) & mask
+        s = p0[i]
+        f = freq[c, s]
+        xi = x[lane]
+        if xi >= f << (32 - RANS_SCALE_BITS):
+            w -= 1
+            words[w] = xi & 0xFFFF
+            xi >>= 16
+        x[lane] = ((xi // f) << RANS_SCALE_BITS) + (xi % f) + cum[c, s]
+    for lane in range(4):
+        for b in range(4):
+            out[pos + 4 * lane + b] = (x[lane] >> (8 * b)) & 0xFF
+    pos += 16
+    for i in range(w, words.shape[0]):
+        out[pos] = words[i] & 0xFF
+        out[pos + 1] = words[i] >> 8
+        pos += 2
+    return pos - start
+
+
+@njit(cache=True, nogil=True)
+def table_span(data: np.ndarray, index: np.ndarray, b: int, pos: int, end: int) -> tuple[int, int]:
+    """(start, end) of the tables a mode-4 payload ``data[pos:end]`` of block ``b`` uses, or (err, 0).
+
+    ``ref == 0``: the tables follow the ref byte. ``ref`` in 1..15: they are in the plane-0
+    section of block ``b - ref`` (same group of 16), which must be a mode-4 section with ref 0.
+    """
+    if pos >= end:
+        return ERR_TRUNCATED, 0
+    ref = np.int64(data[pos])
+    if ref == 0:
+        return pos + 1, end
+    if ref > b % 16:
+        return ERR_TABLE, 0
+    lo, hi = index[b - ref], index[b - ref + 1]
+    if lo + 6 > hi or data[lo] != 4 or data[lo + 5] != 0:
+        return ERR_TABLE, 0
+    size = np.int64(data[lo + 1]) | (np.int64(data[lo + 2]) << 8) | (np.int64(data[lo + 3]) << 16) | (np.int64(data[lo + 4]) << 24)
+    if lo + 5 + size > hi:
+        return ERR_TABLE, 0
+    return lo + 6, lo + 5 + size
+
+
+@njit(cache=True, nogil=True)
+def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: np.ndarray) -> tuple[int, int]:
+    """Parse tables at ``data[pos:end]`` into ``slots[c*4096 + slot]`` (mode 3's entry layout).
+
+    Returns (position after the tables or <0 error, k). ``memo`` (u8[MEMO_BYTES]) keeps the
+    bytes of the tables now in ``slots``; identical bytes skip the rebuild.
+    """
+    if pos + 1 + BITMAP_BYTES > end:
+        return ERR_TRUNCATED, 0
+    k = np.int64(data[pos])
+    if k > MAX_CTX_BITS:
+        return ERR_TABLE, 0
+    syms = np.empty(256, np.int64)
+    m = read_bitmap(data, pos + 1, syms)
+    if m < 2:
+        return ERR_TABLE, 0
+    # Size of the frequency list: one or two bytes per entry, 2**k * m entries.
+    q = pos + 1 + BITMAP_BYTES
+    for _ in range((1 << k) * m):
+        if q >= end:
+            return ERR_TRUNCATED, 0
+        q += 2 if data[q] & 0x80 else 1
+    if q > end:
+        return ERR_TRUNCATED, 0
+    size = q - pos
+    known = np.int64(memo[0]) | (np.int64(memo[1]) << 8)
+    if known == size:
+        same = True
+        for j in range(size):
+            if memo[2 + j] != data[pos + j]:
+                same = False
+                break
+        if same:
+            return q, k
+    memo[0] = 0
+    memo[1] = 0
+    r = pos + 1 + BITMAP_BYTES
+    for c in range(1 << k):
+        cum = 0
+        base = c << RANS_SCALE_BITS
+        for j in range(m):
+            f = np.int64(data[r])
+            r += 1
+            if f & 0x80:
+                hi = np.int64(data[r])
+                r += 1
+                if hi == 0:  # non-canonical two-byte form
+                    return ERR_TABLE, 0
+                f = (f & 0x7F) | (hi << 7)
+            if f == 0:
+                continue
+            if f >= RANS_SCALE or cum + f > RANS_SCALE:
+                return ERR_TABLE, 0
+            slots[base + cum : base + cum + f] = np.uint32(syms[j] | (f << 8) | (cum << 20))
+            cum += f
+        if cum != RANS_SCALE:
+            return ERR_TABLE, 0
+    memo[2 : 2 + size] = data[pos:q]
+    memo[0] = size & 0xFF
+    memo[1] = size >> 8
+    return q, k
+
+
+@njit(cache=True, nogil=True)
+def _read_state(data, pos):
+    return np.int64(data[pos]) | (np.int64(data[pos + 1]) << 8) | (np.int64(data[pos + 2]) << 16) | (np.int64(data[pos + 3]) << 24)
+
+
+@njit(cache=True, nogil=True)
+def decode_payload(data: np.ndarray, index: np.ndarray, b: int, pos: int, end: int, n: int, ctx: np.ndarray,
+                   out: np.ndarray, slots: np.ndarray, memo: np.ndarray) -> int:
+    """Decode the mode-4 payload ``data[pos:end]`` of block ``b`` into ``out[:n]``; 0 or <0 on error.
+
+    ``ctx[:n]`` is the block's plane 1. Lanes written out by hand as in rans.decode_section.
+    """
+    t_lo, t_hi = table_span(data, index, b, pos, end)
+    if t_lo < 0:
+        return t_lo
+    t_end, k = build_tables(data, t_lo, t_hi, slots, memo)
+    if t_end < 0:
+        return t_end
+    if data[pos] != 0:  # tables of an earlier block: only the ref byte precedes the states
+        t_end = pos + 1
+    pos = t_end
+    if pos + 16 > end or (end - pos) & 1:
+        return ERR_TRUNCATED
+    # (ctx << 12) straight from the plane-1 byte: keep its top k mantissa bits, move them up.
+    cmask = np.int64(((1 << k) - 1) << (7 - k))
+    cshift = np.int64(5 + k)
+    x0, x1, x2, x3 = _read_state(data, pos), _read_state(data, pos + 4), _read_state(data, pos + 8), _read_state(data, pos + 12)
+    if x0 < RANS_L or x1 < RANS_L or x2 < RANS_L or x3 < RANS_L:
+        return ERR_STREAM
+    wp = pos + 16
+    i = 0
+    while i < n:
+        e = np.int64(slots[((np.int64(ctx[i]) & cmask) << cshift) | (x0 & SLOT_MASK)])
+        x0 = ((e >> 8) & 0xFFF) * (x0 >> RANS_SCALE_BITS) + (x0 & SLOT_MASK) - (e >> 20)
+        out[i] = e & 0xFF
+        if x0 < RANS_L:
+            if wp + 2 <= end:
+                x0 = (x0 << 16) | np.int64(data[wp]) | (np.int64(data[wp + 1]) << 8)
+            wp += 2
+        if i + 1 >= n:
+            break
+        e = np.int64(slots[((np.int64(ctx[i + 1]) & cmask) << cshift) | (x1 & SLOT_MASK)])
+        x1 = ((e >> 8) & 0xFFF) * (x1 >> RANS_SCALE_BITS) + (x1 & SLOT_MASK) - (e >> 20)
+        out[i + 1] = e & 0xFF
+        if x1 < RANS_L:
+            if wp + 2 <= end:
+                x1 = (x1 << 16) | np.int64(data[wp]) | (np.int64(data[wp + 1]) << 8)
+            wp += 2
+        if i + 2 >= n:
+            break
+        e = np.int64(slots[((np.int64(ctx[i + 2]) & cmask) << cshift) | (x2 & SLOT_MASK)])
+        x2 = ((e >> 8) & 0xFFF) * (x2 >> RANS_SCALE_BITS) + (x2 & SLOT_MASK) - (e >> 20)
+        out[i + 2] = e & 0xFF
+        if x2 < RANS_L:
+            if wp + 2 <= end:
+                x2 = (x2 << 16) | np.int64(data[wp]) | (np.int64(data[wp + 1]) << 8)
+            wp += 2
+        if i + 3 >= n:
+            break
+        e = np.int64(slots[((np.int64(ctx[i + 3]) & cmask) << cshift) | (x3 & SLOT_MASK)])
+        x3 = ((e >> 8) & 0xFFF) * (x3 >> RANS_SCALE_BITS) + (x3 & SLOT_MASK) - (e >> 20)
+        out[i + 3] = e & 0xFF
+        if x3 < RANS_L:
+            if wp + 2 <= end:
+                x3 = (x3 << 16) | np.int64(data[wp]) | (np.int64(data[wp + 1]) << 8)
+            wp += 2
+        i += 4
+    if wp != end or x0 != RANS_L or x1 != RANS_L or x2 != RANS_L or x3 != RANS_L:
+        return ERR_STREAM
+    return 0
