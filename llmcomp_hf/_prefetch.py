@@ -16,12 +16,15 @@ Decoded tensors not yet taken are bounded by ``max_ahead`` bytes.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import struct
 import threading
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -131,12 +134,14 @@ class Prefetcher:
         self._cond.notify_all()
 
     def _decode(self, job: _Job) -> torch.Tensor | None:
-        from llmcomp_hf.codec import decode
-        from llmcomp_hf.format.shard import PARTS, part_key, unpack
+        from llmcomp_hf.codec import EncodedTensor, decode
+        from llmcomp_hf.format.shard import part_key
 
         try:
-            handle = self._handles.get(job.file)
-            enc = unpack(job.name, {p: handle.get_tensor(part_key(job.name, p)) for p in PARTS}, job.file)
+            shard = self._handles.get(job.file)
+            enc = EncodedTensor.from_parts(bytes(shard.array(part_key(job.name, "header"))),
+                                           shard.array(part_key(job.name, "data")),
+                                           shard.array(part_key(job.name, "index"), copy=True), name=job.name)
             return decode(enc, threads=1, verify=self.verify)
         except Exception as exc:  # the loader decodes it again and reports the error
             logger.debug("llmcomp prefetch of %s failed: %s", job.name, exc)
@@ -154,25 +159,39 @@ class Prefetcher:
                     self._decode_locked(job)
 
 
+class _MappedShard:
+    """A safetensors file mapped privately: tensors as numpy views, no copy (the decoder reads them once)."""
+
+    _DTYPES = {"U8": np.uint8, "I64": np.int64}
+
+    def __init__(self, file: str) -> None:
+        raw = np.memmap(file, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
+        (length,) = struct.unpack("<Q", bytes(raw[:8]))
+        self._entries = json.loads(bytes(raw[8 : 8 + length]))
+        self._raw, self._start = raw, 8 + length
+
+    def array(self, key: str, copy: bool = False) -> np.ndarray:
+        entry = self._entries[key]
+        lo, hi = (self._start + int(x) for x in entry["data_offsets"])
+        view = self._raw[lo:hi]
+        if copy:  # an aligned private copy (int64 views of a mapped file need not be aligned)
+            return np.frombuffer(bytes(view), dtype=self._DTYPES[entry["dtype"]])
+        return np.asarray(view).view(self._DTYPES[entry["dtype"]])
+
+
 class _Handles:
-    """Open safetensors handles per (thread, file), closed together."""
+    """Mapped shards by file, shared by the threads, dropped together."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: dict[tuple[int, str], Any] = {}
+        self._open: dict[str, _MappedShard] = {}
 
-    def get(self, file: str) -> Any:
-        from safetensors import safe_open
-
-        key = (threading.get_ident(), file)
+    def get(self, file: str) -> _MappedShard:
         with self._lock:
-            handle = self._open.get(key)
-        if handle is None:
-            handle = safe_open(file, framework="pt")
-            with self._lock:
-                self._open[key] = handle
-        return handle
+            if file not in self._open:
+                self._open[file] = _MappedShard(file)
+            return self._open[file]
 
     def close(self) -> None:
         with self._lock:
-            self._open.clear()  # safe_open handles unmap when released
+            self._open.clear()
