@@ -177,7 +177,7 @@ def push_model(
     transformers does); an llmcomp card there is re-rendered with fresh figures.
     """
     from llmcomp_hf._save_hooks import model_origin
-    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card
+    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card, read_card
     from llmcomp_hf.stream.check import stats_from_checkpoint, write_checkpoint_card
 
     local, origin = model_origin(model)
@@ -193,16 +193,10 @@ def push_model(
             if base_model is None and current is not None:
                 base_model = current.data.to_dict().get("base_model")
             write_checkpoint_card(folder, stats_from_checkpoint(folder), base_model, src=local, repo_id=repo_id)
-            card = read_card_file(folder / CARD_NAME)
+            card = read_card(folder)
         card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *extra_tags]))
         card.save(folder / CARD_NAME)
         return push_folder(folder, repo_id, private=private, token=token, revision=revision,
                            commit_message=commit_message, commit_description=commit_description,
                            create_pr=create_pr, card=False)
 
-
-def read_card_file(path: Path) -> Any:
-    """A ModelCard from a README.md written by llmcomp-hf."""
-    from huggingface_hub import ModelCard
-
-    return ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=True)
