@@ -15,6 +15,12 @@ embeddings), loads the reconstructions into the model and reports:
 bitsandbytes rows quantize the same Linear layers on load (``device_map="cpu"``); their bits are what
 they store: NF4 = 4-bit codes + fp32 absmax per 64 (4.5), int8 = int8 + fp32 scale per row.
 Results: a markdown table on stdout, and lossy.md / lossy.json / lossy.png under ``--out``.
+
+Product path (``--product``, or ``--product-only``): ``llmcomp_hf.calibrate`` on every 4th sentence
+writes a calibration file; ``from_pretrained(..., quantization_config=CompressionConfig.from_preset(
+"ecq-calibrated", calibration=...))`` compresses on load; bits/weight are the quantizer's own
+(every stored byte of the 37 Linear weights, headers included); quality is measured on the other 173
+sentences only (disjoint from calibration), with the bitsandbytes rows re-measured on the same 173.
 """
 
 from __future__ import annotations
@@ -248,6 +254,83 @@ def run_bnb(path: str, kind: str, tok: Any, sentences: list[str], ref: torch.Ten
             **q.to_dict(), "seconds": time.perf_counter() - t0, "apply_seconds": None}
 
 
+# -- product path: calibration file + preset through from_pretrained, held-out evaluation -------------------
+
+#: ecq-calibrated's average step (0.43), ecq8-calibrated's (0.025), and the curve towards 6 bits/weight
+PRODUCT_STEPS = (0.43, 0.025, 0.03, 0.04, 0.05, 0.06)
+PRESET_STEPS = {0.43: "ecq-calibrated", 0.025: "ecq8-calibrated"}
+#: ecq-gptq (error-feedback rounding, calibration with --hessian): its step (0.5) and the high-rate curve
+GPTQ_STEPS = (0.5, 0.03, 0.04, 0.05, 0.06)
+
+
+def product_rows(path: str, tok: Any, sentences: list[str], originals: dict[str, torch.Tensor], out: Path,
+                 no_bnb: bool = False) -> list[dict[str, Any]]:
+    """ecq-calibrated through the quantizer (calibrated on every 4th sentence, evaluated on the rest)."""
+    import llmcomp_hf
+    from llmcomp_hf.config import CompressionConfig
+    from transformers import AutoModel
+
+    calib_texts = sentences[::4]
+    heldout = [s for i, s in enumerate(sentences) if i % 4]
+    model = AutoModel.from_pretrained(path).eval()
+    ref = embed(model, tok, heldout)
+    t0 = time.perf_counter()
+    import tempfile
+
+    calib_file = Path(tempfile.mkdtemp(prefix="llmcomp-calib-")) / "minilm_calibration.safetensors"
+    llmcomp_hf.calibrate(model, tok, calib_texts, calib_file, hessian=True)
+    calib_s = time.perf_counter() - t0
+    rows = []
+    runs = [("ecq-calibrated", s) for s in PRODUCT_STEPS] + [("ecq-gptq", s) for s in GPTQ_STEPS]
+    for preset, step in runs:
+        t0 = time.perf_counter()
+        stage = {"transform": "ecq", "step": step, "relative_to": "rms", "group_size": "tensor"}
+        cfg = CompressionConfig.from_preset(preset, calibration=str(calib_file), stages=[stage])
+        m = AutoModel.from_pretrained(path, quantization_config=cfg).eval()
+        stats = m.hf_quantizer.compression_stats()
+        sq_err = sq_norm = 0.0
+        for name, p in targets(m, "linear").items():
+            o = originals[name].double()
+            sq_err += float((o - p.detach().double()).square().sum())
+            sq_norm += float(o.square().sum())
+        q = compare_embeddings(ref, embed(m, tok, heldout))
+        if preset == "ecq-gptq":
+            label = "ecq-gptq preset" if step == 0.5 else f"ecq-gptq, step {step}"
+        else:
+            label = f"{PRESET_STEPS[step]} preset" if step in PRESET_STEPS else f"ecq-calibrated, step {step}"
+        label += " (from_pretrained)"
+        rows.append({"setting": label, "scope": "linear", "config": cfg.to_dict(), "eval": "held-out",
+                     "weights": sum(o.numel() for o in originals.values()), "tensors": stats["tensors"],
+                     "bpw_coded": stats["bits_per_weight"], "bpw_stored": stats["bits_per_weight"],
+                     "bpw_packed": None, "rel_err": math.sqrt(sq_err / sq_norm), **q.to_dict(),
+                     "seconds": time.perf_counter() - t0, "apply_seconds": None, "calibration_seconds": calib_s,
+                     "calibration_texts": len(calib_texts)})
+        print(f"{label:42s} {rows[-1]['bpw_coded']:.3f} b/w  cos {q.mean_cosine:.6f} (held-out)", flush=True)
+    if not no_bnb:
+        for kind in ("nf4", "int8"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = run_bnb(path, kind, tok, heldout, ref, originals)
+            rows.append({**r, "eval": "held-out"})
+    return rows
+
+
+def product_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| setting | bits/w (everything counted) | rel. weight err | mean cos | min cos | Spearman |\n"
+            "|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r['setting']} | {r['bpw_coded'] if r['bpw_coded'] is not None else r['bpw_stored']:.3f} | "
+        f"{r['rel_err']:.4f} | {r['mean_cosine']:.6f} | {r['min_cosine']:.5f} | {r['spearman']:.5f} |\n"
+        for r in rows)
+    n = next((r["n_sentences"] for r in rows), 0)
+    return head + body + (
+        f"\nProduct path, measured in one run: `llmcomp_hf.calibrate` on every 4th sentence of tests/data/sentences.txt "
+        f"(58; one file with importance, sensitivity and input second moments), quality on the other {n} sentences "
+        "only (disjoint). llmcomp bits: the quantizer's "
+        "compression_stats() over the 37 Linear weights (codes, scales, column steps, block index, headers). "
+        "bitsandbytes: bits as stored, same Linear layers, same held-out sentences.\n")
+
+
 # -- report ------------------------------------------------------------------------------------------
 
 def _f(v: float | None, fmt: str) -> str:
@@ -348,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-bnb", action="store_true", help="skip the bitsandbytes rows")
     ap.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1: shared box)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--product", action="store_true", help="also the calibrated product-path rows (held-out eval)")
+    ap.add_argument("--product-only", action="store_true", help="only the product-path rows and bitsandbytes")
     args = ap.parse_args(argv)
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -375,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
         payload = {"env": env, "rows": rows, "failed": failed, "verdicts": notes or []}
         (args.out / "lossy.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
 
-    for setting in settings(args.quick):
+    for setting in [] if args.product_only else settings(args.quick):
         if args.only and not re.search(args.only, setting.label):
             continue
         try:
@@ -394,8 +479,17 @@ def main(argv: list[str] | None = None) -> None:
                 warnings.simplefilter("ignore")
                 rows.append(run_bnb(path, kind, tok, sentences, ref, originals))
 
-    md = table(rows, size_label)
-    notes = verdicts(rows) + [f"FAILED {f}" for f in failed]
+    if args.product or args.product_only:
+        product = product_rows(path, tok, sentences, originals, args.out, no_bnb=args.no_bnb)
+        rows += product
+        (args.out / "lossy_product.md").write_text(product_table(product) + "\n", encoding="utf-8")
+        payload = {"env": env, "rows": product, "verdicts": verdicts(product)}
+        (args.out / "lossy_product.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        print("\n" + product_table(product) + "\n" + "\n".join(verdicts(product)))
+        if args.product_only:
+            return
+    md = table([r for r in rows if r.get("eval") is None], size_label)
+    notes = verdicts([r for r in rows if r.get("eval") is None]) + [f"FAILED {f}" for f in failed]
     print("\n" + md + "\n" + "\n".join(notes))
     (args.out / "lossy.md").write_text(md + "\n" + "\n".join(f"- {v}" for v in notes) + "\n", encoding="utf-8")
     save_json(rows, notes)

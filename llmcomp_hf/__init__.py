@@ -27,6 +27,10 @@ def __getattr__(name: str):  # lazy: the configs import transformers (~2 s), the
         from llmcomp_hf import config
 
         return getattr(config, name)
+    if name == "calibrate":
+        from llmcomp_hf.calibration import calibrate
+
+        return calibrate
     if name == "keep_compressed":
         from llmcomp_hf.modules import keep_compressed
 
@@ -42,6 +46,7 @@ __all__ = [
     "LlmcompError",
     "LosslessConfig",
     "__version__",
+    "calibrate",
     "keep_compressed",
     "load_options",
 ]

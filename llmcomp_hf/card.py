@@ -45,6 +45,7 @@ class CardStats:
     format_version: int = 1
     stages: list[str] = field(default_factory=list)
     dtypes: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # the config's calibration_info (file, sha256, texts...)
 
     @property
     def ratio(self) -> float:
@@ -73,6 +74,8 @@ class CardStats:
         }
         if self.stages:
             out["stages"] = list(self.stages)
+        if self.calibration:
+            out["calibration"] = dict(self.calibration)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +132,7 @@ def stats_from_encoded(
         format_version=int(cfg.get("format_version", 1)),
         stages=stage_names(cfg.get("stages")),
         dtypes=sorted({e.dtype for e in encs}),
+        calibration=cfg.get("calibration_info"),
     )
 
 
@@ -158,6 +162,9 @@ def render_card(
     name = repo_id or (base_model.split("/")[-1] if base_model else "model")
     kind = "lossless" if stats.lossless else "lossy"
     bpw = stats.bits_per_weight
+    cal = stats.calibration or {}
+    calibration = (f"calibrated on {cal.get('texts')} texts ({cal.get('tokens')} tokens), file {cal.get('file')} "
+                   f"(SHA-256 {str(cal.get('sha256'))[:16]}...)") if cal else "none"
     card = ModelCard.from_template(
         data,
         template_path=os.fspath(path),
@@ -166,6 +173,7 @@ def render_card(
         repo_id=repo_id or "path/to/this/folder",
         coder=stats.coder,
         stages=" → ".join(stats.stages),
+        calibration=calibration,
         original_bytes=f"{stats.original_bytes:,}",
         compressed_bytes=f"{stats.compressed_bytes:,}",
         original_h=human_bytes(stats.original_bytes),

@@ -7,6 +7,10 @@ round-trips through ``to_dict``/``from_dict``. Every field is validated; a bad v
 ``stages`` lists lossy transforms (``Transform.to_dict()`` form: quantize, low rank, prune) applied to
 each selected weight before the entropy coder (docs/format.md part 3). Empty ``stages`` is bit-exact
 compression; ``LosslessConfig`` is that preset and refuses stages. Named presets live in ``configs/``.
+
+``calibration`` names a file written by ``llmcomp_hf.calibrate`` (``llmcomp calibrate``): the stages
+then take its per-input-channel importance and per-tensor step allocation (``calibration_use``),
+and the config records the file's SHA-256 and number of texts (``calibration_info``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ CODERS = ("huffman", "rans")
 DEFAULT_DTYPES = ("bfloat16", "float16", "float32")
 LOSSY_DTYPES = DEFAULT_DTYPES  # float weights the transforms accept
 DEFAULT_MODULE_TYPES = ("Linear", "Embedding", "Conv1D")
-#: stage options that need calibration data, which a config loaded by ``from_pretrained`` never has
+#: stage options that need calibration data: a stage never holds them, the config's ``calibration`` file does
 CALIBRATION_KEYS = ("importance", "calibration", "act", "allocate", "allocate_steps", "sensitivity")
 FIELDS = (
     "coder",
@@ -38,6 +42,7 @@ FIELDS = (
     "stages",
     "format_version",
 )
+CALIBRATION_FIELDS = ("calibration", "calibration_use", "calibration_info")  # in to_dict only when set
 
 
 class CompressionConfig(QuantizationConfigMixin):
@@ -54,8 +59,15 @@ class CompressionConfig(QuantizationConfigMixin):
             (``"lm_head"``, ``"model.layers.0"``) or any run of its dot-separated segments (``"q_proj"``).
         stages: lossy transforms applied in the order prune -> lowrank -> quantize, as
             ``Transform.to_dict()`` dicts (or Transform objects); empty for bit-exact compression.
-            Calibration-dependent options (importance, step allocation) are refused: a config applied
-            inside ``from_pretrained`` has no calibration data.
+            Calibration-dependent options in a stage are refused: they come from ``calibration``.
+        calibration: path of a calibration file (``llmcomp_hf.calibrate``); must exist when the config is
+            made, unless ``calibration_info`` already records it (a config read back from config.json).
+        calibration_use: how the stages use it: ``{"importance": true, "allocate": true, "max_step": 1.0}``
+            (the default): per-column ECQ steps from the importance, per-tensor steps allocated around the
+            ECQ stage's ``step`` (their size-weighted geometric mean) from the sensitivities, capped at
+            ``max_step``; ``"gptq": true`` also rounds with error feedback (needs a file calibrated with
+            ``hessian=True``). Setting it without ``calibration`` raises ValueError (a calibrated preset).
+        calibration_info: filled in from the file (name, SHA-256, texts, tokens, source model).
         format_version: llmcomp checkpoint format version; written by llmcomp-hf, checked on load.
     """
 
@@ -69,6 +81,9 @@ class CompressionConfig(QuantizationConfigMixin):
         modules_to_not_convert: Iterable[str] | None = None,
         stages: Iterable[Any] | None = None,
         format_version: int = SHARD_VERSION,
+        calibration: str | os.PathLike | None = None,
+        calibration_use: dict[str, Any] | None = None,
+        calibration_info: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -77,7 +92,7 @@ class CompressionConfig(QuantizationConfigMixin):
             raise ValueError(f"{name}.quant_method must be {QUANT_METHOD!r}, got {method!r}")
         if kwargs:
             raise ValueError(
-                f"{name} got unknown fields {sorted(kwargs)}; known: {list(FIELDS)}. If this config.json "
+                f"{name} got unknown fields {sorted(kwargs)}; known: {list(FIELDS + CALIBRATION_FIELDS)}. If this config.json "
                 "was written by a newer llmcomp-hf, upgrade it (pip install -U llmcomp-hf)."
             )
         self.quant_method = QUANT_METHOD
@@ -89,6 +104,9 @@ class CompressionConfig(QuantizationConfigMixin):
         self.modules_to_not_convert = _str_list(name, "modules_to_not_convert", modules_to_not_convert or [])
         self.stages = _normalise_stages(name, stages)
         self.format_version = format_version
+        self.calibration = os.fspath(calibration) if calibration is not None else None
+        self.calibration_use = dict(calibration_use) if calibration_use is not None else None
+        self.calibration_info = dict(calibration_info) if calibration_info is not None else None
         self.post_init()
 
     def post_init(self) -> None:
@@ -124,6 +142,26 @@ class CompressionConfig(QuantizationConfigMixin):
                 f"this checkpoint uses llmcomp format version {fv}, but this llmcomp-hf reads up to version "
                 f"{SHARD_VERSION}: upgrade llmcomp-hf (pip install -U llmcomp-hf)"
             )
+        self._check_calibration(name)
+
+    def _check_calibration(self, name: str) -> None:
+        from llmcomp_hf.calibration import FIX, check_use, file_info
+
+        if self.calibration is None:
+            if self.calibration_use is not None or self.calibration_info is not None:
+                raise ValueError(
+                    f"{name} uses calibration (calibration_use) but has no calibration file: {FIX}, then pass "
+                    "calibration='calib.safetensors' (CLI: --calibration calib.safetensors)"
+                )
+            return
+        if not isinstance(self.calibration, str) or not self.calibration:
+            raise ValueError(f"{name}.calibration must be a file path, got {self.calibration!r}")
+        if not self.stages:
+            raise ValueError(f"{name}.calibration applies to lossy stages, and stages is empty; drop calibration "
+                             "or add stages (e.g. the ecq-calibrated preset)")
+        self.calibration_use = check_use(name, self.calibration_use or {}, self.stages)
+        if self.calibration_info is None:  # a new config: the file must be there (read back ones may not have it)
+            self.calibration_info = file_info(self.calibration)
 
     @property
     def is_lossless(self) -> bool:
@@ -137,6 +175,17 @@ class CompressionConfig(QuantizationConfigMixin):
         from llmcomp_hf.transforms import Pipeline, config_from_dict
 
         return Pipeline(stages=tuple(config_from_dict(s) for s in self.stages))
+
+    def calibrated_plan(self, names: Iterable[str]) -> Any:
+        """``calibration.CalibratedPlan`` of the weights ``names`` the stages apply to (None without calibration).
+
+        Raises ValueError naming the calibration file and the fix when it is missing or does not match.
+        """
+        if self.calibration is None:
+            return None
+        from llmcomp_hf.calibration import CalibratedPlan
+
+        return CalibratedPlan(self, names)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
@@ -169,6 +218,7 @@ class CompressionConfig(QuantizationConfigMixin):
         """JSON-serialisable fields, as written to ``config.json``."""
         out = {"quant_method": self.quant_method}
         out.update({name: _copy(getattr(self, name)) for name in FIELDS})
+        out.update({n: _copy(getattr(self, n)) for n in CALIBRATION_FIELDS if getattr(self, n, None) is not None})
         return out
 
     def to_diff_dict(self) -> dict[str, Any]:
@@ -225,8 +275,8 @@ def _normalise_stages(owner: str, stages: Iterable[Any] | None) -> list[dict[str
         calib = sorted(k for k in stage if k in CALIBRATION_KEYS)
         if calib:
             raise ValueError(
-                f"{owner}.stages[{i}] has calibration-dependent option(s) {calib}: a quantization_config has no "
-                "calibration data; drop them (importance and step allocation are for the transforms API)"
+                f"{owner}.stages[{i}] has calibration-dependent option(s) {calib}: a stage holds no calibration "
+                "data; drop them and pass calibration='calib.safetensors' (from `llmcomp calibrate`) instead"
             )
         try:
             configs.append(config_from_dict(stage))

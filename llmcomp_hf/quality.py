@@ -32,7 +32,7 @@ def load_sentences(path: str | Path) -> list[str]:
 @torch.no_grad()
 def embed(model: Any, tokenizer: Any, sentences: Sequence[str], batch_size: int = 64,
           max_length: int = 128) -> torch.Tensor:
-    """Mean-pooled (over the attention mask), L2-normalised embeddings, float32 ``[n, hidden]``."""
+    """Mean-pooled (over the attention mask), L2-normalised last hidden states, float32 ``[n, hidden]``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
@@ -40,7 +40,9 @@ def embed(model: Any, tokenizer: Any, sentences: Sequence[str], batch_size: int 
     for i in range(0, len(sentences), batch_size):
         batch = tokenizer(list(sentences[i: i + batch_size]), padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt").to(device)
-        hidden = model(**batch).last_hidden_state.to(torch.float32)
+        out_ = model(**batch, output_hidden_states=True)
+        last = getattr(out_, "last_hidden_state", None)  # base models; others (LM heads): last hidden state
+        hidden = (last if last is not None else out_.hidden_states[-1]).to(torch.float32)
         mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())

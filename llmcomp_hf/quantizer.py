@@ -57,6 +57,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.encoded: dict[str, EncodedTensor] = {}
         self.lossy: dict[str, LossyWeight] = {}  # lossy weights as stored (compressed on load or read)
         self._pipeline: Any = None
+        self._plan: Any = None  # calibration.CalibratedPlan of a calibrated config
         self.load_error: LlmcompError | None = None  # first decode failure, raised after loading
         self._stamps: dict[str, Stamp] = {}
         self._files: dict[str, str] = {}
@@ -123,6 +124,7 @@ class LlmcompHfQuantizer(HfQuantizer):
             # a tied copy (lm_head of tied embeddings) is not encoded: only its source is stored
             tied = getattr(model, "all_tied_weights_keys", None) or {}
             self._targets = set(select_weights(model, self.quantization_config)) - set(tied)
+            self._plan = self.quantization_config.calibrated_plan(self._targets)
         return model
 
     def _start_prefetch(self, lossy_names: set[str], device_map: Any) -> None:
@@ -225,14 +227,21 @@ class LlmcompHfQuantizer(HfQuantizer):
             return tensor
         if self.load_error is not None:
             return tensor
-        cfg = self.quantization_config
         try:
-            stored, weight = compress_lossy(name, tensor, self._pipeline or cfg.pipeline(), cfg.coder, cfg.block_size)
+            stored, weight = self._compress_lossy(name, tensor)
         except LlmcompError as exc:
             self.load_error = exc
             return tensor
         self.lossy[name] = stored
         return weight
+
+    def _compress_lossy(self, name: str, tensor: torch.Tensor) -> tuple[LossyWeight, torch.Tensor]:
+        cfg = self.quantization_config
+        if self._plan is None:
+            return compress_lossy(name, tensor, self._pipeline or cfg.pipeline(), cfg.coder, cfg.block_size)
+        return compress_lossy(name, tensor, self._plan.pipeline(name), cfg.coder, cfg.block_size,
+                              importance=self._plan.importance(name, tensor.shape), hessian=self._plan.hessian(name),
+                              calibration=self._plan.info)
 
     def encode_weight(self, name: str, tensor: torch.Tensor, keep: bool = True) -> EncodedTensor:
         """Encode ``tensor`` with this config's coder and block size; ``keep`` it for the next save."""
@@ -296,6 +305,8 @@ class LlmcompHfQuantizer(HfQuantizer):
                 "saved weight differs from the one in memory",
                 stacklevel=3,
             )
+        if self._plan is not None and self._plan.keys.get(name):
+            return self._compress_lossy(name, tensor)[0].pack()
         pipeline = self._pipeline or self.quantization_config.pipeline()
         if pipeline is None:  # a lossy checkpoint loaded with a lossless config: keep the stored stages
             from llmcomp_hf.transforms import config_from_dict
@@ -378,7 +389,6 @@ def _tag(model: Any, config: Any) -> None:
     tags = ["llmcomp", "lossless"] if not stages else ["llmcomp", "lossy", *dict.fromkeys(stages)]
     if hasattr(model, "add_model_tags"):
         model.add_model_tags(tags)
-
 
 
 # Imported before transformers' quantizer registry, this module triggered that registry's import

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coder", choices=["huffman", "rans"], help="entropy coder (overrides config/preset)")
     p.add_argument("--block-size", type=int, metavar="N", help="elements per block (multiple of 64)")
     p.add_argument("--min-numel", type=int, metavar="N", help="smaller tensors stay uncompressed")
+    p.add_argument("--calibration", metavar="FILE", help="calibration file from `llmcomp calibrate` (for calibrated "
+                   "presets such as ecq-calibrated; overrides the config's)")
     p.add_argument("--verify", action="store_true", help="decode everything and compare with SRC bit for bit (lossy weights: with "
                    "their reconstruction computed while compressing)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (atomically)")
@@ -115,6 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="Hugging Face cache folder to look SRC up in")
     p.add_argument("--token", help="Hub token, for private repos")
     _add_common(p)
+
+    p = sub.add_parser("calibrate", help="measure calibration statistics for calibrated lossy presets",
+                       description="Run the texts of --texts (one per line) through the model SRC and write OUT: per "
+                       "Linear weight the mean squared input activation per input channel and the sensitivity of "
+                       "the output to its quantization error (one forward pass per weight). Use it with "
+                       "`llmcomp compress --config ecq-calibrated --calibration OUT` or "
+                       "CompressionConfig(calibration=OUT). Use texts that are NOT your evaluation set.")
+    p.add_argument("src", metavar="SRC", help="model folder, or Hub repo id (e.g. org/name)")
+    p.add_argument("--texts", required=True, metavar="FILE", help="UTF-8 text file, one calibration text per line")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="calibration file to write (.safetensors)")
+    p.add_argument("--no-sensitivity", action="store_true", help="skip the per-weight sensitivity (faster; the file "
+                   "then supports importance only: calibration_use allocate: false)")
+    p.add_argument("--hessian", action="store_true", help="also store each weight's input second moment [in, in] "
+                   "(large: in^2 x 4 bytes per weight), for calibration_use gptq: true (preset ecq-gptq)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per forward pass (default 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--revision", help="Hub revision of SRC (branch, tag or commit)")
+    p.add_argument("--cache-dir", help="Hugging Face cache folder to look SRC up in")
+    p.add_argument("--token", help="Hub token, for private repos")
+    _add_common(p, workers=False)
 
     p = sub.add_parser("decompress", help="turn an llmcomp checkpoint back into plain safetensors",
                        description="Decode SRC into the new folder OUT: same shards and index as a plain "

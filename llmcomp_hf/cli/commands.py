@@ -16,7 +16,7 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     from llmcomp_hf.hub import HubError
     from llmcomp_hf.stream.source import CheckpointError, VerificationError
 
-    handler = {"compress": compress, "decompress": decompress, "inspect": inspect, "verify": verify, "push": push}
+    handler = {"compress": compress, "calibrate": calibrate, "decompress": decompress, "inspect": inspect, "verify": verify, "push": push}
     try:
         return handler[args.command](args, progress)
     except KeyboardInterrupt:
@@ -45,8 +45,8 @@ def load_config(args: argparse.Namespace) -> Any:
     from llmcomp_hf.config import CompressionConfig, LosslessConfig
     from llmcomp_hf.presets import preset_names
 
-    flags = ("coder", "block_size", "min_numel")
-    overrides = {key: getattr(args, key) for key in flags if getattr(args, key) is not None}
+    flags = ("coder", "block_size", "min_numel", "calibration")
+    overrides = {key: getattr(args, key) for key in flags if getattr(args, key, None) is not None}
     try:
         if args.config:
             if Path(args.config).is_file():
@@ -87,6 +87,40 @@ def compress(args: argparse.Namespace, progress: Progress) -> int:
           f"{result.stored_bytes:,} bytes (ratio {result.ratio:.4f}) in {result.seconds:.1f} s ({rate:.0f} MB/s)"
           + (checked if result.verified else "") + f" -> {args.dst}")
     return EXIT_OK
+
+
+def calibrate(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.calibration import calibrate as measure
+    from llmcomp_hf.hub import resolve_source
+    from llmcomp_hf.quality import load_sentences
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{str(out)!r} exists; pass --overwrite to replace it")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    texts = load_sentences(args.texts)
+    src, _ = resolve_source(args.src, revision=args.revision, cache_dir=args.cache_dir, token=args.token)
+    model, tokenizer = _load_model(src)
+    calib = measure(model, tokenizer, texts, sensitivity=not args.no_sensitivity, hessian=args.hessian,
+                    batch_size=args.batch_size)
+    tmp = out.with_name(f".{out.name}.tmp")
+    calib.save(tmp)
+    tmp.replace(out)
+    print(f"calibrated {len(calib.shapes)} Linear weights on {calib.meta['texts']} texts ({calib.meta['tokens']} "
+          f"tokens){'' if calib.sensitivity else ', no sensitivity'} -> {out}")
+    return EXIT_OK
+
+
+def _load_model(src: Path) -> tuple[Any, Any]:
+    """The model of ``src`` (class from ``architectures``, else AutoModel) in eval mode, and its tokenizer."""
+    import transformers
+
+    cfg = transformers.AutoConfig.from_pretrained(src)
+    arch = next(iter(getattr(cfg, "architectures", None) or []), None)
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    cls = cls if isinstance(cls, type) and hasattr(cls, "from_pretrained") else transformers.AutoModel
+    return cls.from_pretrained(src).eval(), transformers.AutoTokenizer.from_pretrained(src)
 
 
 def decompress(args: argparse.Namespace, progress: Progress) -> int:

@@ -70,17 +70,23 @@ class LossyWeight:
 
 
 def compress_lossy(
-    name: str, weight: torch.Tensor, pipeline: Any, coder: str = "huffman", block_size: int = 1 << 16
+    name: str, weight: torch.Tensor, pipeline: Any, coder: str = "huffman", block_size: int = 1 << 16, *,
+    importance: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> tuple[LossyWeight, torch.Tensor]:
     """Apply ``pipeline`` (a Transform) to ``weight`` and entropy-code every resulting tensor.
 
     Returns the stored form and the reconstruction, computed exactly as :func:`decode_lossy` will
     (same tensors, same JSON-round-tripped meta), so the weight in memory equals a reload bit for bit.
     Raises LlmcompError naming the tensor when the stages do not fit it (shape, values).
+    ``importance`` (per input channel) and ``hessian`` (input second moment), from a calibration file, go
+    to ``pipeline.apply``; ``calibration``
+    (e.g. the file's SHA-256 and number of texts) is recorded in the header under ``"calibration"``.
     """
     w = weight.detach().cpu()
     try:
-        t = pipeline.apply(w, measure=False)
+        extra = {"hessian": hessian} if hessian is not None else {}
+        t = pipeline.apply(w, importance=importance, measure=False, **extra)
     except ValueError as exc:
         raise LlmcompError(
             f"cannot apply the lossy stages{where(name)}: {exc}. Exclude it with modules_to_not_convert or "
@@ -104,6 +110,8 @@ def compress_lossy(
         "meta": meta,
         "rel_mse": sq_err / sq_norm if sq_norm > 0 else 0.0,
     }
+    if calibration is not None:
+        header["calibration"] = dict(calibration)
     lw = LossyWeight(name, header, parts)
     _settle_size(lw)
     return lw, recon.to(weight.device)

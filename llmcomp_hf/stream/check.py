@@ -324,6 +324,7 @@ def card_stats(records: list[Any], config: Any) -> Any:
         format_version=int(cfg.get("format_version", 1)),
         stages=stage_names(cfg.get("stages")),
         dtypes=sorted({CODE_TO_NAME.get(r.dtype, r.dtype) for r in comp}),
+        calibration=cfg.get("calibration_info"),
     )
 
 

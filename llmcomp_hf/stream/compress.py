@@ -169,6 +169,7 @@ def compress_checkpoint(
         from llmcomp_hf.stream.select import lossy_selection
 
         selected = lossy_selection(src, shards, config)
+    plan = config.calibrated_plan(selected) if selected is not None else None  # checks the calibration file first
     total = sum(t.numel * dtype_itemsize(t.dtype, t.name) for s in shards for t in s.tensors)
     result = RunResult(dst)
     digests: dict[str, str] = {}  # lossy weights: SHA-256 of the reconstruction, for verify
@@ -191,7 +192,7 @@ def compress_checkpoint(
                 from llmcomp_hf.stream.lossy import compress_lossy_shard
 
                 records = compress_lossy_shard(
-                    shard, tmp / shard.rel, config, selected, pool, max(1, workers), tick, bufs, digests
+                    shard, tmp / shard.rel, config, selected, pool, max(1, workers), tick, bufs, digests, plan
                 )
             result.records += records
             for r in records:

@@ -73,12 +73,21 @@ class Spool:
             self.path.unlink()
 
 
-def _compress(info: TensorInfo, tensor: Any, config: CompressionConfig, pipeline: Any, file: str) -> tuple[Any, str]:
-    """(LossyWeight, digest of its reconstruction); the stages' errors become CheckpointErrors naming the file."""
+def _compress(info: TensorInfo, tensor: Any, config: CompressionConfig, pipeline: Any, file: str,
+              plan: Any = None) -> tuple[Any, str]:
+    """(LossyWeight, digest of its reconstruction); the stages' errors become CheckpointErrors naming the file.
+
+    ``plan`` (a calibration.CalibratedPlan) gives the weight its own stages and importance, as in the quantizer.
+    """
     from llmcomp_hf.format.lossy import compress_lossy
 
     try:
-        stored, recon = compress_lossy(info.name, tensor, pipeline, config.coder, config.block_size)
+        if plan is None:
+            stored, recon = compress_lossy(info.name, tensor, pipeline, config.coder, config.block_size)
+        else:
+            stored, recon = compress_lossy(info.name, tensor, plan.pipeline(info.name), config.coder,
+                                           config.block_size, importance=plan.importance(info.name, tensor.shape),
+                                           hessian=plan.hessian(info.name), calibration=plan.info)
     except LlmcompError as exc:
         raise CheckpointError(f"{exc}{where(None, file)}") from exc
     return stored, digest(recon)
@@ -94,11 +103,13 @@ def compress_lossy_shard(
     tick: Callable[[int], None],
     bufs: BufferPool,
     digests: dict[str, str],
+    plan: Any = None,
 ) -> list[Any]:
     """Write ``out`` from ``shard``: the ``selected`` weights lossy, everything else copied byte for byte.
 
     Returns TensorRecords (``keys`` lists each weight's checkpoint tensors); ``digests`` receives the
-    SHA-256 of every reconstruction, for ``--verify``.
+    SHA-256 of every reconstruction, for ``--verify``. ``plan``: the calibrated config's plan over
+    every selected weight of the checkpoint (``config.calibrated_plan(selected)``), None otherwise.
     """
     from llmcomp_hf.stream.compress import TensorRecord
 
@@ -128,7 +139,7 @@ def compress_lossy_shard(
                 if info.name not in selected:
                     continue
                 tensor, buf = reader.read(info.name, bufs)
-                pending.append((info, pool.submit(_compress, info, tensor, config, pipeline, str(shard.path)), buf))
+                pending.append((info, pool.submit(_compress, info, tensor, config, pipeline, str(shard.path), plan), buf))
                 del tensor
                 while len(pending) > workers:
                     drain_one()

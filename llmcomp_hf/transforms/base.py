@@ -125,6 +125,8 @@ class Transform:
     compute_dtype: ClassVar[torch.dtype | None] = torch.float32
     #: whether ``apply`` accepts a per-input-channel ``importance``
     uses_importance: ClassVar[bool] = False
+    #: whether ``apply`` accepts an input second moment ``hessian`` (error-feedback rounding)
+    uses_hessian: ClassVar[bool] = False
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -148,13 +150,16 @@ class Transform:
 
     # -- the contract ----------------------------------------------------------------------------
     def apply(self, weight: torch.Tensor, *, importance: torch.Tensor | None = None,
-              measure: bool = True) -> Transformed:
+              hessian: torch.Tensor | None = None, measure: bool = True) -> Transformed:
         """Transform ``weight``; with ``measure`` the result carries its reconstruction's error.
 
         ``importance``: optional non-negative weight per input channel (``weight.shape[1:]`` flattened),
         e.g. the mean squared input activation from calibration data. Transforms with
         ``uses_importance`` then minimise the importance-weighted error (the output error of a
         Linear layer); the others raise ValueError.
+
+        ``hessian``: optional input second moment ``E[x x^T]`` (``[in, in]``) of a 2-D weight; transforms
+        with ``uses_hessian`` then round with error feedback (GPTQ order) onto their usual grid.
         """
         w = check_weight(weight, self.name)
         if importance is not None:
@@ -163,7 +168,18 @@ class Transform:
                                  "EntropyCodedQuant, MagnitudePrune, NMPrune and pipelines holding them")
             importance = check_importance(importance, w.shape, self.name)
         compute = w if self.compute_dtype is None else w.to(self.compute_dtype)
-        tensors, meta, packed = self._apply(compute, importance)
+        if hessian is not None:
+            if not self.uses_hessian:
+                raise ValueError(f"{type(self).__name__} does not use a hessian; it is taken by EntropyCodedQuant "
+                                 "(alone in a pipeline)")
+            n_in = w.shape[1] if w.dim() == 2 else -1
+            if not isinstance(hessian, torch.Tensor) or tuple(hessian.shape) != (n_in, n_in):
+                got = tuple(hessian.shape) if isinstance(hessian, torch.Tensor) else type(hessian).__name__
+                raise ValueError(f"{self.name}: hessian must be [in, in] = [{n_in}, {n_in}] for a 2-D weight of "
+                                 f"shape {tuple(w.shape)}, got {got}")
+            tensors, meta, packed = self._apply(compute, importance, hessian=hessian)
+        else:
+            tensors, meta, packed = self._apply(compute, importance)
         meta = {"transform": self.name, "config": self.to_dict(), "shape": list(w.shape),
                 "dtype": str(w.dtype).removeprefix("torch."), **meta}
         out = Transformed(tensors, meta, packed_bits=packed)

@@ -2,7 +2,8 @@
 
 A fine uniform grid without clipping; the rate comes from entropy coding the integer codes. Optional
 per-input-channel ``importance`` reshapes the steps column by column to minimise the
-importance-weighted error at the same (high-rate) code entropy.
+importance-weighted error at the same (high-rate) code entropy. An optional input second moment
+(``hessian``) picks the grid points with error feedback (gptq.py): same grid, same stored format.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class EntropyCodedQuant(Quantizer):
 
     name: ClassVar[str] = "ecq"
     uses_importance: ClassVar[bool] = True
+    uses_hessian: ClassVar[bool] = True
     step: float | None = 0.25
     target_rel_mse: float | None = None
     relative_to: str = "rms"
@@ -100,7 +102,8 @@ class EntropyCodedQuant(Quantizer):
         s = store_scale(stat * step, self.scale_dtype, False, "EntropyCodedQuant")
         return torch.round(_div(x, s)), s
 
-    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None,
+               hessian: torch.Tensor | None = None) -> Encoded:
         g = group_len(weight.shape, self.group_size)
         x = to_groups(weight, g)
         stat = self._stats(x, weight.numel())
@@ -112,6 +115,12 @@ class EntropyCodedQuant(Quantizer):
             x = x / mult
         step = self.step if self.step is not None else self._search_step(x, stat, mult)
         q, s = self._quantize(x, stat, step)
+        if hessian is not None:
+            from llmcomp_hf.transforms.gptq import error_feedback_codes
+
+            steps = s.to(torch.float64)[:, None] * (mult.to(torch.float64) if mult is not None else 1.0)
+            steps = from_groups(steps.expand(x.shape), weight.shape)
+            q = to_groups(error_feedback_codes(weight, steps, hessian).to(torch.float32), g)
         qmin, qmax = int(q.min()), int(q.max())
         peak = max(-qmin, qmax)
         if peak > MAX_ZIGZAG:
@@ -121,7 +130,8 @@ class EntropyCodedQuant(Quantizer):
         codes = zigzag(q, torch.int16 if peak <= MAX_INT16 else torch.int32) if wide else q.to(torch.int8)
         tensors.update({"codes": from_groups(codes, weight.shape), "scales": s})
         packed = max(1, math.ceil(math.log2(qmax - qmin + 1))) if qmax > qmin else 1
-        return tensors, {"step": float(step), "zigzag": wide}, {"codes": packed}
+        meta = {"step": float(step), "zigzag": wide, **({"error_feedback": True} if hessian is not None else {})}
+        return tensors, meta, {"codes": packed}
 
     def _search_step(self, x: torch.Tensor, stat: torch.Tensor, mult: torch.Tensor | None) -> float:
         """Relative step whose quantization error hits ``target_rel_mse`` (high-rate start, then refine)."""

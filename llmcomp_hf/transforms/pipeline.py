@@ -43,6 +43,7 @@ class Pipeline(Transform):
     name: ClassVar[str] = "pipeline"
     compute_dtype: ClassVar[torch.dtype | None] = None
     uses_importance: ClassVar[bool] = True
+    uses_hessian: ClassVar[bool] = True
     stages: tuple[Transform, ...] = ()
 
     def __post_init__(self) -> None:
@@ -69,8 +70,12 @@ class Pipeline(Transform):
     def _stage(self, kind: str) -> Any:
         return next((s for s in self.stages if stage_kind(s) == kind), None)
 
-    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None) -> Encoded:
+    def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None,
+               hessian: torch.Tensor | None = None) -> Encoded:
         prune, lowrank, quant = (self._stage(k) for k in ORDER)
+        if hessian is not None and (prune is not None or lowrank is not None or not getattr(quant, "uses_hessian", 0)):
+            raise ValueError("Pipeline: a hessian (error-feedback rounding) needs an EntropyCodedQuant stage alone; "
+                             "drop it or the prune/lowrank stages")
         if importance is not None and (lowrank is not None or not any(s.uses_importance for s in self.stages)):
             raise ValueError("Pipeline: importance is used by pruning and EntropyCodedQuant stages, and not "
                              "with a low-rank stage; drop it or change the stages")
@@ -91,7 +96,7 @@ class Pipeline(Transform):
             stages["quantize"] = {}
             for key, value in floats.items():
                 imp = importance if quant.uses_importance else None
-                t = quant.apply(value, importance=imp, measure=False)
+                t = quant.apply(value, importance=imp, hessian=hessian, measure=False)
                 stages["quantize"][key] = t.meta
                 tensors.update(_prefixed(t.tensors, key))
                 packed.update({f"{key}.{k}": v for k, v in t.packed_bits.items()})

@@ -112,13 +112,21 @@ def test_resaving_a_lossy_checkpoint_writes_the_same_tensors(saved, tmp_path):
 
 
 @pytest.mark.parametrize("name", preset_names())
-def test_every_preset_round_trips_through_config_json(name):
-    cfg = CompressionConfig.from_preset(name)
+def test_every_preset_round_trips_through_config_json(name, tmp_path):
+    calibrated = "calibration_use" in Path(f"configs/{name}.yaml").read_text()
+    overrides = {"calibration": str(_calibration_file(tmp_path))} if calibrated else {}
+    cfg = CompressionConfig.from_preset(name, **overrides)
     again = CompressionConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and type(again) is type(cfg)
     assert cfg.is_lossless == (name == "lossless") == isinstance(cfg, LosslessConfig)
     assert Path(f"configs/{name}.yaml").read_text().startswith(f"# {name}: ")
     assert {"lossless", "int8", "ecq4", "nf4", "lowrank", "pruned"} <= set(preset_names())
+
+
+def _calibration_file(folder: Path) -> Path:
+    from llmcomp_hf.calibration import Calibration
+
+    return Calibration({"w": torch.ones(4)}, {"w": 1.0}, {"w": [2, 4]}, {"texts": 1}).save(folder / "c.safetensors")
 
 
 @pytest.mark.parametrize(
