@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 import threading
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,8 +23,7 @@ PARALLEL_MIN_BLOCKS = 2  # decode in parallel from this many blocks (one block t
 # decode time is not worth it (bf16's sign+mantissa byte saves ~0.4% and stays raw).
 DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "rans-ctx": 0.0, "raw": 0.0}
 
-# numba's default threading layer must not be entered from two Python threads at once.
-_KERNEL_LOCK = threading.Lock()
+_POOL_LOCK = threading.Lock()
 _SCRATCH = threading.local()  # per Python thread: decode buffers reused across calls
 
 
@@ -95,39 +93,6 @@ def _word_views(u8: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
     return words, u8[: u8.size // 4 * 4].view(np.uint32)
 
 
-def _choose_threading_layer(numba: Any) -> None:
-    """Prefer numba's OpenMP layer with passive waiting, unless the user chose a layer.
-
-    Measured on 2 cores: OpenMP decodes a 179-block tensor 1.95x faster at 2 threads, while
-    ``workqueue`` was erratic (1.0-1.9x). OpenMP's default active wait keeps idle threads spinning
-    after each kernel and slowed the caller when the CPUs were shared, hence
-    ``OMP_WAIT_POLICY=passive`` (set only if unset, before numba loads its OpenMP runtime; torch
-    bundles its own). Without OpenMP, numba falls back to ``workqueue``; calls are serialised by
-    ``_KERNEL_LOCK`` either way. Takes effect only before numba starts its thread pool.
-    """
-    if "NUMBA_THREADING_LAYER" in os.environ or numba.config.THREADING_LAYER != "default":
-        return
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
-
-
-@contextmanager
-def _kernel_threads(threads: int | None) -> Iterator[int]:
-    """Run a parallel kernel with ``threads`` numba threads (default: all), serialised by a lock."""
-    import numba
-
-    with _KERNEL_LOCK:
-        _choose_threading_layer(numba)
-        previous = numba.get_num_threads()
-        wanted = numba.config.NUMBA_NUM_THREADS if threads is None else threads
-        count = max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(count)
-        try:
-            yield count
-        finally:
-            numba.set_num_threads(previous)
-
-
 def encode(
     tensor: Any,
     coder: str = "huffman",
@@ -148,43 +113,67 @@ def encode(
         min_gain: code a plane only if it saves this share of its raw size (default per coder).
     """
     ensure_consistent()
-    from llmcomp_hf.codec.blocks import CODER_IDS, block_capacity, compact, encode_groups, encode_parallel
+    job = _Encoding(tensor, coder, block_size, min_gain, name)
+    job.tmp = _encode_tmp(job.tmp_bytes)
+    _run_parallel([functools.partial(job.run_group, g) for g in range(job.n_groups)], _thread_count(threads))
+    return job.finish()
 
-    if coder not in CODER_IDS:
-        raise ValueError(f"unknown coder {coder!r}; choose one of {sorted(CODER_IDS)}")
-    if not (isinstance(block_size, int) and MIN_BLOCK <= block_size <= MAX_BLOCK and block_size % 64 == 0):
-        raise ValueError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}], got {block_size!r}")
-    gain = DEFAULT_MIN_GAIN[coder] if min_gain is None else float(min_gain)
-    if not 0.0 <= gain < 1.0:
-        raise ValueError(f"min_gain must be in [0, 1), got {min_gain!r}")
-    u8, dname, shape = _raw_bytes(tensor)
-    itemsize, n_planes = DTYPES[dname]
-    kind = layout_of(dname, itemsize)
-    numel = math.prod(shape)
-    words, u32 = _word_views(u8, kind)
-    keep_num = int((1.0 - gain) * 1024)
-    n_blocks = -(-numel // block_size)
-    cap = block_capacity(block_size, n_planes)
-    tmp = _encode_tmp(n_blocks * cap)
-    sizes = np.zeros(n_blocks, np.int64)
-    csum = np.zeros(n_blocks, np.uint64)
-    args = (words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32)
-    if n_blocks <= GROUP or threads == 1:  # one group of blocks: no thread-pool launch
-        encode_groups(*args, 0, 1, tmp, cap, sizes, csum)
-    else:
-        with _kernel_threads(threads) as count:
-            encode_parallel(*args, tmp, cap, sizes, csum, min(count, -(-n_blocks // GROUP)))
-    data, index = compact(tmp, cap, sizes)
-    header = {
-        "format": FORMAT_NAME,
-        "version": format_version(coder),
-        "dtype": dname,
-        "shape": shape,
-        "coder": coder,
-        "block_size": block_size,
-        "checksum": f"{int(csum.sum(dtype=np.uint64)):016x}",
-    }
-    return EncodedTensor(header, data, index, name)
+
+class _Encoding:
+    """One tensor being encoded: checked arguments, kernel arguments, per-block sizes and checksums.
+
+    Groups of ``GROUP`` blocks are independent units of work (a group shares Huffman tables), so
+    the bytes do not depend on how groups are spread over threads. ``tmp`` (``tmp_bytes``) is the
+    staging buffer the caller provides.
+    """
+
+    def __init__(self, tensor: Any, coder: str, block_size: int, min_gain: float | None, name: str | None) -> None:
+        from llmcomp_hf.codec.blocks import CODER_IDS, block_capacity
+
+        if coder not in CODER_IDS:
+            raise ValueError(f"unknown coder {coder!r}; choose one of {sorted(CODER_IDS)}")
+        if not (isinstance(block_size, int) and MIN_BLOCK <= block_size <= MAX_BLOCK and block_size % 64 == 0):
+            raise ValueError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}], got {block_size!r}")
+        gain = DEFAULT_MIN_GAIN[coder] if min_gain is None else float(min_gain)
+        if not 0.0 <= gain < 1.0:
+            raise ValueError(f"min_gain must be in [0, 1), got {min_gain!r}")
+        u8, dname, shape = _raw_bytes(tensor)
+        itemsize, n_planes = DTYPES[dname]
+        kind = layout_of(dname, itemsize)
+        numel = math.prod(shape)
+        words, u32 = _word_views(u8, kind)
+        n_blocks = -(-numel // block_size)
+        self.coder, self.dname, self.shape, self.block_size, self.name = coder, dname, shape, block_size, name
+        self.cap = block_capacity(block_size, n_planes)
+        self.tmp_bytes = n_blocks * self.cap
+        self.tmp: np.ndarray | None = None
+        self.n_groups = -(-n_blocks // GROUP)
+        self.sizes = np.zeros(n_blocks, np.int64)
+        self.csum = np.zeros(n_blocks, np.uint64)
+        keep_num = int((1.0 - gain) * 1024)
+        self.args = (words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32)
+
+    def run_group(self, g: int) -> None:
+        """Encode group ``g`` single-threaded (the kernel releases the GIL)."""
+        from llmcomp_hf.codec.blocks import encode_groups
+
+        encode_groups(*self.args, g, self.n_groups, self.tmp, self.cap, self.sizes, self.csum)
+
+    def finish(self) -> EncodedTensor:
+        from llmcomp_hf.codec.blocks import compact
+
+        data, index = compact(self.tmp, self.cap, self.sizes)
+        self.tmp = None
+        header = {
+            "format": FORMAT_NAME,
+            "version": format_version(self.coder),
+            "dtype": self.dname,
+            "shape": self.shape,
+            "coder": self.coder,
+            "block_size": self.block_size,
+            "checksum": f"{int(self.csum.sum(dtype=np.uint64)):016x}",
+        }
+        return EncodedTensor(header, data, index, self.name)
 
 
 class _Decoding:
@@ -229,7 +218,8 @@ class _Decoding:
             self.run_range(0, self.n_blocks)
             return
         step = max(1, -(-self.n_blocks // (4 * count)))  # ~4 ranges per thread: balanced, few hand-offs
-        _run_ranges([(self, lo, min(lo + step, self.n_blocks)) for lo in range(0, self.n_blocks, step)], count)
+        _run_parallel([functools.partial(self.run_range, lo, min(lo + step, self.n_blocks))
+                       for lo in range(0, self.n_blocks, step)], count)
 
     def finish(self, verify: bool) -> torch.Tensor:
         """Raise on a corrupted block or (``verify``) a checksum mismatch; else the decoded tensor."""
@@ -259,30 +249,29 @@ def _thread_count(threads: int | None) -> int:
     return numba.config.NUMBA_NUM_THREADS if threads is None else max(1, int(threads))
 
 
-def _run_ranges(ranges: list[tuple[_Decoding, int, int]], count: int) -> None:
-    """Decode ``(tensor, first block, end block)`` ranges on ``count`` threads pulling from one queue.
+def _run_parallel(tasks: list[Callable[[], None]], count: int) -> None:
+    """Run ``tasks`` on ``count`` threads (the caller and pooled ones) pulling from one queue.
 
-    Each range runs the single-threaded kernel (it releases the GIL) on the caller or a pooled
-    thread. Measured against numba's parallel loop (OpenMP): as fast on an idle machine, and it
-    degrades gracefully when the cores are shared, where a parallel region waits for its slowest
-    thread (MiniLM bf16 load on a busy 2-core machine: 0.12 vs 0.5 s).
+    Tasks call single-threaded kernels, which release the GIL. Compared with numba's parallel loop
+    (OpenMP), this degrades gracefully when the cores are shared, where a parallel region waits for
+    its slowest thread (MiniLM bf16 load on a busy 2-core machine: 0.12 vs 0.5 s).
     """
-    if count == 1 or len(ranges) <= 1:
-        for job, lo, hi in ranges:
-            job.run_range(lo, hi)
+    if count == 1 or len(tasks) <= 1:
+        for task in tasks:
+            task()
         return
-    queue = iter(ranges)
+    queue = iter(tasks)
     lock = threading.Lock()
 
     def work() -> None:
         while True:
             with lock:
-                item = next(queue, None)
-            if item is None:
+                task = next(queue, None)
+            if task is None:
                 return
-            item[0].run_range(item[1], item[2])
+            task()
 
-    helpers = [_pool(count - 1).submit(work) for _ in range(min(count, len(ranges)) - 1)]
+    helpers = [_pool(count - 1).submit(work) for _ in range(min(count, len(tasks)) - 1)]
     work()
     for fut in helpers:
         fut.result()
@@ -356,26 +345,6 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     return gathered[inverse].reshape(out_shape)
 
 
-def _many(fn: Any, items: list[Any], threads: int | None, big_blocks: list[bool]) -> list[Any]:
-    """Run ``fn(item, kernel_threads)`` over items: big ones one at a time with every kernel thread,
-    small ones side by side on a thread pool (each single-threaded; the kernels release the GIL)."""
-    import numba
-
-    count = numba.config.NUMBA_NUM_THREADS if threads is None else max(1, int(threads))
-    out: list[Any] = [None] * len(items)
-    small = [i for i, big in enumerate(big_blocks) if not big]
-    for i, big in enumerate(big_blocks):
-        if big:
-            out[i] = fn(items[i], count)
-    if count == 1 or len(small) <= 1:
-        for i in small:
-            out[i] = fn(items[i], 1)
-    else:
-        for i, result in zip(small, _pool(count).map(lambda j: fn(items[j], 1), small)):
-            out[i] = result
-    return out
-
-
 _POOLS: dict[int, Any] = {}
 
 
@@ -383,22 +352,37 @@ def _pool(workers: int) -> Any:
     """A long-lived thread pool per size, so each worker keeps its decode scratch between calls."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with _KERNEL_LOCK:
+    with _POOL_LOCK:
         if workers not in _POOLS:
             _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="llmcomp")
         return _POOLS[workers]
 
 
 def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None = None, **kwargs: Any) -> list[EncodedTensor]:
-    """Encode many tensors: large ones with all kernel threads, small ones in parallel with each other.
+    """Encode many tensors (a model) with ``threads`` threads sharing one queue of block groups.
 
-    Same bytes as calling ``encode`` on each (the output never depends on the thread count). A
-    tensor parallelises only across groups of 16 blocks, so this is what uses 2 threads on a model
-    of many small tensors (MiniLM bf16: 1.22 vs 0.82-0.95 GB/s).
+    Same bytes as calling ``encode`` on each (the output never depends on the thread count); a model
+    of many small tensors keeps every thread busy. Tensors go in batches whose staging buffers fit
+    the reused one (``_TMP_KEEP_BYTES``). ``kwargs``: ``block_size``, ``min_gain``, ``name`` as in ``encode``.
     """
+    ensure_consistent()
+    count = _thread_count(threads)
     block_size = kwargs.get("block_size", DEFAULT_BLOCK_SIZE)
-    big = [math.prod(getattr(t, "shape", ())) > 4 * GROUP * block_size for t in tensors]
-    return _many(lambda t, th: encode(t, coder=coder, threads=th, **kwargs), list(tensors), threads, big)
+    jobs = [_Encoding(t, coder, block_size, kwargs.get("min_gain"), kwargs.get("name")) for t in tensors]
+    out: list[EncodedTensor] = []
+    start = 0
+    while start < len(jobs):
+        end, total = start + 1, jobs[start].tmp_bytes
+        while end < len(jobs) and total + jobs[end].tmp_bytes <= _TMP_KEEP_BYTES:
+            total += jobs[end].tmp_bytes
+            end += 1
+        arena, offset = _encode_tmp(total), 0
+        for job in jobs[start:end]:
+            job.tmp, offset = arena[offset : offset + job.tmp_bytes], offset + job.tmp_bytes
+        _run_parallel([functools.partial(job.run_group, g) for job in jobs[start:end] for g in range(job.n_groups)], count)
+        out += [job.finish() for job in jobs[start:end]]
+        start = end
+    return out
 
 
 def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: bool = True) -> list[torch.Tensor]:
@@ -412,7 +396,7 @@ def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: b
     ensure_consistent()
     count = _thread_count(threads)
     jobs = [_Decoding(enc, None) for enc in encs]
-    _run_ranges([(job, lo, min(lo + MANY_CHUNK_BLOCKS, job.n_blocks))
-                 for job in jobs for lo in range(0, job.n_blocks, MANY_CHUNK_BLOCKS)], count)
+    _run_parallel([functools.partial(job.run_range, lo, min(lo + MANY_CHUNK_BLOCKS, job.n_blocks))
+                   for job in jobs for lo in range(0, job.n_blocks, MANY_CHUNK_BLOCKS)], count)
     return [job.finish(verify) for job in jobs]
 
