@@ -26,7 +26,7 @@ from llmcomp_hf.errors import FormatError
 from llmcomp_hf.format.shard import SHARD_VERSION
 
 QUANT_METHOD = "llmcomp"
-CODERS = ("huffman", "rans")
+CODERS = ("huffman", "rans", "rans-ctx")
 DEFAULT_DTYPES = ("bfloat16", "float16", "float32")
 LOSSY_DTYPES = DEFAULT_DTYPES  # float weights the transforms accept
 DEFAULT_MODULE_TYPES = ("Linear", "Embedding", "Conv1D")
@@ -49,7 +49,8 @@ class CompressionConfig(QuantizationConfigMixin):
     """llmcomp compression: optional lossy ``stages``, then entropy coding (docs/format.md).
 
     Args:
-        coder: ``"huffman"`` (fastest decode, default) or ``"rans"`` (slightly smaller).
+        coder: ``"huffman"`` (fastest decode, default), ``"rans"`` (slightly smaller) or ``"rans-ctx"``
+            (smallest, ~20% slower decode, format version 2: no CUDA decoder).
         block_size: elements per independently decodable block: a multiple of 64 in [256, 2**24].
         min_numel: tensors with fewer elements stay uncompressed (headers would outweigh the gain).
         dtypes: dtype names whose weights are compressed (``"bfloat16"``, ``"float16"``, ``"float32"``...).

@@ -170,12 +170,14 @@ def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, ou
             c += rans_ctx.table_bytes(gfreq, gpresent) * unit
         if c < best:
             best, choice = c, 1
-    own = gfreq
-    if gk >= 0 and ref > 0:
-        own = rans_ctx.tables(bc, counts)
-        c = rans_ctx.cost(bc, own) + (5 + 1 + 16 + rans_ctx.table_bytes(own, counts)) * unit
-        if c < best:
-            best, choice = c, 2
+    own, own_k = gfreq, gk
+    if gk >= 0 and ref > 0:  # the block's own tables, with its best k
+        for k in range(rans_ctx.ENCODER_MAX_CTX_BITS + 1):
+            ck = rans_ctx.fold(hist, k)
+            fk = rans_ctx.tables(ck, counts)
+            c = rans_ctx.cost(ck, fk) + (5 + 1 + 16 + rans_ctx.table_bytes(fk, counts)) * unit
+            if c < best:
+                best, choice, own, own_k = c, 2, fk, k
     if choice == 0:
         size = rans.encode_section(plane, n, counts, freq3, scratch, 0, words)
         mode = MODE_RANS
@@ -183,7 +185,7 @@ def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, ou
         size = rans_ctx.encode_payload(plane, planes[1], n, gk, gfreq, ref, gpresent, scratch, 0, words)
         mode = MODE_RANS_CTX
     else:
-        size = rans_ctx.encode_payload(plane, planes[1], n, gk, own, 0, counts, scratch, 0, words)
+        size = rans_ctx.encode_payload(plane, planes[1], n, own_k, own, 0, counts, scratch, 0, words)
         mode = MODE_RANS_CTX
     if size < max_payload:
         out[pos] = mode
@@ -200,7 +202,7 @@ def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, kee
     """Encode groups first, first+step, ... into the ``cap``-sized block slots of ``tmp``."""
     n_blocks = sizes.shape[0]
     planes = np.empty((n_planes, block_size), np.uint8)
-    scratch = np.empty(2 * block_size + 1024, np.uint8)
+    scratch = np.empty(2 * block_size + 1024 + rans_ctx.TABLE_MAX_BYTES, np.uint8)  # mode-4 tables are written before the size check
     wbuf = np.empty(block_size + 8, np.uint16)
     prev = np.zeros((n_planes, 256), np.uint8)
     prev_ok = np.zeros((n_planes, 1), np.bool_)

@@ -53,6 +53,12 @@ class DeviceEncodedTensor:
         from llmcomp_hf.codec.planes import layout_of
 
         enc.validate()
+        if enc.header["version"] >= 2:
+            raise FormatError(
+                f"the CUDA decoder reads format version 1 only{where(enc.name)}: this tensor is version "
+                f"{enc.header['version']} (coder {enc.header['coder']!r}, rANS with context); decode on the CPU "
+                "(llmcomp_hf.codec.decode) or re-compress with coder='huffman' or 'rans'"
+            )
         self.header = dict(enc.header)
         self.name = enc.name
         self.device = resolve_device(device)

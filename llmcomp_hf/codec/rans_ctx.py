@@ -11,16 +11,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from llmcomp_hf.codec.models import BITMAP_BYTES, RANS_SCALE, RANS_SCALE_BITS, read_bitmap, rans_frequencies
+from llmcomp_hf.codec.models import RANS_SCALE, RANS_SCALE_BITS
 from llmcomp_hf.codec.planes import KIND_HALF
 
 MAX_CTX_BITS = 3  # the format's limit
-ENCODER_MAX_CTX_BITS = 3
+ENCODER_MAX_CTX_BITS = 3  # rans-ctx is opt-in: the best ratio, decode ~20% slower than k <= 1
 N_CTX = 1 << MAX_CTX_BITS
 RANS_L = 1 << 16
 SLOT_MASK = RANS_SCALE - 1
 ERR_TRUNCATED, ERR_TABLE, ERR_STREAM = -1, -2, -3
-TABLE_MAX_BYTES = 1 + BITMAP_BYTES + N_CTX * 256 * 2  # k byte, bitmap, varint frequencies
+MAX_ORDER = 12  # largest exp-Golomb order of the table codes
+MAX_ZEROS = 13  # longest zero prefix of a table code (values < 2**14)
+TABLE_HEAD = 4  # k, first symbol, symbol count - 1, the two exp-Golomb orders
+TABLE_MAX_BYTES = TABLE_HEAD + (N_CTX * 256 * (2 * MAX_ZEROS + 1 + MAX_ORDER) + 7) // 8
 MEMO_BYTES = 2 + TABLE_MAX_BYTES  # u16 length + the bytes of the tables now built
 COST_ONE = 1 << 16  # fixed-point unit of the cost estimates (1 bit)
 # COST[f]: -log2(f / 4096) bits in 1/65536 units. Built once with numpy and shared by the kernels
@@ -52,6 +55,43 @@ def fold(hist: np.ndarray, k: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def fit_frequencies(counts: np.ndarray, total: int) -> np.ndarray:
+    """Frequencies summing to 4096, each present symbol >= 1, that minimise the COST of ``counts``.
+
+    Starts from the rounded-down shares and moves one unit at a time to (or from) the symbol
+    where it saves (costs) the most; the cost is convex in each frequency, so this is optimal.
+    Integer costs: the reference encoder takes the same steps.
+    """
+    freq = np.zeros(256, np.int64)
+    used = 0
+    for s in range(256):
+        if counts[s] > 0:
+            freq[s] = max(1, (counts[s] * RANS_SCALE) // total)
+            used += freq[s]
+    while used != RANS_SCALE:
+        pick, pick_gain = -1, np.int64(0)
+        for s in range(256):
+            c = counts[s]
+            if c == 0:
+                continue
+            if used < RANS_SCALE:
+                gain = c * (COST[freq[s]] - COST[freq[s] + 1])  # bits saved by one more unit
+            elif freq[s] > 1:
+                gain = -c * (COST[freq[s] - 1] - COST[freq[s]])  # minus the bits one unit less costs
+            else:
+                continue
+            if pick < 0 or gain > pick_gain:
+                pick, pick_gain = s, gain
+        if used < RANS_SCALE:
+            freq[pick] += 1
+            used += 1
+        else:
+            freq[pick] -= 1
+            used -= 1
+    return freq
+
+
+@njit(cache=True, nogil=True)
 def tables(counts: np.ndarray, present: np.ndarray) -> np.ndarray:
     """One frequency table per context (int64[2**k, 256]), each summing to 4096 with 2..k symbols.
 
@@ -76,7 +116,7 @@ def tables(counts: np.ndarray, present: np.ndarray) -> np.ndarray:
                 k += 1
                 top = s
         if k >= 2:
-            freq[c] = rans_frequencies(counts[c], total)
+            freq[c] = fit_frequencies(counts[c], total)
         else:
             freq[c, top] = RANS_SCALE - 1
             freq[c, second if top == first else first] = 1
@@ -84,14 +124,62 @@ def tables(counts: np.ndarray, present: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _span(present: np.ndarray) -> tuple[int, int]:
+    """(first symbol, count) of the range from the lowest to the highest present symbol."""
+    lo, hi = -1, -1
+    for s in range(256):
+        if present[s] > 0:
+            if lo < 0:
+                lo = s
+            hi = s
+    return lo, hi - lo + 1
+
+
+@njit(cache=True, nogil=True)
+def _eg_bits(v: int, r: int) -> int:
+    """Length of the order-``r`` exp-Golomb code of ``v >= 0``."""
+    u = (v >> r) + 1
+    nb = 0
+    while u >> nb:
+        nb += 1
+    return 2 * nb - 1 + r
+
+
+@njit(cache=True, nogil=True)
+def _zigzag(d: int) -> int:
+    return 2 * d if d >= 0 else -2 * d - 1
+
+
+@njit(cache=True, nogil=True)
+def _orders(freq: np.ndarray, lo: int, m: int) -> tuple[int, int, int]:
+    """(r0, r1, bits): the exp-Golomb orders of context 0 and of the deltas that need the fewest
+    bits (ties: smallest order), and that number of bits."""
+    n_ctx = freq.shape[0]
+    best0, r0 = -1, 0
+    for r in range(MAX_ORDER + 1):
+        t = 0
+        for j in range(lo, lo + m):
+            t += _eg_bits(freq[0, j], r)
+        if best0 < 0 or t < best0:
+            best0, r0 = t, r
+    best1, r1 = 0, 0
+    if n_ctx > 1:
+        best1 = -1
+        for r in range(MAX_ORDER + 1):
+            t = 0
+            for c in range(1, n_ctx):
+                for j in range(lo, lo + m):
+                    t += _eg_bits(_zigzag(freq[c, j] - freq[c - 1, j]), r)
+            if best1 < 0 or t < best1:
+                best1, r1 = t, r
+    return r0, r1, best0 + best1
+
+
+@njit(cache=True, nogil=True)
 def table_bytes(freq: np.ndarray, present: np.ndarray) -> int:
-    """Stored size of the tables: k byte, bitmap and one 1-2 byte frequency per context and symbol."""
-    size = 1 + BITMAP_BYTES
-    for c in range(freq.shape[0]):
-        for s in range(256):
-            if present[s] > 0:
-                size += 1 if freq[c, s] < 128 else 2
-    return size
+    """Stored size of the tables (docs/format.md, mode 4): 4 bytes, then the bit-packed frequencies."""
+    lo, m = _span(present)
+    return TABLE_HEAD + (_orders(freq, lo, m)[2] + 7) // 8
 
 
 @njit(cache=True, nogil=True)
@@ -107,27 +195,39 @@ def cost(counts: np.ndarray, freq: np.ndarray) -> int:
 
 @njit(cache=True, nogil=True)
 def write_tables(freq: np.ndarray, k: int, present: np.ndarray, out: np.ndarray, pos: int) -> int:
-    """Write k, the bitmap of ``present`` and the frequencies at ``out[pos]``; return the new pos."""
+    """Write the tables of ``freq`` (symbols: the range spanned by ``present``) at ``out[pos]``;
+    return the new pos."""
+    lo, m = _span(present)
+    r0, r1, _ = _orders(freq, lo, m)
     out[pos] = k
-    pos += 1
-    for b in range(BITMAP_BYTES):
-        byte = 0
-        for t in range(8):
-            if present[b * 8 + t] > 0:
-                byte |= 1 << t
-        out[pos + b] = byte
-    pos += BITMAP_BYTES
+    out[pos + 1] = lo
+    out[pos + 2] = m - 1
+    out[pos + 3] = r0 | (r1 << 4)
+    pos += TABLE_HEAD
+    acc, nbits = np.int64(0), 0  # bits not yet written, LSB first
     for c in range(1 << k):
-        for s in range(256):
-            if present[s] > 0:
-                f = freq[c, s]
-                if f < 128:
-                    out[pos] = f
-                    pos += 1
-                else:
-                    out[pos] = (f & 0x7F) | 0x80
-                    out[pos + 1] = f >> 7
-                    pos += 2
+        r = r0 if c == 0 else r1
+        for j in range(lo, lo + m):
+            v = freq[0, j] if c == 0 else _zigzag(freq[c, j] - freq[c - 1, j])
+            u = (v >> r) + 1
+            nb = 0
+            while u >> nb:
+                nb += 1
+            nbits += nb - 1  # nb - 1 zero bits, then u and the low r bits of v, MSB first
+            for t in range(nb - 1, -1, -1):
+                acc |= ((u >> t) & 1) << nbits
+                nbits += 1
+            for t in range(r - 1, -1, -1):
+                acc |= ((v >> t) & 1) << nbits
+                nbits += 1
+            while nbits >= 8:
+                out[pos] = acc & 0xFF
+                pos += 1
+                acc >>= 8
+                nbits -= 8
+    if nbits > 0:
+        out[pos] = acc & 0xFF
+        pos += 1
     return pos
 
 
@@ -199,62 +299,76 @@ def table_span(data: np.ndarray, index: np.ndarray, b: int, pos: int, end: int) 
 
 
 @njit(cache=True, nogil=True)
+def _read_code(data: np.ndarray, q: int, end: int, bit: int, r: int) -> tuple[int, int]:
+    """Order-``r`` exp-Golomb value at bit ``bit`` of ``data[q:end]``: (value or <0 error, next bit)."""
+    z = 0
+    while True:
+        if q + (bit >> 3) >= end:
+            return ERR_TRUNCATED, bit
+        if (data[q + (bit >> 3)] >> (bit & 7)) & 1:
+            break
+        z += 1
+        bit += 1
+        if z > MAX_ZEROS:
+            return ERR_TABLE, bit
+    v = np.int64(0)
+    for _ in range(z + 1 + r):
+        if q + (bit >> 3) >= end:
+            return ERR_TRUNCATED, bit
+        v = (v << 1) | np.int64((data[q + (bit >> 3)] >> (bit & 7)) & 1)
+        bit += 1
+    # v holds u (z + 1 bits) then the r low bits: value = ((u - 1) << r) | low
+    return v - (np.int64(1) << r), bit
+
+
+@njit(cache=True, nogil=True)
 def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: np.ndarray) -> tuple[int, int]:
     """Parse tables at ``data[pos:end]`` into ``slots[c*4096 + slot]`` (mode 3's entry layout).
 
     Returns (position after the tables or <0 error, k). ``memo`` (u8[MEMO_BYTES]) keeps the
-    bytes of the tables now in ``slots``; identical bytes skip the rebuild.
+    bytes of the tables now in ``slots``; the same leading bytes parse the same, so they skip
+    the rebuild.
     """
-    if pos + 1 + BITMAP_BYTES > end:
-        return ERR_TRUNCATED, 0
-    k = np.int64(data[pos])
-    if k > MAX_CTX_BITS:
-        return ERR_TABLE, 0
-    syms = np.empty(256, np.int64)
-    m = read_bitmap(data, pos + 1, syms)
-    if m < 2:
-        return ERR_TABLE, 0
-    # Size of the frequency list: one or two bytes per entry, 2**k * m entries.
-    q = pos + 1 + BITMAP_BYTES
-    for _ in range((1 << k) * m):
-        if q >= end:
-            return ERR_TRUNCATED, 0
-        q += 2 if data[q] & 0x80 else 1
-    if q > end:
-        return ERR_TRUNCATED, 0
-    size = q - pos
     known = np.int64(memo[0]) | (np.int64(memo[1]) << 8)
-    if known == size:
+    if known > 0 and pos + known <= end:
         same = True
-        for j in range(size):
+        for j in range(known):
             if memo[2 + j] != data[pos + j]:
                 same = False
                 break
         if same:
-            return q, k
+            return pos + known, np.int64(data[pos])
+    if pos + TABLE_HEAD > end:
+        return ERR_TRUNCATED, 0
+    k, lo, m = np.int64(data[pos]), np.int64(data[pos + 1]), np.int64(data[pos + 2]) + 1
+    r0, r1 = np.int64(data[pos + 3] & 15), np.int64(data[pos + 3] >> 4)
+    if k > MAX_CTX_BITS or m < 2 or lo + m > 256 or r0 > MAX_ORDER or r1 > MAX_ORDER or (k == 0 and r1 != 0):
+        return ERR_TABLE, 0
     memo[0] = 0
     memo[1] = 0
-    r = pos + 1 + BITMAP_BYTES
+    q = pos + TABLE_HEAD
+    bit = 0
+    prev = np.zeros(256, np.int64)
     for c in range(1 << k):
         cum = 0
         base = c << RANS_SCALE_BITS
         for j in range(m):
-            f = np.int64(data[r])
-            r += 1
-            if f & 0x80:
-                hi = np.int64(data[r])
-                r += 1
-                if hi == 0:  # non-canonical two-byte form
-                    return ERR_TABLE, 0
-                f = (f & 0x7F) | (hi << 7)
-            if f == 0:
-                continue
-            if f >= RANS_SCALE or cum + f > RANS_SCALE:
+            v, bit = _read_code(data, q, end, bit, r0 if c == 0 else r1)
+            if v < 0:
+                return v, 0
+            f = v if c == 0 else prev[j] + ((v >> 1) if v & 1 == 0 else -((v + 1) >> 1))
+            if f < 0 or f >= RANS_SCALE or cum + f > RANS_SCALE:
                 return ERR_TABLE, 0
-            slots[base + cum : base + cum + f] = np.uint32(syms[j] | (f << 8) | (cum << 20))
+            prev[j] = f
+            if f:
+                slots[base + cum : base + cum + f] = np.uint32((lo + j) | (f << 8) | (cum << 20))
             cum += f
         if cum != RANS_SCALE:
             return ERR_TABLE, 0
+    q += (bit + 7) >> 3
+    if bit & 7 and data[q - 1] >> (bit & 7):  # padding bits must be zero
+        return ERR_TABLE, 0
+    size = q - pos
     memo[2 : 2 + size] = data[pos:q]
     memo[0] = size & 0xFF
     memo[1] = size >> 8

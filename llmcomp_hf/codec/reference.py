@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmcomp_hf.codec import models
+from llmcomp_hf.codec import models, rans_ctx
 from llmcomp_hf.codec.api import DEFAULT_BLOCK_SIZE, DEFAULT_MIN_GAIN, _raw_bytes, torch_dtype
 from llmcomp_hf.codec.blocks import GROUP
-from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, FORMAT_VERSION, EncodedTensor
+from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, EncodedTensor, format_version
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError
 
 _M32 = 0xFFFFFFFF
@@ -136,20 +136,129 @@ def _section(plane: np.ndarray, coder: str, keep_num: int, prev: dict[str, Any])
     return bytes([0]) + plane.tobytes()
 
 
+def _eg(v: int, r: int) -> str:
+    """Order-r exp-Golomb code of v >= 0 as a bit string (first bit first)."""
+    u = (v >> r) + 1
+    return "0" * (u.bit_length() - 1) + format(u, "b") + (format(v & ((1 << r) - 1), f"0{r}b") if r else "")
+
+
+def _zigzag(d: int) -> int:
+    return 2 * d if d >= 0 else -2 * d - 1
+
+
+def _ctx_tables(freq: np.ndarray, k: int, present: np.ndarray) -> bytes:
+    """Mode-4 tables: k, first symbol, count-1, orders, bit-packed exp-Golomb codes (LSB first)."""
+    syms = np.flatnonzero(present)
+    lo, m = int(syms[0]), int(syms[-1] - syms[0] + 1)
+    vals0 = [int(freq[0, lo + j]) for j in range(m)]
+    deltas = [_zigzag(int(freq[c, lo + j] - freq[c - 1, lo + j])) for c in range(1, 1 << k) for j in range(m)]
+    r0 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in vals0), r))
+    r1 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in deltas), r)) if deltas else 0
+    bits = "".join(_eg(v, r0) for v in vals0) + "".join(_eg(v, r1) for v in deltas)
+    bits += "0" * (-len(bits) % 8)
+    codes = bytes(int(bits[i:i + 8][::-1], 2) for i in range(0, len(bits), 8))
+    return bytes([k, lo, m - 1, r0 | (r1 << 4)]) + codes
+
+
+def _rans_ctx_payload(p0: np.ndarray, p1: np.ndarray, k: int, freq: np.ndarray, ref: int, present: np.ndarray) -> bytes:
+    cum = np.concatenate([np.zeros((freq.shape[0], 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], axis=1)
+    x, words = [1 << 16] * 4, []
+    for i in range(p0.size - 1, -1, -1):
+        s, lane, c = int(p0[i]), i & 3, (int(p1[i]) >> (7 - k)) & ((1 << k) - 1)
+        f = int(freq[c, s])
+        if x[lane] >= f << 20:
+            words.append(x[lane] & 0xFFFF)
+            x[lane] >>= 16
+        x[lane] = ((x[lane] // f) << 12) + x[lane] % f + int(cum[c, s])
+    head = bytes([ref]) + (_ctx_tables(freq, k, present) if ref == 0 else b"")
+    return head + b"".join(v.to_bytes(4, "little") for v in x) + b"".join(w.to_bytes(2, "little") for w in reversed(words))
+
+
+def _ctx_hist(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    """Counts of (3-bit context, plane-0 symbol)."""
+    h = np.zeros((rans_ctx.N_CTX, 256), np.int64)
+    np.add.at(h, ((p1.astype(np.int64) >> 4) & 7, p0.astype(np.int64)), 1)
+    return h
+
+
+def _group_model(hists: list[np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
+    """The group's (k, tables, present symbols): k minimising estimated bits plus table bytes."""
+    total = sum(hists)
+    present = total.sum(axis=0)
+    if np.count_nonzero(present) < 2:
+        return -1, np.zeros((1, 256), np.int64), present
+    best = None
+    for k in range(rans_ctx.ENCODER_MAX_CTX_BITS + 1):
+        counts = rans_ctx.fold.py_func(total, k)
+        freq = rans_ctx.tables.py_func(counts, present)
+        c = rans_ctx.cost.py_func(counts, freq) + rans_ctx.table_bytes.py_func(freq, present) * 8 * rans_ctx.COST_ONE
+        if best is None or c < best[0]:
+            best = (c, k, freq)
+    return best[1], best[2], present
+
+
+def _plane0_ctx(p0, p1, hist, gk, gfreq, gpresent, ref, keep_num) -> tuple[bytes, bool]:
+    """Plane 0 under rans-ctx: const, mode 3, mode 4 (group or own tables) or raw, by estimated cost."""
+    counts = np.bincount(p0, minlength=256).astype(np.int64)
+    m = int(np.count_nonzero(counts))
+    if m == 1:
+        return bytes([1, int(p0[0])]), False
+    unit, cost = 8 * rans_ctx.COST_ONE, rans_ctx.COST
+    freq3 = models.rans_frequencies.py_func(counts, p0.size)
+    best, choice, own, own_k = (5 + 32 + 2 * m + 16) * unit + int((counts * cost[freq3]).sum()), 0, None, gk
+    if gk >= 0:
+        bc = rans_ctx.fold.py_func(hist, gk)
+        c = rans_ctx.cost.py_func(bc, gfreq) + (5 + 1 + 16) * unit
+        if ref == 0:
+            c += rans_ctx.table_bytes.py_func(gfreq, gpresent) * unit
+        if c < best:
+            best, choice = c, 1
+    if gk >= 0 and ref > 0:
+        for k in range(rans_ctx.ENCODER_MAX_CTX_BITS + 1):
+            ck = rans_ctx.fold.py_func(hist, k)
+            fk = rans_ctx.tables.py_func(ck, counts)
+            c = rans_ctx.cost.py_func(ck, fk) + (5 + 1 + 16 + rans_ctx.table_bytes.py_func(fk, counts)) * unit
+            if c < best:
+                best, choice, own, own_k = c, 2, fk, k
+    if choice == 0:
+        payload, mode = _rans_payload(p0, counts), 3
+    elif choice == 1:
+        payload, mode = _rans_ctx_payload(p0, p1, gk, gfreq, ref, gpresent), 4
+    else:
+        payload, mode = _rans_ctx_payload(p0, p1, own_k, own, 0, counts), 4
+    if len(payload) < p0.size * keep_num // 1024:
+        return bytes([mode]) + len(payload).to_bytes(4, "little") + payload, choice == 1 and ref == 0
+    return bytes([0]) + p0.tobytes(), False
+
+
 def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFAULT_BLOCK_SIZE, name: str | None = None, min_gain: float | None = None) -> EncodedTensor:
     """Reference encoder: same bytes as ``encode`` (tiny inputs only: it is pure Python)."""
     u8, dtype, shape = _raw_bytes(tensor)
     planes = split_planes(u8, dtype) if u8.size else np.zeros((DTYPES[dtype][1], 0), np.uint8)
     numel = math.prod(shape)
     keep_num = int((1.0 - (DEFAULT_MIN_GAIN[coder] if min_gain is None else min_gain)) * 1024)
+    with_ctx = coder == "rans-ctx" and dtype in ("bfloat16", "float16", "float32")
+    plane_coder = "rans" if coder == "rans-ctx" else coder
     blocks, prev = [], [dict() for _ in range(planes.shape[0])]
-    for b in range(-(-numel // block_size)):
+    n_blocks = -(-numel // block_size)
+    for b in range(n_blocks):
         if b % GROUP == 0:
             prev = [dict() for _ in range(planes.shape[0])]
+            if with_ctx:
+                parts = [planes[:, g * block_size:(g + 1) * block_size] for g in range(b, min(b + GROUP, n_blocks))]
+                hists = [_ctx_hist(q[0], q[1]) for q in parts]
+                gk, gfreq, gpresent = _group_model(hists)
+                owner = -1
         part = planes[:, b * block_size : (b + 1) * block_size]
-        blocks.append(b"".join(_section(part[p], coder, keep_num, prev[p]) for p in range(planes.shape[0])))
+        first, head = 0, b""
+        if with_ctx:
+            head, owns = _plane0_ctx(part[0], part[1], hists[b % GROUP], gk, gfreq, gpresent,
+                                     0 if owner < 0 else b - owner, keep_num)
+            owner = b if owns else owner
+            first = 1
+        blocks.append(head + b"".join(_section(part[p], plane_coder, keep_num, prev[p]) for p in range(first, planes.shape[0])))
     index = np.concatenate([[0], np.cumsum([len(b) for b in blocks], dtype=np.int64)]).astype(np.int64)
-    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype, "shape": shape, "coder": coder,
+    header = {"format": FORMAT_NAME, "version": format_version(coder), "dtype": dtype, "shape": shape, "coder": coder,
               "block_size": block_size, "checksum": f"{checksum(u8):016x}"}
     return EncodedTensor(header, np.frombuffer(b"".join(blocks), np.uint8).copy(), index, name)
 
@@ -219,17 +328,92 @@ def _decode_rans(payload: _Reader, n: int, name: str | None) -> np.ndarray:
     return out
 
 
+def _read_ctx_tables(payload: _Reader, name: str | None) -> tuple[int, np.ndarray]:
+    """Parse mode-4 tables (k, first symbol, count-1, orders, exp-Golomb codes) into freq[2**k, 256]."""
+    bad = CorruptStreamError(f"invalid code table (tensor {name!r})")
+    k, lo, m1, orders = payload.take(4)
+    m, r0, r1 = m1 + 1, orders & 15, orders >> 4
+    if k > 3 or lo + m > 256 or r0 > 12 or r1 > 12 or (k == 0 and r1):
+        raise bad
+    start, bit = payload.pos, 0
+
+    def read_bit() -> int:
+        nonlocal bit
+        if start + (bit >> 3) >= len(payload.data):
+            raise CorruptStreamError(f"section runs past the end of the block (tensor {name!r})")
+        v = (payload.data[start + (bit >> 3)] >> (bit & 7)) & 1
+        bit += 1
+        return v
+
+    freq = np.zeros((1 << k, 256), np.int64)
+    for c in range(1 << k):
+        r = r0 if c == 0 else r1
+        for j in range(m):
+            z = 0
+            while not read_bit():
+                z += 1
+                if z > 13:
+                    raise bad
+            u = 1
+            for _ in range(z):
+                u = (u << 1) | read_bit()
+            v = u - 1
+            for _ in range(r):
+                v = (v << 1) | read_bit()
+            f = v if c == 0 else int(freq[c - 1, lo + j]) + (v // 2 if v % 2 == 0 else -(v + 1) // 2)
+            if not 0 <= f < 4096:
+                raise bad
+            freq[c, lo + j] = f
+        if freq[c].sum() != 4096:
+            raise bad
+    last = payload.take(-(-bit // 8))
+    if bit & 7 and last[-1] >> (bit & 7):
+        raise bad
+    return k, freq
+
+
+def _decode_rans_ctx(payload: _Reader, n: int, tables: tuple[int, np.ndarray], p1: np.ndarray, name: str | None) -> np.ndarray:
+    k, freq = tables
+    cum = np.concatenate([np.zeros((freq.shape[0], 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], axis=1)
+    x = [int.from_bytes(payload.take(4), "little") for _ in range(4)]
+    out = np.empty(n, np.uint8)
+    for i in range(n):
+        lane, c = i & 3, (int(p1[i]) >> (7 - k)) & ((1 << k) - 1)
+        slot = x[lane] & 4095
+        s = int(np.searchsorted(cum[c], slot, side="right")) - 1
+        while freq[c, s] == 0:  # skip symbols absent from this context
+            s -= 1
+        x[lane] = int(freq[c, s]) * (x[lane] >> 12) + slot - int(cum[c, s])
+        if x[lane] < 1 << 16:
+            x[lane] = (x[lane] << 16) | int.from_bytes(payload.take(2), "little")
+        out[i] = s
+    if payload.pos != len(payload.data) or x != [1 << 16] * 4:
+        raise CorruptStreamError(f"entropy-coded stream does not decode to its exact length (tensor {name!r})")
+    return out
+
+
 def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
     """Reference decoder: parses every section with explicit bounds checks (tiny inputs only)."""
     enc.validate()
     n_planes, bs = DTYPES[enc.dtype][1], enc.header["block_size"]
     planes = np.zeros((n_planes, enc.numel), np.uint8)
     data = enc.data.tobytes()
+    tables: dict[int, tuple[int, np.ndarray]] = {}  # block -> its own mode-4 tables
     for b in range(enc.index.size - 1):
         n = min(bs, enc.numel - b * bs)
         block = _Reader(data[enc.index[b] : enc.index[b + 1]], enc.name)
+        ctx_payload = None
         for p in range(n_planes):
             mode = block.take(1)[0]
+            if mode == 4 and p == 0 and enc.header["version"] >= 2 and enc.dtype in ("bfloat16", "float16", "float32"):
+                ctx_payload = _Reader(block.take(int.from_bytes(block.take(4), "little")), enc.name)
+                ref = ctx_payload.take(1)[0]
+                if ref == 0:
+                    tables[b] = _read_ctx_tables(ctx_payload, enc.name)
+                elif ref > b % GROUP or (b - ref) not in tables:
+                    raise CorruptStreamError(f"invalid code table (tensor {enc.name!r})")
+                ctx_tables = tables[b - ref]
+                continue
             if mode == 0:
                 plane = np.frombuffer(block.take(n), np.uint8)
             elif mode == 1:
@@ -242,6 +426,8 @@ def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
             planes[p, b * bs : b * bs + n] = plane
         if block.pos != len(block.data):
             raise CorruptStreamError(f"bytes left over after the last plane (tensor {enc.name!r})")
+        if ctx_payload is not None:  # plane 0 last: its contexts come from plane 1
+            planes[0, b * bs : b * bs + n] = _decode_rans_ctx(ctx_payload, n, ctx_tables, planes[1, b * bs : b * bs + n], enc.name)
     raw = merge_planes(planes, enc.dtype) if enc.numel else np.zeros(0, np.uint8)
     if verify and f"{checksum(raw):016x}" != enc.header["checksum"]:
         raise ChecksumMismatchError(f"checksum mismatch (tensor {enc.name!r})")

@@ -32,6 +32,9 @@ BASES = {
     "fp16-mixed-huffman": (_mixed_fp16, "huffman"),
     "fp16-mixed-rans": (_mixed_fp16, "rans"),
     "bool-raw": (lambda: tensor_of("bool", BS + 9, "skewed", 35), "raw"),
+    "bf16-rans-ctx": (lambda: tensor_of("bfloat16", 2 * BS + 190, "skewed", 32), "rans-ctx"),
+    "fp32-rans-ctx": (lambda: tensor_of("float32", 3 * BS + 100, "skewed", 37), "rans-ctx"),
+    "fp16-mixed-rans-ctx": (_mixed_fp16, "rans-ctx"),
 }
 
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from .helpers import DTYPES
 
-RAW, CONST, HUFFMAN, RANS = 0, 1, 2, 3
-MODE_NAMES = {RAW: "raw", CONST: "const", HUFFMAN: "huffman", RANS: "rans"}
+RAW, CONST, HUFFMAN, RANS, RANS_CTX = 0, 1, 2, 3, 4
+MODE_NAMES = {RAW: "raw", CONST: "const", HUFFMAN: "huffman", RANS: "rans", RANS_CTX: "rans_ctx"}
+FLOATS = ("bfloat16", "float16", "float32")
 HEADER_KEYS = {"format", "version", "dtype", "shape", "coder", "block_size", "checksum"}
 
 
@@ -37,6 +38,7 @@ class Section:
     n: int
     fields: dict[str, tuple[int, int]] = field(default_factory=dict)
     symbols: np.ndarray | None = None  # decoded plane (uint8[n])
+    tables: tuple[int, np.ndarray] | None = None  # mode 4 with ref 0: (k, freq[2**k, 256])
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -200,7 +202,78 @@ def _decode_rans(payload: _Reader, n: int, sec: Section) -> np.ndarray:
     return out
 
 
-def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int, n: int) -> Section:
+def _exp_golomb(bitv: np.ndarray, p: int, r: int, w: str) -> tuple[int, int]:
+    """Order-r exp-Golomb value at bit p: z zero bits, then z+1 bits u (MSB first), then r bits."""
+    z = 0
+    while True:
+        _check(p < bitv.size, f"{w}: mode-4 tables run past their section")
+        if bitv[p]:
+            break
+        z += 1
+        p += 1
+        _check(z <= 13, f"{w}: mode-4 table code with more than 13 leading zeros")
+    _check(p + z + 1 + r <= bitv.size, f"{w}: mode-4 tables run past their section")
+    v = 0
+    for bit in bitv[p:p + z + 1 + r]:
+        v = (v << 1) | int(bit)
+    return v - (1 << r), p + z + 1 + r
+
+
+def _ctx_tables(payload: _Reader, sec: Section) -> tuple[int, np.ndarray]:
+    """Mode-4 tables: k, first symbol, count-1, orders (r0 | r1 << 4), then the bit-packed codes."""
+    w = payload.where
+    at, head = payload.take(4)
+    sec.fields["ctx_head"] = (at, 4)
+    k, lo, m, r0, r1 = int(head[0]), int(head[1]), int(head[2]) + 1, int(head[3]) & 15, int(head[3]) >> 4
+    _check(k <= 3 and m >= 2 and lo + m <= 256 and r0 <= 12 and r1 <= 12 and (k > 0 or r1 == 0), f"{w}: mode-4 table head {head.tolist()}")
+    bitv = np.unpackbits(payload.data[payload.pos:payload.end], bitorder="little")
+    freq = np.zeros((1 << k, 256), np.int64)
+    p = 0
+    for c in range(1 << k):
+        for j in range(m):
+            v, p = _exp_golomb(bitv, p, r0 if c == 0 else r1, w)
+            freq[c, lo + j] = v if c == 0 else freq[c - 1, lo + j] + (v // 2 if v % 2 == 0 else -(v + 1) // 2)
+            _check(0 <= freq[c, lo + j] < 4096, f"{w}: mode-4 frequency {int(freq[c, lo + j])} of context {c}")
+        _check(int(freq[c].sum()) == 4096, f"{w}: mode-4 context {c} frequencies sum to {int(freq[c].sum())}")
+    nbytes = -(-p // 8)
+    _check(not bitv[p:8 * nbytes].any(), f"{w}: mode-4 table padding bits are not zero")
+    at, _ = payload.take(nbytes)
+    sec.fields["ctx_codes"] = (at, nbytes)
+    return k, freq
+
+
+def _decode_rans_ctx(payload: _Reader, n: int, sec: Section, tables: tuple[int, np.ndarray], ctx_plane: np.ndarray) -> np.ndarray:
+    """Mode 4 after its ref byte (and tables): mode 3's decoder with the table of each element's context."""
+    w = payload.where
+    k, freq = tables
+    cum = np.concatenate([np.zeros((freq.shape[0], 1), np.int64), np.cumsum(freq, axis=1)], axis=1)
+    at, sb = payload.take(16)
+    sec.fields["states"] = (at, 16)
+    x = [int(v) for v in sb.view("<u4")]
+    rest = payload.end - payload.pos
+    _check(rest % 2 == 0, f"{w}: rANS word stream has odd length {rest}")
+    at, wb = payload.take(rest)
+    sec.fields["words"] = (at, rest)
+    words = wb.view("<u2").astype(np.int64)
+    nxt = 0
+    out = np.empty(n, np.uint8)
+    for i in range(n):
+        lane, c = i & 3, (int(ctx_plane[i]) >> (7 - k)) & ((1 << k) - 1)
+        slot = x[lane] & 4095
+        s = int(np.searchsorted(cum[c], slot, side="right")) - 1
+        out[i] = s
+        x[lane] = int(freq[c, s]) * (x[lane] >> 12) + slot - int(cum[c, s])
+        if x[lane] < 1 << 16:
+            _check(nxt < words.size, f"{w}: rANS word stream exhausted at symbol {i}")
+            x[lane] = ((x[lane] << 16) | int(words[nxt])) & 0xFFFFFFFF
+            nxt += 1
+    _check(all(v == 1 << 16 for v in x), f"{w}: final rANS lane states {x} != 2**16")
+    _check(nxt == words.size, f"{w}: {words.size - nxt} rANS words left over")
+    return out
+
+
+def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int, n: int,
+                  ctx_ok: bool = False) -> Section:
     where = f"block {b} plane {plane}"
     r = _Reader(data, pos, block_end, where)
     at, m = r.take(1)
@@ -221,6 +294,18 @@ def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int
         _check(payload.end <= block_end, f"{where}: payload length {size} runs past the block")
         sec.symbols = (_decode_huffman if mode == HUFFMAN else _decode_rans)(payload, n, sec)
         r.pos = payload.end
+    elif mode == RANS_CTX and ctx_ok:
+        at, size = r.u32()
+        sec.fields["length"] = (at, 4)
+        payload = _Reader(data, r.pos, r.pos + size, where)
+        _check(payload.end <= block_end, f"{where}: payload length {size} runs past the block")
+        at, ref = payload.take(1)
+        sec.fields["ref"] = (at, 1)
+        if int(ref[0]) == 0:
+            sec.tables = _ctx_tables(payload, sec)
+        sec.symbols = None  # decoded by parse() once plane 1 is known
+        sec.payload = payload  # type: ignore[attr-defined]
+        r.pos = payload.end
     else:
         raise SpecViolation(f"{where}: unknown mode byte {mode}")
     sec.end = r.pos
@@ -233,8 +318,9 @@ def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int
 
 def check_header(header: dict) -> None:
     _check(set(header) == HEADER_KEYS, f"header keys {sorted(header)} != {sorted(HEADER_KEYS)}")
-    _check(header["format"] == "llmcomp.tensor" and header["version"] == 1, f"bad format/version in {header}")
-    _check(header["dtype"] in DTYPES and header["coder"] in ("huffman", "rans", "raw"), f"bad dtype/coder in {header}")
+    _check(header["format"] == "llmcomp.tensor" and header["version"] in (1, 2), f"bad format/version in {header}")
+    _check(header["dtype"] in DTYPES and header["coder"] in ("huffman", "rans", "raw", "rans-ctx"), f"bad dtype/coder in {header}")
+    _check(header["coder"] != "rans-ctx" or header["version"] == 2, f"coder rans-ctx needs version 2: {header}")
     bs = header["block_size"]
     _check(isinstance(bs, int) and 256 <= bs <= 1 << 24 and bs % 64 == 0, f"bad block_size {bs}")
     c = header["checksum"]
@@ -257,10 +343,19 @@ def parse(header: dict, data: np.ndarray, index: np.ndarray) -> list[list[Sectio
         pos, end = int(index[b]), int(index[b + 1])
         secs = []
         for plane in range(dt.planes):
-            sec = _read_section(data, pos, end, b, plane, n)
+            ctx_ok = plane == 0 and header["version"] == 2 and header["dtype"] in FLOATS
+            sec = _read_section(data, pos, end, b, plane, n, ctx_ok)
             secs.append(sec)
             pos = sec.end
         _check(pos == end, f"block {b}: sections end at {pos}, block ends at {end}")
+        if secs[0].mode == RANS_CTX:
+            ref = int(data[secs[0].fields["ref"][0]])
+            tables = secs[0].tables
+            if ref:
+                _check(ref <= b % 16, f"block {b}: mode-4 ref {ref} leaves the group of 16 blocks")
+                tables = blocks[b - ref][0].tables
+                _check(tables is not None, f"block {b}: mode-4 ref {ref} names a block without its own tables")
+            secs[0].symbols = _decode_rans_ctx(secs[0].payload, n, secs[0], tables, secs[1].symbols)  # type: ignore[attr-defined]
         blocks.append(secs)
     return blocks
 

@@ -4,7 +4,8 @@ a foreign exception or a hang. Inputs are tiny so every byte position can be tri
 Rules checked (verify=True unless said otherwise):
 - a structural field changed (mode, lengths, bitmap, code lengths, frequencies, states) -> raises;
 - raw/const payload changed -> ChecksumMismatchError; with verify=False the decoded value changes
-  at exactly that element;
+  at exactly that element; except a plane-1 byte of a block whose plane 0 is mode 4 (its context):
+  then plane 0 of that block may decode differently too (or the stream raises), nothing else changes;
 - stream bytes changed -> raises, or decodes exactly (e.g. a padding bit);
 - any change at all with verify=False -> raises, or returns a tensor of the right dtype and shape.
 """
@@ -23,7 +24,7 @@ from . import spec
 from .damage import BASES, BS, Problems, base, field_positions, flip, outcome, tampered
 from .helpers import assert_same_bits, from_bits
 
-STRUCTURAL = {"mode", "length", "bitmap", "code_lengths", "stream_lengths", "freqs", "states"}
+STRUCTURAL = {"mode", "length", "bitmap", "code_lengths", "stream_lengths", "freqs", "states", "ref", "ctx_head"}
 PAYLOAD = {"raw", "value"}
 
 
@@ -42,6 +43,10 @@ def test_targeted_field_flips(name: str) -> None:
                 problems.expect(got, ("raised", "exact"), what)
             elif fname in STRUCTURAL:
                 problems.expect(got, ("raised",), what)
+            elif fname in PAYLOAD and sec.plane == 1 and blocks[sec.block][0].mode == spec.RANS_CTX:
+                problems.expect(got, ("raised",), what)
+                want = _with_plane_byte(t, blocks, sec, pos, mask)
+                problems.expect(_outside_plane0(bad, want, sec.block), ("raised", "same"), what + " verify=False")
             elif fname in PAYLOAD:
                 with pytest.raises(ChecksumMismatchError):
                     decode(bad)
@@ -62,6 +67,23 @@ def _unused_nibble(enc: EncodedTensor, sec: spec.Section, fname: str, pos: int, 
     bm = sec.fields["bitmap"][0]
     k = int(np.unpackbits(enc.data[bm:bm + 32]).sum())
     return pos == at + size - 1 and k % 2 == 1
+
+
+def _outside_plane0(bad: EncodedTensor, want: torch.Tensor, block: int) -> str:
+    """'raised', 'same' (equal to ``want`` except maybe plane 0 of ``block``) or what differs."""
+    try:
+        got = decode(bad, verify=False)
+    except CorruptStreamError:
+        return "raised"
+    dname = str(want.dtype).removeprefix("torch.")
+    g = spec.split_planes(got.reshape(-1).view(torch.uint8).numpy().view(spec.DTYPES[dname].uint), dname)
+    w = spec.split_planes(want.reshape(-1).view(torch.uint8).numpy().view(spec.DTYPES[dname].uint), dname)
+    lo, hi = block * BS, (block + 1) * BS
+    for p, (gp, wp) in enumerate(zip(g, w)):
+        diff = np.flatnonzero(gp != wp)
+        if p > 0 and diff.size or p == 0 and np.any((diff < lo) | (diff >= hi)):
+            return f"plane {p} differs at elements {diff[:5].tolist()}"
+    return "same"
 
 
 def _with_plane_byte(t: torch.Tensor, blocks: list, sec: spec.Section, pos: int, mask: int) -> torch.Tensor:

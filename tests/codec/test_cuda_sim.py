@@ -61,7 +61,8 @@ CORRUPTIONS = [
 # golden fixtures (tests/data/golden: golden.json manifest + golden.npz arrays NAME.data/index/raw)
 _MANIFEST = GOLDEN / "golden.json"
 GOLDEN_NAMES = sorted(json.loads(_MANIFEST.read_text())) if _MANIFEST.exists() else []
-EXTRA = ["tiny_shapes", "device_resident_reuse", "from_parts", "misaligned_out", "verify_false_still_checks"]
+EXTRA = ["tiny_shapes", "device_resident_reuse", "from_parts", "misaligned_out", "verify_false_still_checks",
+         "refuses_version_2"]
 CASES = (
     [f"roundtrip-{d}-{c}-{k}-{n}" for d, c, k, n in ROUNDTRIP]
     + [f"corrupt-{w}-{d}-{c}" for w, d, c in CORRUPTIONS]
@@ -201,8 +202,25 @@ def check_golden(name: str, device: str = "cuda") -> None:
     header = json.loads(_MANIFEST.read_text())[name]["header"]
     arrays = np.load(GOLDEN / "golden.npz")
     enc = EncodedTensor.from_parts(header, arrays[f"{name}.data"], arrays[f"{name}.index"], name=name)
+    if header["version"] >= 2:  # mode 4 has no CUDA decoder: refused (see extra-refuses_version_2)
+        check_refusal(enc, device)
+        return
     got = raw_bytes(decode_cuda(enc, device=device).cpu())
     assert np.array_equal(got, arrays[f"{name}.raw"]), f"golden {name} differs"
+
+
+def check_refusal(enc, device: str = "cuda") -> None:
+    """A version-2 stream (coder rans-ctx) is refused by name, pointing at the CPU decoder."""
+    from llmcomp_hf.codec.cuda import DeviceEncodedTensor, decode_cuda
+    from llmcomp_hf.errors import FormatError
+
+    for attempt in (lambda: decode_cuda(enc, device=device), lambda: DeviceEncodedTensor.from_encoded(enc, device)):
+        try:
+            attempt()
+        except FormatError as exc:
+            assert enc.name in str(exc) and "decode on the CPU" in str(exc) and "version 2" in str(exc), str(exc)
+            continue
+        raise AssertionError("the CUDA decoder accepted a version-2 stream")
 
 
 def check_extra(name: str, device: str = "cuda") -> None:
@@ -245,6 +263,8 @@ def check_extra(name: str, device: str = "cuda") -> None:
         except CorruptStreamError:
             return
         raise AssertionError("verify=False decode accepted an invalid code table")
+    elif name == "refuses_version_2":
+        check_refusal(encode(tensor_of("bfloat16", 600, "skewed", seed=7), coder="rans-ctx", block_size=256, name="ctx.weight"), device)
     else:
         raise ValueError(name)
 

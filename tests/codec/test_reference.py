@@ -14,7 +14,7 @@ from .helpers import DTYPE_NAMES, KINDS, assert_same_bits, tensor_of
 reference = pytest.importorskip("llmcomp_hf.codec.reference")
 
 BS = 256
-CODERS = ("huffman", "rans", "raw")
+CODERS = ("huffman", "rans", "raw", "rans-ctx")
 sizes = st.one_of(st.integers(0, 3), st.sampled_from([BS - 1, BS, BS + 1, 2 * BS, 2 * BS + 1]), st.integers(0, 3 * BS))
 cases = dict(dtype=st.sampled_from(DTYPE_NAMES), n=sizes, kind=st.sampled_from(KINDS),
              coder=st.sampled_from(CODERS), seed=st.integers(0, 2**32 - 1))

@@ -20,7 +20,7 @@ from . import spec
 from .helpers import DTYPE_NAMES, DTYPES, KINDS, SPECIALS, assert_same_bits, bits, from_bits, tensor_of
 
 BS = 256  # smallest legal block: keeps multi-block inputs tiny
-CODERS = ("huffman", "rans", "raw")
+CODERS = ("huffman", "rans", "raw", "rans-ctx")
 BOUNDARY_SIZES = [BS * m + d for m in (1, 2, 3, 4) for d in (-1, 0, 1)]
 
 sizes = st.one_of(st.integers(0, 3), st.sampled_from(BOUNDARY_SIZES), st.integers(0, 5 * BS + 7))

@@ -60,6 +60,9 @@ CASES: dict[str, tuple[Callable[[], torch.Tensor], str]] = {
     "bf16_raw": (lambda: _weights(300, torch.bfloat16, 7), "raw"),
     "fp32_empty": (lambda: torch.zeros(0, 4, dtype=torch.float32), "huffman"),
     "int64_scalar": (lambda: torch.tensor(-123456789012, dtype=torch.int64), "rans"),
+    # format version 2: mode-4 sections (group tables, references to them, own tables)
+    "bf16_ctx_rans_ctx": (lambda: _weights(1100, torch.bfloat16, 8).reshape(11, 100), "rans-ctx"),
+    "fp32_ctx_rans_ctx": (lambda: _weights(600, torch.float32, 9), "rans-ctx"),
 }
 
 
