@@ -260,6 +260,9 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
+CODERS = ("huffman", "rans", "rans-ctx")
+
+
 def run(quick: bool, reps: int, out: Path) -> list[Row]:
     import numba
     from llmcomp_hf.codec import decode, encode
@@ -270,15 +273,15 @@ def run(quick: bool, reps: int, out: Path) -> list[Row]:
     # (33 blocks > one encoder group of 16) for both word types (16-bit and 32-bit floats).
     for dtype in (torch.bfloat16, torch.float32):
         warm = torch.randn(33 * BLOCK).to(dtype)
-        for coder in ("huffman", "rans"):
+        for coder in CODERS:
             for th in (1, 2):
                 decode(encode(warm, coder=coder, threads=th), threads=th)
                 decode(encode(warm[:BLOCK], coder=coder, threads=th), threads=th)
     rows: list[Row] = []
     for dname, m in models.items():
         bound = bounds(m)
-        ours = [bench_ours(m, coder, th, reps) for coder in ("huffman", "rans") for th in (1, 2)]
-        ours += [bench_ours_batched(m, coder, 2, reps) for coder in ("huffman", "rans")]
+        ours = [bench_ours(m, coder, th, reps) for coder in CODERS for th in (1, 2)]
+        ours += [bench_ours_batched(m, coder, 2, reps) for coder in CODERS]
         for r in ours:
             r.gap_bits = (r.ratio - bound["planes, per tensor"]) * m.bits
         rows += ours

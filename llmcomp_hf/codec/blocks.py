@@ -243,13 +243,6 @@ def block_capacity(block_size: int, n_planes: int) -> int:
     return n_planes * (block_size + 5) + 16
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def encode_parallel(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, tmp, cap, sizes, csum, n_threads):
-    """encode_groups over ``n_threads`` threads, each taking every n-th group of blocks."""
-    for t in prange(n_threads):
-        encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, t, n_threads, tmp, cap, sizes, csum)
-
-
 @njit(cache=True, nogil=True)
 def compact(tmp, cap, sizes):
     """Concatenate the used part of every block slot: (data uint8, index int64)."""
