@@ -45,7 +45,6 @@ def skeleton(src: Path) -> Any:
 
 def lossy_selection(src: Path, shards: list[ShardInfo], config: CompressionConfig) -> set[str]:
     """Checkpoint keys of the weights the lossy stages apply to (the quantizer's selection for ``config``)."""
-    import transformers.quantizers.auto  # noqa: F401  first: importing it registers llmcomp, which imports _select
     from llmcomp_hf._select import select_weights
 
     model = skeleton(src)
