@@ -138,13 +138,16 @@ def _group_model(words, kind, numel, block_size, first_block, last_block, hist):
 
 
 @njit(cache=True, nogil=True)
-def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, out, pos, scratch, words) -> tuple[int, bool]:
+def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, out, pos, scratch, words,
+                      b, tab_block, tab_k, tab_freq, n_tab) -> tuple[int, bool, int, np.ndarray]:
     """Plane 0 of a float block under the rans coder: const, mode 3, mode 4 or raw, the smallest
     by estimate (integer costs, so the reference encoder takes the same decisions).
 
     ``ref`` > 0: block ``b - ref`` of the group holds the group tables (this block may point to
-    them); ``ref == 0``: none yet, and this block stores them if mode 4 with them wins. Returns
-    (section size, whether this block now holds the group tables).
+    them); ``ref == 0``: none yet, and this block stores them if mode 4 with them wins. The
+    ``n_tab`` earlier blocks ``tab_block[t]`` of the group that store tables (``tab_k[t]``,
+    ``tab_freq[t]``) may be pointed to as well. Returns (section size, whether this block now
+    holds the group tables, k of the own tables it now stores or -1, those tables).
     """
     plane = planes[0]
     counts = histogram(plane, n)
@@ -152,17 +155,18 @@ def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, ou
     for s in range(256):
         if counts[s] > 0:
             m += 1
+    own, own_k = gfreq, gk
     if m == 1:
         out[pos] = MODE_CONST
         out[pos + 1] = plane[0]
-        return 2, False
+        return 2, False, -1, own
     unit = 8 * rans_ctx.COST_ONE
     freq3 = rans_frequencies(counts, n)
     best = (5 + BITMAP_BYTES + 2 * m + 16) * unit
     for s in range(256):
         if counts[s] > 0:
             best += counts[s] * rans_ctx.COST[freq3[s]]
-    choice = 0  # 0 mode 3, 1 group tables, 2 own tables
+    choice = 0  # 0 mode 3, 1 group tables, 2 own tables, 3 an earlier block's tables
     bc = rans_ctx.fold(hist, gk)
     if gk >= 0:
         c = rans_ctx.cost(bc, gfreq) + (5 + 1 + 16) * unit
@@ -170,7 +174,6 @@ def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, ou
             c += rans_ctx.table_bytes(gfreq, gpresent) * unit
         if c < best:
             best, choice = c, 1
-    own, own_k = gfreq, gk
     if gk >= 0 and ref > 0:  # the block's own tables, with its best k
         for k in range(rans_ctx.ENCODER_MAX_CTX_BITS + 1):
             ck = rans_ctx.fold(hist, k)
@@ -178,23 +181,35 @@ def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, ou
             c = rans_ctx.cost(ck, fk) + (5 + 1 + 16 + rans_ctx.table_bytes(fk, counts)) * unit
             if c < best:
                 best, choice, own, own_k = c, 2, fk, k
+    pick = -1
+    if gk >= 0:
+        for t in range(n_tab):
+            tk = tab_k[t]
+            ct = rans_ctx.cost_if_codable(rans_ctx.fold(hist, tk), tab_freq[t, : 1 << tk])
+            if ct >= 0 and ct + (5 + 1 + 16) * unit < best:
+                best, choice, pick = ct + (5 + 1 + 16) * unit, 3, t
     if choice == 0:
         size = rans.encode_section(plane, n, counts, freq3, scratch, 0, words)
         mode = MODE_RANS
     elif choice == 1:
         size = rans_ctx.encode_payload(plane, planes[1], n, gk, gfreq, ref, gpresent, scratch, 0, words)
         mode = MODE_RANS_CTX
-    else:
+    elif choice == 2:
         size = rans_ctx.encode_payload(plane, planes[1], n, own_k, own, 0, counts, scratch, 0, words)
+        mode = MODE_RANS_CTX
+    else:
+        tk = tab_k[pick]
+        size = rans_ctx.encode_payload(plane, planes[1], n, tk, tab_freq[pick, : 1 << tk], b - tab_block[pick], counts,
+                                       scratch, 0, words)
         mode = MODE_RANS_CTX
     if size < max_payload:
         out[pos] = mode
         _put_u32(out, pos + 1, size)
         out[pos + 5 : pos + 5 + size] = scratch[:size]
-        return size + 5, choice == 1 and ref == 0
+        return size + 5, choice == 1 and ref == 0, own_k if choice == 2 else -1, own
     out[pos] = MODE_RAW
     out[pos + 1 : pos + 1 + n] = plane[:n]
-    return n + 1, False
+    return n + 1, False, -1, own
 
 
 @njit(cache=True, nogil=True)
@@ -210,12 +225,16 @@ def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, kee
     if coder == MODE_RANS_CTX:  # every other plane (and every plane of a non-float) as with rans
         coder = MODE_RANS
     hist = np.zeros((GROUP if with_ctx else 1, rans_ctx.N_CTX, 256), np.int64)
+    tab_block = np.zeros(GROUP, np.int64)  # blocks of the group that store their own tables
+    tab_k = np.zeros(GROUP, np.int64)
+    tab_freq = np.zeros((GROUP, rans_ctx.N_CTX, 256), np.int64)
     for g in range(first, (n_blocks + GROUP - 1) // GROUP, step):
         prev_ok[:] = False
         g_end = min(g * GROUP + GROUP, n_blocks)
         owner, gk = -1, -1
         gfreq = np.zeros((1, 256), np.int64)
         gpresent = np.zeros(256, np.int64)
+        n_tab = 0
         if with_ctx:
             gk, gfreq, gpresent = _group_model(words, kind, numel, block_size, g * GROUP, g_end, hist)
         for b in range(g * GROUP, g_end):
@@ -226,10 +245,15 @@ def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, kee
             max_payload = (n * keep_num) // 1024
             p_first = 0
             if with_ctx:
-                size, owns = encode_plane0_ctx(planes, n, hist[b - g * GROUP], gk, gfreq, gpresent,
-                                               0 if owner < 0 else b - owner, max_payload, tmp, pos, scratch, wbuf)
+                size, owns, own_k, own = encode_plane0_ctx(planes, n, hist[b - g * GROUP], gk, gfreq, gpresent,
+                                                           0 if owner < 0 else b - owner, max_payload, tmp, pos, scratch,
+                                                           wbuf, b, tab_block, tab_k, tab_freq, n_tab)
                 if owns:
                     owner = b
+                if own_k >= 0:  # later blocks of the group may point to these tables
+                    tab_block[n_tab], tab_k[n_tab] = b, own_k
+                    tab_freq[n_tab, : 1 << own_k] = own
+                    n_tab += 1
                 pos += size
                 p_first = 1
             for p in range(p_first, n_planes):

@@ -2,8 +2,9 @@
 
 The table of element ``i`` is chosen by the top ``k`` mantissa bits of its plane-1 byte
 (``ctx = (p1 >> (7 - k)) & (2**k - 1)``), so the decoder needs plane 1 first. Tables are stored
-compactly (one shared symbol bitmap, 1-2 byte frequencies) and a section may instead refer to the
-tables of an earlier block of its group of 16. Lanes, renormalisation and checks are mode 3's.
+compactly (exp-Golomb codes over the span of present symbols, one frequency position implied by
+the sum of 4096) and a section may instead refer to the tables of an earlier block of its group of
+16. Lanes, renormalisation and checks are mode 3's; final states below 2**24 take 3 bytes.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ MAX_CTX_BITS = 3  # the format's limit
 ENCODER_MAX_CTX_BITS = 3  # rans-ctx is opt-in: the best ratio, decode ~20% slower than k <= 1
 N_CTX = 1 << MAX_CTX_BITS
 RANS_L = 1 << 16
+STATE3_LIMIT = 1 << 24  # final states below this are stored in 3 bytes
 SLOT_MASK = RANS_SCALE - 1
 ERR_TRUNCATED, ERR_TABLE, ERR_STREAM = -1, -2, -3
 MAX_ORDER = 12  # largest exp-Golomb order of the table codes
 MAX_ZEROS = 13  # longest zero prefix of a table code (values < 2**14)
-TABLE_HEAD = 4  # k, first symbol, symbol count - 1, the two exp-Golomb orders
+MAX_SKIP = 64  # the implied frequency's position (6 bits of the first head byte)
+TABLE_HEAD = 4  # k | skip << 2, first symbol, symbol count - 1, the two exp-Golomb orders
 TABLE_MAX_BYTES = TABLE_HEAD + (N_CTX * 256 * (2 * MAX_ZEROS + 1 + MAX_ORDER) + 7) // 8
 MEMO_BYTES = 2 + TABLE_MAX_BYTES  # u16 length + the bytes of the tables now built
 COST_ONE = 1 << 16  # fixed-point unit of the cost estimates (1 bit)
@@ -151,35 +154,44 @@ def _zigzag(d: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _orders(freq: np.ndarray, lo: int, m: int) -> tuple[int, int, int]:
-    """(r0, r1, bits): the exp-Golomb orders of context 0 and of the deltas that need the fewest
-    bits (ties: smallest order), and that number of bits."""
+def _orders(freq: np.ndarray, lo: int, m: int) -> tuple[int, int, int, int]:
+    """(skip, r0, r1, bits): the position (< MAX_SKIP) whose frequencies are left implied, the
+    exp-Golomb orders of context 0 and of the deltas, and the bits of the codes; the fewest bits
+    (ties: smallest skip, then smallest orders)."""
     n_ctx = freq.shape[0]
-    best0, r0 = -1, 0
+    b0 = np.zeros((MAX_ORDER + 1, m), np.int64)  # bits of position j's code(s) at order r
+    b1 = np.zeros((MAX_ORDER + 1, m), np.int64)
     for r in range(MAX_ORDER + 1):
-        t = 0
-        for j in range(lo, lo + m):
-            t += _eg_bits(freq[0, j], r)
-        if best0 < 0 or t < best0:
-            best0, r0 = t, r
-    best1, r1 = 0, 0
-    if n_ctx > 1:
-        best1 = -1
-        for r in range(MAX_ORDER + 1):
-            t = 0
+        for j in range(m):
+            b0[r, j] = _eg_bits(freq[0, lo + j], r)
             for c in range(1, n_ctx):
-                for j in range(lo, lo + m):
-                    t += _eg_bits(_zigzag(freq[c, j] - freq[c - 1, j]), r)
-            if best1 < 0 or t < best1:
-                best1, r1 = t, r
-    return r0, r1, best0 + best1
+                b1[r, j] += _eg_bits(_zigzag(freq[c, lo + j] - freq[c - 1, lo + j]), r)
+    t0 = b0.sum(axis=1)
+    t1 = b1.sum(axis=1)
+    best, skip, r0, r1 = -1, 0, 0, 0
+    for j in range(min(m, MAX_SKIP)):
+        c0, q0 = -1, 0
+        for r in range(MAX_ORDER + 1):
+            t = t0[r] - b0[r, j]
+            if c0 < 0 or t < c0:
+                c0, q0 = t, r
+        c1, q1 = 0, 0
+        if n_ctx > 1:
+            c1 = -1
+            for r in range(MAX_ORDER + 1):
+                t = t1[r] - b1[r, j]
+                if c1 < 0 or t < c1:
+                    c1, q1 = t, r
+        if best < 0 or c0 + c1 < best:
+            best, skip, r0, r1 = c0 + c1, j, q0, q1
+    return skip, r0, r1, best
 
 
 @njit(cache=True, nogil=True)
 def table_bytes(freq: np.ndarray, present: np.ndarray) -> int:
     """Stored size of the tables (docs/format.md, mode 4): 4 bytes, then the bit-packed frequencies."""
     lo, m = _span(present)
-    return TABLE_HEAD + (_orders(freq, lo, m)[2] + 7) // 8
+    return TABLE_HEAD + (_orders(freq, lo, m)[3] + 7) // 8
 
 
 @njit(cache=True, nogil=True)
@@ -194,12 +206,25 @@ def cost(counts: np.ndarray, freq: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
+def cost_if_codable(counts: np.ndarray, freq: np.ndarray) -> int:
+    """``cost(counts, freq)``, or -1 when a symbol with a count has frequency 0 in its context."""
+    total = 0
+    for c in range(counts.shape[0]):
+        for s in range(256):
+            if counts[c, s] > 0:
+                if freq[c, s] == 0:
+                    return -1
+                total += counts[c, s] * COST[freq[c, s]]
+    return total
+
+
+@njit(cache=True, nogil=True)
 def write_tables(freq: np.ndarray, k: int, present: np.ndarray, out: np.ndarray, pos: int) -> int:
     """Write the tables of ``freq`` (symbols: the range spanned by ``present``) at ``out[pos]``;
     return the new pos."""
     lo, m = _span(present)
-    r0, r1, _ = _orders(freq, lo, m)
-    out[pos] = k
+    skip, r0, r1, _ = _orders(freq, lo, m)
+    out[pos] = k | (skip << 2)
     out[pos + 1] = lo
     out[pos + 2] = m - 1
     out[pos + 3] = r0 | (r1 << 4)
@@ -208,6 +233,8 @@ def write_tables(freq: np.ndarray, k: int, present: np.ndarray, out: np.ndarray,
     for c in range(1 << k):
         r = r0 if c == 0 else r1
         for j in range(lo, lo + m):
+            if j == lo + skip:
+                continue
             v = freq[0, j] if c == 0 else _zigzag(freq[c, j] - freq[c - 1, j])
             u = (v >> r) + 1
             nb = 0
@@ -234,7 +261,8 @@ def write_tables(freq: np.ndarray, k: int, present: np.ndarray, out: np.ndarray,
 @njit(cache=True, nogil=True)
 def encode_payload(p0: np.ndarray, p1: np.ndarray, n: int, k: int, freq: np.ndarray, ref: int, present: np.ndarray,
                    out: np.ndarray, pos: int, words: np.ndarray) -> int:
-    """Write a mode-4 payload at ``out[pos]``: ref byte, tables when ``ref == 0``, states, words.
+    """Write a mode-4 payload at ``out[pos]``: ref byte (ref | short-state flags << 4), tables when
+    ``ref == 0``, states (3 or 4 bytes each), words.
 
     ``words`` is scratch of >= n+8 u16. Returns the payload length.
     """
@@ -264,10 +292,14 @@ def encode_payload(p0: np.ndarray, p1: np.ndarray, n: int, k: int, freq: np.ndar
             words[w] = xi & 0xFFFF
             xi >>= 16
         x[lane] = ((xi // f) << RANS_SCALE_BITS) + (xi % f) + cum[c, s]
-    for lane in range(4):
-        for b in range(4):
-            out[pos + 4 * lane + b] = (x[lane] >> (8 * b)) & 0xFF
-    pos += 16
+    for lane in range(4):  # a state below 2**24 takes 3 bytes, flagged in bit 4 + lane of the ref byte
+        nb = 4
+        if x[lane] < STATE3_LIMIT:
+            nb = 3
+            out[start] |= 1 << (4 + lane)
+        for b in range(nb):
+            out[pos + b] = (x[lane] >> (8 * b)) & 0xFF
+        pos += nb
     for i in range(w, words.shape[0]):
         out[pos] = words[i] & 0xFF
         out[pos + 1] = words[i] >> 8
@@ -284,13 +316,13 @@ def table_span(data: np.ndarray, index: np.ndarray, b: int, pos: int, end: int) 
     """
     if pos >= end:
         return ERR_TRUNCATED, 0
-    ref = np.int64(data[pos])
+    ref = np.int64(data[pos] & 15)
     if ref == 0:
         return pos + 1, end
     if ref > b % 16:
         return ERR_TABLE, 0
     lo, hi = index[b - ref], index[b - ref + 1]
-    if lo + 6 > hi or data[lo] != 4 or data[lo + 5] != 0:
+    if lo + 6 > hi or data[lo] != 4 or data[lo + 5] & 15 != 0:
         return ERR_TABLE, 0
     size = np.int64(data[lo + 1]) | (np.int64(data[lo + 2]) << 8) | (np.int64(data[lo + 3]) << 16) | (np.int64(data[lo + 4]) << 24)
     if lo + 5 + size > hi:
@@ -337,12 +369,13 @@ def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: 
                 same = False
                 break
         if same:
-            return pos + known, np.int64(data[pos])
+            return pos + known, np.int64(data[pos] & 3)
     if pos + TABLE_HEAD > end:
         return ERR_TRUNCATED, 0
-    k, lo, m = np.int64(data[pos]), np.int64(data[pos + 1]), np.int64(data[pos + 2]) + 1
+    k, skip = np.int64(data[pos] & 3), np.int64(data[pos] >> 2)
+    lo, m = np.int64(data[pos + 1]), np.int64(data[pos + 2]) + 1
     r0, r1 = np.int64(data[pos + 3] & 15), np.int64(data[pos + 3] >> 4)
-    if k > MAX_CTX_BITS or m < 2 or lo + m > 256 or r0 > MAX_ORDER or r1 > MAX_ORDER or (k == 0 and r1 != 0):
+    if skip >= m or lo + m > 256 or r0 > MAX_ORDER or r1 > MAX_ORDER or (k == 0 and r1 != 0):
         return ERR_TABLE, 0
     memo[0] = 0
     memo[1] = 0
@@ -350,21 +383,28 @@ def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: 
     bit = 0
     prev = np.zeros(256, np.int64)
     for c in range(1 << k):
-        cum = 0
-        base = c << RANS_SCALE_BITS
+        total = 0
         for j in range(m):
+            if j == skip:
+                continue
             v, bit = _read_code(data, q, end, bit, r0 if c == 0 else r1)
             if v < 0:
                 return v, 0
             f = v if c == 0 else prev[j] + ((v >> 1) if v & 1 == 0 else -((v + 1) >> 1))
-            if f < 0 or f >= RANS_SCALE or cum + f > RANS_SCALE:
+            if f < 0 or f >= RANS_SCALE:
                 return ERR_TABLE, 0
             prev[j] = f
+            total += f
+        if total < 1 or total > RANS_SCALE:  # the implied frequency must be in 0..4095
+            return ERR_TABLE, 0
+        prev[skip] = RANS_SCALE - total
+        cum = 0
+        base = c << RANS_SCALE_BITS
+        for j in range(m):
+            f = prev[j]
             if f:
                 slots[base + cum : base + cum + f] = np.uint32((lo + j) | (f << 8) | (cum << 20))
             cum += f
-        if cum != RANS_SCALE:
-            return ERR_TABLE, 0
     q += (bit + 7) >> 3
     if bit & 7 and data[q - 1] >> (bit & 7):  # padding bits must be zero
         return ERR_TABLE, 0
@@ -376,8 +416,15 @@ def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: 
 
 
 @njit(cache=True, nogil=True)
-def _read_state(data, pos):
-    return np.int64(data[pos]) | (np.int64(data[pos + 1]) << 8) | (np.int64(data[pos + 2]) << 16) | (np.int64(data[pos + 3]) << 24)
+def _read_state(data, pos, nb):
+    """Lane state of ``nb`` (3 or 4) bytes at ``data[pos]``; -1 when not canonical (a 4-byte state
+    must be >= 2**24: smaller ones take 3 bytes)."""
+    x = np.int64(data[pos]) | (np.int64(data[pos + 1]) << 8) | (np.int64(data[pos + 2]) << 16)
+    if nb == 4:
+        x |= np.int64(data[pos + 3]) << 24
+        if x < STATE3_LIMIT:
+            return -1
+    return x
 
 
 @njit(cache=True, nogil=True)
@@ -393,18 +440,24 @@ def decode_payload(data: np.ndarray, index: np.ndarray, b: int, pos: int, end: i
     t_end, k = build_tables(data, t_lo, t_hi, slots, memo)
     if t_end < 0:
         return t_end
-    if data[pos] != 0:  # tables of an earlier block: only the ref byte precedes the states
+    flags = np.int64(data[pos] >> 4)  # lane j's state has 3 bytes when bit j is set
+    if data[pos] & 15 != 0:  # tables of an earlier block: only the ref byte precedes the states
         t_end = pos + 1
     pos = t_end
-    if pos + 16 > end or (end - pos) & 1:
+    n0, n1, n2, n3 = 4 - (flags & 1), 4 - ((flags >> 1) & 1), 4 - ((flags >> 2) & 1), 4 - (flags >> 3)
+    sb = n0 + n1 + n2 + n3
+    if pos + sb > end or (end - pos - sb) & 1:
         return ERR_TRUNCATED
     # (ctx << 12) straight from the plane-1 byte: keep its top k mantissa bits, move them up.
     cmask = np.int64(((1 << k) - 1) << (7 - k))
     cshift = np.int64(5 + k)
-    x0, x1, x2, x3 = _read_state(data, pos), _read_state(data, pos + 4), _read_state(data, pos + 8), _read_state(data, pos + 12)
+    x0 = _read_state(data, pos, n0)
+    x1 = _read_state(data, pos + n0, n1)
+    x2 = _read_state(data, pos + n0 + n1, n2)
+    x3 = _read_state(data, pos + n0 + n1 + n2, n3)
     if x0 < RANS_L or x1 < RANS_L or x2 < RANS_L or x3 < RANS_L:
         return ERR_STREAM
-    wp = pos + 16
+    wp = pos + sb
     i = 0
     while i < n:
         e = np.int64(slots[((np.int64(ctx[i]) & cmask) << cshift) | (x0 & SLOT_MASK)])

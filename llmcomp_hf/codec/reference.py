@@ -147,17 +147,24 @@ def _zigzag(d: int) -> int:
 
 
 def _ctx_tables(freq: np.ndarray, k: int, present: np.ndarray) -> bytes:
-    """Mode-4 tables: k, first symbol, count-1, orders, bit-packed exp-Golomb codes (LSB first)."""
+    """Mode-4 tables: k | skip << 2, first symbol, count-1, orders, bit-packed exp-Golomb codes
+    (LSB first) of every frequency but those at position ``skip`` (implied by the sum of 4096)."""
     syms = np.flatnonzero(present)
     lo, m = int(syms[0]), int(syms[-1] - syms[0] + 1)
-    vals0 = [int(freq[0, lo + j]) for j in range(m)]
-    deltas = [_zigzag(int(freq[c, lo + j] - freq[c - 1, lo + j])) for c in range(1, 1 << k) for j in range(m)]
-    r0 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in vals0), r))
-    r1 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in deltas), r)) if deltas else 0
-    bits = "".join(_eg(v, r0) for v in vals0) + "".join(_eg(v, r1) for v in deltas)
+    best = None
+    for skip in range(min(m, 64)):
+        js = [j for j in range(m) if j != skip]
+        vals0 = [int(freq[0, lo + j]) for j in js]
+        deltas = [_zigzag(int(freq[c, lo + j] - freq[c - 1, lo + j])) for c in range(1, 1 << k) for j in js]
+        r0 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in vals0), r))
+        r1 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in deltas), r)) if deltas else 0
+        bits = "".join(_eg(v, r0) for v in vals0) + "".join(_eg(v, r1) for v in deltas)
+        if best is None or len(bits) < len(best[0]):
+            best = (bits, skip, r0, r1)
+    bits, skip, r0, r1 = best
     bits += "0" * (-len(bits) % 8)
     codes = bytes(int(bits[i:i + 8][::-1], 2) for i in range(0, len(bits), 8))
-    return bytes([k, lo, m - 1, r0 | (r1 << 4)]) + codes
+    return bytes([k | (skip << 2), lo, m - 1, r0 | (r1 << 4)]) + codes
 
 
 def _rans_ctx_payload(p0: np.ndarray, p1: np.ndarray, k: int, freq: np.ndarray, ref: int, present: np.ndarray) -> bytes:
@@ -170,8 +177,10 @@ def _rans_ctx_payload(p0: np.ndarray, p1: np.ndarray, k: int, freq: np.ndarray, 
             words.append(x[lane] & 0xFFFF)
             x[lane] >>= 16
         x[lane] = ((x[lane] // f) << 12) + x[lane] % f + int(cum[c, s])
-    head = bytes([ref]) + (_ctx_tables(freq, k, present) if ref == 0 else b"")
-    return head + b"".join(v.to_bytes(4, "little") for v in x) + b"".join(w.to_bytes(2, "little") for w in reversed(words))
+    flags = sum(1 << (4 + j) for j in range(4) if x[j] < 1 << 24)  # these states take 3 bytes
+    head = bytes([ref | flags]) + (_ctx_tables(freq, k, present) if ref == 0 else b"")
+    states = b"".join(v.to_bytes(3 if v < 1 << 24 else 4, "little") for v in x)
+    return head + states + b"".join(w.to_bytes(2, "little") for w in reversed(words))
 
 
 def _ctx_hist(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
@@ -197,15 +206,17 @@ def _group_model(hists: list[np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
     return best[1], best[2], present
 
 
-def _plane0_ctx(p0, p1, hist, gk, gfreq, gpresent, ref, keep_num) -> tuple[bytes, bool]:
-    """Plane 0 under rans-ctx: const, mode 3, mode 4 (group or own tables) or raw, by estimated cost."""
+def _plane0_ctx(p0, p1, hist, gk, gfreq, gpresent, ref, keep_num, b, tabs) -> tuple[bytes, bool, tuple[int, int, np.ndarray] | None]:
+    """Plane 0 under rans-ctx: const, mode 3, mode 4 (group tables, own tables or those of an
+    earlier block ``tabs[t] = (block, k, freq)`` of the group) or raw, by estimated cost. Returns
+    (section, whether it now holds the group tables, the own tables it stores or None)."""
     counts = np.bincount(p0, minlength=256).astype(np.int64)
     m = int(np.count_nonzero(counts))
     if m == 1:
-        return bytes([1, int(p0[0])]), False
+        return bytes([1, int(p0[0])]), False, None
     unit, cost = 8 * rans_ctx.COST_ONE, rans_ctx.COST
     freq3 = models.rans_frequencies.py_func(counts, p0.size)
-    best, choice, own, own_k = (5 + 32 + 2 * m + 16) * unit + int((counts * cost[freq3]).sum()), 0, None, gk
+    best, choice, own, own_k, pick = (5 + 32 + 2 * m + 16) * unit + int((counts * cost[freq3]).sum()), 0, None, gk, None
     if gk >= 0:
         bc = rans_ctx.fold.py_func(hist, gk)
         c = rans_ctx.cost.py_func(bc, gfreq) + (5 + 1 + 16) * unit
@@ -220,15 +231,26 @@ def _plane0_ctx(p0, p1, hist, gk, gfreq, gpresent, ref, keep_num) -> tuple[bytes
             c = rans_ctx.cost.py_func(ck, fk) + (5 + 1 + 16 + rans_ctx.table_bytes.py_func(fk, counts)) * unit
             if c < best:
                 best, choice, own, own_k = c, 2, fk, k
+    if gk >= 0:
+        for t in tabs:
+            ck = rans_ctx.fold.py_func(hist, t[1])
+            if (t[2][ck > 0] == 0).any():  # a symbol the tables cannot code
+                continue
+            c = int((ck * cost[t[2]]).sum()) + (5 + 1 + 16) * unit
+            if c < best:
+                best, choice, pick = c, 3, t
     if choice == 0:
         payload, mode = _rans_payload(p0, counts), 3
     elif choice == 1:
         payload, mode = _rans_ctx_payload(p0, p1, gk, gfreq, ref, gpresent), 4
-    else:
+    elif choice == 2:
         payload, mode = _rans_ctx_payload(p0, p1, own_k, own, 0, counts), 4
+    else:
+        payload, mode = _rans_ctx_payload(p0, p1, pick[1], pick[2], b - pick[0], counts), 4
     if len(payload) < p0.size * keep_num // 1024:
-        return bytes([mode]) + len(payload).to_bytes(4, "little") + payload, choice == 1 and ref == 0
-    return bytes([0]) + p0.tobytes(), False
+        section = bytes([mode]) + len(payload).to_bytes(4, "little") + payload
+        return section, choice == 1 and ref == 0, (b, own_k, own) if choice == 2 else None
+    return bytes([0]) + p0.tobytes(), False, None
 
 
 def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFAULT_BLOCK_SIZE, name: str | None = None, min_gain: float | None = None) -> EncodedTensor:
@@ -248,13 +270,15 @@ def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFA
                 parts = [planes[:, g * block_size:(g + 1) * block_size] for g in range(b, min(b + GROUP, n_blocks))]
                 hists = [_ctx_hist(q[0], q[1]) for q in parts]
                 gk, gfreq, gpresent = _group_model(hists)
-                owner = -1
+                owner, tabs = -1, []
         part = planes[:, b * block_size : (b + 1) * block_size]
         first, head = 0, b""
         if with_ctx:
-            head, owns = _plane0_ctx(part[0], part[1], hists[b % GROUP], gk, gfreq, gpresent,
-                                     0 if owner < 0 else b - owner, keep_num)
+            head, owns, stored = _plane0_ctx(part[0], part[1], hists[b % GROUP], gk, gfreq, gpresent,
+                                             0 if owner < 0 else b - owner, keep_num, b, tabs)
             owner = b if owns else owner
+            if stored is not None:
+                tabs.append(stored)
             first = 1
         blocks.append(head + b"".join(_section(part[p], plane_coder, keep_num, prev[p]) for p in range(first, planes.shape[0])))
     index = np.concatenate([[0], np.cumsum([len(b) for b in blocks], dtype=np.int64)]).astype(np.int64)
@@ -331,9 +355,9 @@ def _decode_rans(payload: _Reader, n: int, name: str | None) -> np.ndarray:
 def _read_ctx_tables(payload: _Reader, name: str | None) -> tuple[int, np.ndarray]:
     """Parse mode-4 tables (k, first symbol, count-1, orders, exp-Golomb codes) into freq[2**k, 256]."""
     bad = CorruptStreamError(f"invalid code table (tensor {name!r})")
-    k, lo, m1, orders = payload.take(4)
-    m, r0, r1 = m1 + 1, orders & 15, orders >> 4
-    if k > 3 or lo + m > 256 or r0 > 12 or r1 > 12 or (k == 0 and r1):
+    head, lo, m1, orders = payload.take(4)
+    k, skip, m, r0, r1 = head & 3, head >> 2, m1 + 1, orders & 15, orders >> 4
+    if skip >= m or lo + m > 256 or r0 > 12 or r1 > 12 or (k == 0 and r1):
         raise bad
     start, bit = payload.pos, 0
 
@@ -349,6 +373,8 @@ def _read_ctx_tables(payload: _Reader, name: str | None) -> tuple[int, np.ndarra
     for c in range(1 << k):
         r = r0 if c == 0 else r1
         for j in range(m):
+            if j == skip:
+                continue
             z = 0
             while not read_bit():
                 z += 1
@@ -364,18 +390,22 @@ def _read_ctx_tables(payload: _Reader, name: str | None) -> tuple[int, np.ndarra
             if not 0 <= f < 4096:
                 raise bad
             freq[c, lo + j] = f
-        if freq[c].sum() != 4096:
+        implied = 4096 - int(freq[c].sum())
+        if not 0 <= implied < 4096:
             raise bad
+        freq[c, lo + skip] = implied
     last = payload.take(-(-bit // 8))
     if bit & 7 and last[-1] >> (bit & 7):
         raise bad
     return k, freq
 
 
-def _decode_rans_ctx(payload: _Reader, n: int, tables: tuple[int, np.ndarray], p1: np.ndarray, name: str | None) -> np.ndarray:
-    k, freq = tables
+def _decode_rans_ctx(payload: _Reader, n: int, tables: tuple[int, np.ndarray, int], p1: np.ndarray, name: str | None) -> np.ndarray:
+    k, freq, short = tables  # bit j of short: lane j's state has 3 bytes (else 4, and >= 2**24)
     cum = np.concatenate([np.zeros((freq.shape[0], 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]], axis=1)
-    x = [int.from_bytes(payload.take(4), "little") for _ in range(4)]
+    x = [int.from_bytes(payload.take(3 if short >> j & 1 else 4), "little") for j in range(4)]
+    if any(v < 1 << 16 or (v < 1 << 24 and not short >> j & 1) for j, v in enumerate(x)):
+        raise CorruptStreamError(f"entropy-coded stream does not decode to its exact length (tensor {name!r})")
     out = np.empty(n, np.uint8)
     for i in range(n):
         lane, c = i & 3, (int(p1[i]) >> (7 - k)) & ((1 << k) - 1)
@@ -407,12 +437,13 @@ def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
             mode = block.take(1)[0]
             if mode == 4 and p == 0 and enc.header["version"] >= 2 and enc.dtype in ("bfloat16", "float16", "float32"):
                 ctx_payload = _Reader(block.take(int.from_bytes(block.take(4), "little")), enc.name)
-                ref = ctx_payload.take(1)[0]
+                ref_byte = ctx_payload.take(1)[0]
+                ref, short = ref_byte & 15, ref_byte >> 4
                 if ref == 0:
                     tables[b] = _read_ctx_tables(ctx_payload, enc.name)
                 elif ref > b % GROUP or (b - ref) not in tables:
                     raise CorruptStreamError(f"invalid code table (tensor {enc.name!r})")
-                ctx_tables = tables[b - ref]
+                ctx_tables = tables[b - ref] + (short,)
                 continue
             if mode == 0:
                 plane = np.frombuffer(block.take(n), np.uint8)

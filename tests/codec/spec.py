@@ -220,21 +220,26 @@ def _exp_golomb(bitv: np.ndarray, p: int, r: int, w: str) -> tuple[int, int]:
 
 
 def _ctx_tables(payload: _Reader, sec: Section) -> tuple[int, np.ndarray]:
-    """Mode-4 tables: k, first symbol, count-1, orders (r0 | r1 << 4), then the bit-packed codes."""
+    """Mode-4 tables: k | skip << 2, first symbol, count-1, orders (r0 | r1 << 4), then the bit-packed
+    codes of every frequency except those at position ``skip`` (4096 minus the others)."""
     w = payload.where
     at, head = payload.take(4)
     sec.fields["ctx_head"] = (at, 4)
-    k, lo, m, r0, r1 = int(head[0]), int(head[1]), int(head[2]) + 1, int(head[3]) & 15, int(head[3]) >> 4
-    _check(k <= 3 and m >= 2 and lo + m <= 256 and r0 <= 12 and r1 <= 12 and (k > 0 or r1 == 0), f"{w}: mode-4 table head {head.tolist()}")
+    k, skip, lo, m = int(head[0]) & 3, int(head[0]) >> 2, int(head[1]), int(head[2]) + 1
+    r0, r1 = int(head[3]) & 15, int(head[3]) >> 4
+    _check(skip < m and lo + m <= 256 and r0 <= 12 and r1 <= 12 and (k > 0 or r1 == 0), f"{w}: mode-4 table head {head.tolist()}")
     bitv = np.unpackbits(payload.data[payload.pos:payload.end], bitorder="little")
     freq = np.zeros((1 << k, 256), np.int64)
     p = 0
     for c in range(1 << k):
         for j in range(m):
+            if j == skip:
+                continue
             v, p = _exp_golomb(bitv, p, r0 if c == 0 else r1, w)
             freq[c, lo + j] = v if c == 0 else freq[c - 1, lo + j] + (v // 2 if v % 2 == 0 else -(v + 1) // 2)
             _check(0 <= freq[c, lo + j] < 4096, f"{w}: mode-4 frequency {int(freq[c, lo + j])} of context {c}")
-        _check(int(freq[c].sum()) == 4096, f"{w}: mode-4 context {c} frequencies sum to {int(freq[c].sum())}")
+        freq[c, lo + skip] = 4096 - int(freq[c].sum())
+        _check(0 <= freq[c, lo + skip] < 4096, f"{w}: mode-4 context {c}: implied frequency {int(freq[c, lo + skip])}")
     nbytes = -(-p // 8)
     _check(not bitv[p:8 * nbytes].any(), f"{w}: mode-4 table padding bits are not zero")
     at, _ = payload.take(nbytes)
@@ -242,14 +247,22 @@ def _ctx_tables(payload: _Reader, sec: Section) -> tuple[int, np.ndarray]:
     return k, freq
 
 
-def _decode_rans_ctx(payload: _Reader, n: int, sec: Section, tables: tuple[int, np.ndarray], ctx_plane: np.ndarray) -> np.ndarray:
-    """Mode 4 after its ref byte (and tables): mode 3's decoder with the table of each element's context."""
+def _decode_rans_ctx(payload: _Reader, n: int, sec: Section, tables: tuple[int, np.ndarray], ctx_plane: np.ndarray,
+                    short: int) -> np.ndarray:
+    """Mode 4 after its ref byte (and tables): mode 3's decoder with the table of each element's context.
+
+    Lane ``j``'s state takes 3 bytes when bit ``j`` of ``short`` (the ref byte's high nibble) is set,
+    else 4 bytes and then it must be >= 2**24."""
     w = payload.where
     k, freq = tables
     cum = np.concatenate([np.zeros((freq.shape[0], 1), np.int64), np.cumsum(freq, axis=1)], axis=1)
-    at, sb = payload.take(16)
-    sec.fields["states"] = (at, 16)
-    x = [int(v) for v in sb.view("<u4")]
+    sizes = [3 if short >> j & 1 else 4 for j in range(4)]
+    at, sb = payload.take(sum(sizes))
+    sec.fields["states"] = (at, sum(sizes))
+    offs = np.cumsum([0] + sizes)
+    x = [int.from_bytes(sb[offs[j]:offs[j + 1]].tobytes(), "little") for j in range(4)]
+    for j in range(4):
+        _check(x[j] >= 1 << (16 if sizes[j] == 3 else 24), f"{w}: lane {j} state {x[j]} in {sizes[j]} bytes")
     rest = payload.end - payload.pos
     _check(rest % 2 == 0, f"{w}: rANS word stream has odd length {rest}")
     at, wb = payload.take(rest)
@@ -301,7 +314,7 @@ def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int
         _check(payload.end <= block_end, f"{where}: payload length {size} runs past the block")
         at, ref = payload.take(1)
         sec.fields["ref"] = (at, 1)
-        if int(ref[0]) == 0:
+        if int(ref[0]) & 15 == 0:
             sec.tables = _ctx_tables(payload, sec)
         sec.symbols = None  # decoded by parse() once plane 1 is known
         sec.payload = payload  # type: ignore[attr-defined]
@@ -349,13 +362,14 @@ def parse(header: dict, data: np.ndarray, index: np.ndarray) -> list[list[Sectio
             pos = sec.end
         _check(pos == end, f"block {b}: sections end at {pos}, block ends at {end}")
         if secs[0].mode == RANS_CTX:
-            ref = int(data[secs[0].fields["ref"][0]])
+            ref = int(data[secs[0].fields["ref"][0]]) & 15
             tables = secs[0].tables
             if ref:
                 _check(ref <= b % 16, f"block {b}: mode-4 ref {ref} leaves the group of 16 blocks")
                 tables = blocks[b - ref][0].tables
                 _check(tables is not None, f"block {b}: mode-4 ref {ref} names a block without its own tables")
-            secs[0].symbols = _decode_rans_ctx(secs[0].payload, n, secs[0], tables, secs[1].symbols)  # type: ignore[attr-defined]
+            short = int(data[secs[0].fields["ref"][0]]) >> 4
+            secs[0].symbols = _decode_rans_ctx(secs[0].payload, n, secs[0], tables, secs[1].symbols, short)  # type: ignore[attr-defined]
         blocks.append(secs)
     return blocks
 
