@@ -14,7 +14,7 @@ import functools
 import inspect
 import logging
 import os
-import types
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,34 @@ _MARK = "_llmcomp_wrapped"
 _SAVE_PUSH_KEYS = ("repo_id", "commit_message", "create_pr", "private", "token", "revision")
 
 
+class _InstanceHook:
+    """A method set on one model instance that holds the model weakly.
+
+    A bound method stored on the instance would form a model -> method -> model cycle, so a
+    discarded model would wait for the cyclic garbage collector instead of being freed at once.
+    """
+
+    def __init__(self, model: Any, fn: Any, wraps: Any) -> None:
+        functools.update_wrapper(self, wraps)
+        self._model = weakref.ref(model)
+        self._fn = fn
+        setattr(self, _MARK, True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        model = self._model()
+        if model is None:
+            raise ReferenceError("the model this method belonged to no longer exists")
+        return self._fn(model, *args, **kwargs)
+
+
 def install(model: Any) -> None:
     """Wrap ``model.save_pretrained`` and ``model.push_to_hub`` (idempotent)."""
     if getattr(model.save_pretrained, _MARK, False):
         return
-    original = model.save_pretrained  # the bound class method
-    signature = inspect.signature(original)
+    cls = type(model)
+    signature = inspect.signature(cls.save_pretrained)
+    signature = signature.replace(parameters=list(signature.parameters.values())[1:])  # without self
 
-    @functools.wraps(original)
     def save_pretrained(self: Any, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind_partial(*args, **kwargs)
         options = dict(bound.arguments)
@@ -41,7 +61,7 @@ def install(model: Any) -> None:
         hub_options = {key: extra.pop(key) for key in _SAVE_PUSH_KEYS if key in extra}
         if "token" in options:
             hub_options.setdefault("token", options["token"])
-        result = original(**options, **extra)
+        result = cls.save_pretrained(self, **options, **extra)
         folder = Path(os.fspath(options["save_directory"]))
         if options.get("is_main_process", True):
             write_save_card(self, folder)
@@ -52,15 +72,13 @@ def install(model: Any) -> None:
                 push_folder(folder, repo_id, card=False, **hub_options)
         return result
 
-    @functools.wraps(type(model).push_to_hub)
     def push_to_hub(self: Any, repo_id: str, **kwargs: Any) -> Any:
         from llmcomp_hf.hub import push_model
 
         return push_model(self, repo_id, **kwargs)
 
-    for name, fn in (("save_pretrained", save_pretrained), ("push_to_hub", push_to_hub)):
-        setattr(fn, _MARK, True)
-        model.__dict__[name] = types.MethodType(fn, model)
+    model.__dict__["save_pretrained"] = _InstanceHook(model, save_pretrained, cls.save_pretrained)
+    model.__dict__["push_to_hub"] = _InstanceHook(model, push_to_hub, cls.push_to_hub)
 
 
 def uninstall(model: Any) -> None:

@@ -88,3 +88,18 @@ def test_no_card_on_other_ranks_or_after_dequantize(dense, tmp_path) -> None:
     assert "save_pretrained" not in model.__dict__ and "push_to_hub" not in model.__dict__
     model.save_pretrained(tmp_path / "plain")
     assert not (tmp_path / "plain" / "README.md").exists()
+
+
+def test_the_wrapped_model_is_freed_without_the_cycle_collector(dense) -> None:
+    import gc
+    import weakref
+
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
+    assert getattr(model.save_pretrained, "_llmcomp_wrapped", False)
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert ref() is None  # a bound method on the instance would keep it alive in a cycle
+    finally:
+        gc.enable()
