@@ -1,20 +1,19 @@
 """Cards on ``save_pretrained`` and ``push_to_hub`` of models loaded with llmcomp-hf.
 
 transformers 5.x gives a quantizer no hook into the save directory, and its ``push_to_hub``
-replaces ``README.md`` with the repo's current card (or a bare one). So the quantizer wraps the two
-methods on the model instance (not its class: ``config.architectures`` is taken from the class
-name): ``save_pretrained`` writes the llmcomp card next to the shards, and ``push_to_hub`` goes
-through :func:`llmcomp_hf.hub.push_model`, which uploads that card. ``model.dequantize()`` removes
-the wrappers again.
+replaces ``README.md`` with the repo's current card (or a bare one). So the quantizer moves a loaded
+model to a same-named subclass of its class whose ``save_pretrained`` writes the llmcomp card next
+to the shards and whose ``push_to_hub`` goes through :func:`llmcomp_hf.hub.push_model`, which
+uploads that card. ``model.dequantize()`` restores the original class.
 """
 
 from __future__ import annotations
 
+import copyreg
 import functools
 import inspect
 import logging
 import os
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -25,37 +24,40 @@ _MARK = "_llmcomp_wrapped"
 _SAVE_PUSH_KEYS = ("repo_id", "commit_message", "create_pr", "private", "token", "revision")
 
 
-class _InstanceHook:
-    """A method set on one model instance that holds the model weakly.
-
-    A bound method stored on the instance would form a model -> method -> model cycle, so a
-    discarded model would wait for the cyclic garbage collector instead of being freed at once.
-    """
-
-    def __init__(self, model: Any, fn: Any, wraps: Any) -> None:
-        functools.update_wrapper(self, wraps)
-        self._model = weakref.ref(model)
-        self._fn = fn
-        setattr(self, _MARK, True)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        model = self._model()
-        if model is None:
-            raise ReferenceError("the model this method belonged to no longer exists")
-        return self._fn(model, *args, **kwargs)
+_SUBCLASSES: dict[type, type] = {}
 
 
 def install(model: Any) -> None:
-    """Wrap ``model.save_pretrained`` and ``model.push_to_hub`` (idempotent)."""
-    if getattr(model.save_pretrained, _MARK, False):
-        return
+    """Give ``model`` the card-writing ``save_pretrained`` and ``push_to_hub`` (idempotent)."""
     cls = type(model)
+    if getattr(cls, _MARK, False):
+        return
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = _with_card_hooks(cls)
+    model.__class__ = _SUBCLASSES[cls]
+
+
+def uninstall(model: Any) -> None:
+    """Restore the model's own class (``model.dequantize()``: an ordinary model again)."""
+    cls = type(model)
+    if cls.__dict__.get(_MARK, False):
+        model.__class__ = cls.__mro__[1]
+
+
+def _with_card_hooks(cls: type) -> type:
+    """A subclass of ``cls`` with the same name, module and pickling, whose two methods add the card.
+
+    A subclass rather than methods stored on the instance: an instance attribute holding a bound
+    method would make a reference cycle, so a deleted model (and its weights) would stay in memory
+    until the cycle collector ran. The name is kept because ``config.architectures`` is taken
+    from it; pickles and copies name the original class.
+    """
     signature = inspect.signature(cls.save_pretrained)
-    signature = signature.replace(parameters=list(signature.parameters.values())[1:])  # without self
 
     def save_pretrained(self: Any, *args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind_partial(*args, **kwargs)
+        bound = signature.bind_partial(self, *args, **kwargs)
         options = dict(bound.arguments)
+        options.pop(next(iter(signature.parameters)))  # self
         extra = options.pop("kwargs", {})
         push = bool(options.pop("push_to_hub", False))
         hub_options = {key: extra.pop(key) for key in _SAVE_PUSH_KEYS if key in extra}
@@ -63,7 +65,7 @@ def install(model: Any) -> None:
             hub_options.setdefault("token", options["token"])
         result = cls.save_pretrained(self, **options, **extra)
         folder = Path(os.fspath(options["save_directory"]))
-        if options.get("is_main_process", True):
+        if options.get("is_main_process", True) and _is_llmcomp(self):
             write_save_card(self, folder)
             if push:
                 from llmcomp_hf.hub import push_folder
@@ -75,18 +77,41 @@ def install(model: Any) -> None:
     def push_to_hub(self: Any, repo_id: str, **kwargs: Any) -> Any:
         from llmcomp_hf.hub import push_model
 
+        if not _is_llmcomp(self):  # e.g. a model made with type(model).from_pretrained(dense)
+            return cls.push_to_hub(self, repo_id, **kwargs)
         return push_model(self, repo_id, **kwargs)
 
-    model.__dict__["save_pretrained"] = _InstanceHook(model, save_pretrained, cls.save_pretrained)
-    model.__dict__["push_to_hub"] = _InstanceHook(model, push_to_hub, cls.push_to_hub)
+    def __reduce_ex__(self: Any, protocol: Any) -> Any:  # noqa: N807 (pickle protocol)
+        reduced = cls.__reduce_ex__(self, protocol)
+        if isinstance(reduced, tuple) and len(reduced) > 1 and reduced[0] is copyreg.__newobj__ \
+                and reduced[1] and reduced[1][0] is type(self):
+            reduced = (_new_instance, (cls, *reduced[1][1:]), *reduced[2:])
+        return reduced
+
+    functools.update_wrapper(save_pretrained, cls.save_pretrained)
+    functools.update_wrapper(push_to_hub, cls.push_to_hub)
+    namespace = {
+        "save_pretrained": save_pretrained,
+        "push_to_hub": push_to_hub,
+        "__reduce_ex__": __reduce_ex__,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        _MARK: True,
+    }
+    return type(cls.__name__, (cls,), namespace)
 
 
-def uninstall(model: Any) -> None:
-    """Drop the wrappers (``model.dequantize()``: the model is an ordinary one again)."""
-    for name in ("save_pretrained", "push_to_hub"):
-        fn = model.__dict__.get(name)
-        if fn is not None and getattr(fn, _MARK, False):
-            del model.__dict__[name]
+def _is_llmcomp(model: Any) -> bool:
+    from llmcomp_hf.config import QUANT_METHOD
+
+    config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    return getattr(config, "quant_method", None) == QUANT_METHOD
+
+
+def _new_instance(cls: type, *args: Any) -> Any:
+    """Unpickling target: a bare instance of the model's own class (state is applied after)."""
+    return cls.__new__(cls, *args)
 
 
 def write_save_card(model: Any, folder: Path) -> Path | None:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import llmcomp_hf
 
-from .helpers import shard_files, tiny_model
+from .helpers import raw_bits, read_config, shard_files, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +83,32 @@ def test_no_card_on_other_ranks_or_after_dequantize(dense, tmp_path) -> None:
     model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
     model.save_pretrained(tmp_path / "rank1", is_main_process=False)
     assert not (tmp_path / "rank1" / "README.md").exists()
-    assert type(model).__name__ == "LlamaForCausalLM"  # wrapped on the instance, not by swapping the class
+    from transformers import LlamaForCausalLM
+
+    assert type(model).__name__ == "LlamaForCausalLM" and isinstance(model, LlamaForCausalLM)
+    model.save_pretrained(tmp_path / "main")
+    assert read_config(tmp_path / "main")["architectures"] == ["LlamaForCausalLM"]
     model.dequantize()
-    assert "save_pretrained" not in model.__dict__ and "push_to_hub" not in model.__dict__
+    assert type(model) is LlamaForCausalLM
     model.save_pretrained(tmp_path / "plain")
     assert not (tmp_path / "plain" / "README.md").exists()
+
+
+def test_chained_save_pickling_and_copies_keep_working(dense, tmp_path) -> None:
+    import copy
+    import pickle
+
+    from transformers import LlamaForCausalLM
+
+    cfg = llmcomp_hf.LosslessConfig(min_numel=0)
+    AutoModelForCausalLM.from_pretrained(dense, quantization_config=cfg).save_pretrained(tmp_path / "chained")
+    assert (tmp_path / "chained" / "README.md").is_file()
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=cfg)
+    clone = pickle.loads(pickle.dumps(model))
+    assert type(clone) is LlamaForCausalLM  # a pickle names the model's own class
+    assert torch.equal(raw_bits(clone.lm_head.weight), raw_bits(model.lm_head.weight))
+    twin = copy.deepcopy(model)
+    assert type(twin).__name__ == "LlamaForCausalLM"
 
 
 def test_the_wrapped_model_is_freed_without_the_cycle_collector(dense) -> None:
@@ -95,7 +116,7 @@ def test_the_wrapped_model_is_freed_without_the_cycle_collector(dense) -> None:
     import weakref
 
     model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
-    assert getattr(model.save_pretrained, "_llmcomp_wrapped", False)
+    assert getattr(type(model), "_llmcomp_wrapped", False)
     ref = weakref.ref(model)
     gc.disable()
     try:
@@ -103,3 +124,10 @@ def test_the_wrapped_model_is_freed_without_the_cycle_collector(dense) -> None:
         assert ref() is None  # a bound method on the instance would keep it alive in a cycle
     finally:
         gc.enable()
+
+
+def test_a_plain_model_of_the_hooked_class_gets_no_card(dense, tmp_path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
+    plain = type(model).from_pretrained(dense)  # the same-named subclass, loaded without llmcomp
+    plain.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "README.md").exists()
