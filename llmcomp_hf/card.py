@@ -46,6 +46,7 @@ class CardStats:
     stages: list[str] = field(default_factory=list)
     dtypes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # the config's calibration_info (file, sha256, texts...)
+    rel_mse: dict[str, float] | None = None  # lossy: measured relative weight error, "mean" and "max"
 
     @property
     def ratio(self) -> float:
@@ -76,6 +77,8 @@ class CardStats:
             out["stages"] = list(self.stages)
         if self.calibration:
             out["calibration"] = dict(self.calibration)
+        if self.rel_mse:
+            out["weight_rel_mse"] = {k: float(f"{v:.4g}") for k, v in self.rel_mse.items()}
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +177,8 @@ def render_card(
         coder=stats.coder,
         stages=" → ".join(stats.stages),
         calibration=calibration,
+        weight_error=("n/a" if not stats.rel_mse else
+                      f"mean {stats.rel_mse['mean']:.3g}, worst tensor {stats.rel_mse['max']:.3g}"),
         original_bytes=f"{stats.original_bytes:,}",
         compressed_bytes=f"{stats.compressed_bytes:,}",
         original_h=human_bytes(stats.original_bytes),

@@ -47,6 +47,7 @@ class TensorRow:
     original_bytes: int
     stored_bytes: int
     bound_bits: float | None = None  # order-0 entropy of the byte planes, one table per tensor
+    rel_mse: float | None = None  # lossy weights: measured ||W - W'||^2 / ||W||^2 (transform header)
 
     @property
     def numel(self) -> int:
@@ -161,7 +162,8 @@ def _fold_lossy(rows: dict[str, TensorRow], cmap: CompressedMap, stages: list[st
         coders = {h.get("coder") for b in cmap.lossy_parts.get(name, {}).values() if (h := cmap.headers.get(b))}
         rows[name] = TensorRow(name, cmap.transforms[name].rel, str(header["dtype"]), shape, True,
                                "/".join(sorted(c for c in coders if c)) or None, stages or ["lossy"],
-                               math.prod(shape) * (dtype_itemsize(code) if code else 4), stored)
+                               math.prod(shape) * (dtype_itemsize(code) if code else 4), stored,
+                               rel_mse=_float_or_none(header.get("rel_mse")))
 
 
 def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1) -> Report:
@@ -307,6 +309,19 @@ def verify_against_source(
                 raise VerificationError(f"tensors {sorted(set(src_info) - seen)[:3]} are missing from {str(shard.path)!r}")
 
 
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def weight_error(rows: list[Any]) -> dict[str, float] | None:
+    """Measured weight error of the lossy rows: numel-weighted mean and worst ``rel_mse``, or None."""
+    lossy = [r for r in rows if getattr(r, "rel_mse", None) is not None]
+    if not lossy:
+        return None
+    numel = sum(r.numel for r in lossy)
+    return {"mean": sum(r.rel_mse * r.numel for r in lossy) / max(numel, 1), "max": max(r.rel_mse for r in lossy)}
+
+
 def card_stats(records: list[Any], config: Any) -> Any:
     """CardStats from per-tensor records (compress results or inspect rows) and the config."""
     from llmcomp_hf.card import CardStats, stage_names
@@ -325,6 +340,7 @@ def card_stats(records: list[Any], config: Any) -> Any:
         stages=stage_names(cfg.get("stages")),
         dtypes=sorted({CODE_TO_NAME.get(r.dtype, r.dtype) for r in comp}),
         calibration=cfg.get("calibration_info"),
+        rel_mse=weight_error(comp),
     )
 
 

@@ -18,6 +18,8 @@ encoded (see writer.py), so memory holds about ``workers + 1`` tensors, never a 
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,6 +67,11 @@ class TensorRecord:
     compressed: bool
     keys: tuple[str, ...] = ()  # its checkpoint tensors when not the three lossless parts or the name
     lossy: bool = False  # stored with lossy stages (compress) or written as their reconstruction (decompress)
+    rel_mse: float | None = None  # lossy: measured ||W - W'||^2 / ||W||^2
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
     @property
     def stored_keys(self) -> tuple[str, ...]:

@@ -129,7 +129,7 @@ def compress_lossy_shard(
         digests[info.name] = recon_digest
         size = info.numel * dtype_itemsize(info.dtype)
         records[info.name] = TensorRecord(info.name, shard.rel, info.dtype, info.shape, size, stored.nbytes, True,
-                                          keys=tuple(packed), lossy=True)
+                                          keys=tuple(packed), lossy=True, rel_mse=stored.header.get("rel_mse"))
         tick(size)
 
     writer = None

@@ -63,6 +63,8 @@ def test_lossy_card_states_bits_per_weight_and_never_lossless(nf4):
     assert 3.0 < card.data.llmcomp["bits_per_weight"] < 6.0
     assert "## Bits per weight by tensor" in card.text and "| model.layers.0.mlp.up_proj.weight | 128x64 |" in card.text
     assert card.data.license == "mit"  # carried over from the source card
+    error = card.data.llmcomp["weight_rel_mse"]  # the measured quality of the lossy weights
+    assert 0 < error["mean"] <= error["max"] < 0.1 and "measured weight error" in card.text
 
 
 def test_decompress_gives_what_from_pretrained_gives(nf4, tmp_path, capsys):

@@ -66,6 +66,9 @@ def test_lossy_save_card_never_says_lossless(dense, tmp_path) -> None:
     rows = {r.name: r for r in inspect_checkpoint(tmp_path / "out", bound=False).rows}
     assert not any("llmcomp" in name for name in rows)  # one logical row per lossy weight
     assert rows["lm_head.weight"].shape == [1000, 64] and rows["lm_head.weight"].stages == ["uniform"]
+    errors = [lw.header["rel_mse"] for lw in model.hf_quantizer.lossy.values()]
+    assert 0 < figures["weight_rel_mse"]["max"] == pytest.approx(max(errors), rel=1e-3)  # the measured quality
+    assert "measured weight error" in card.text
 
 
 def test_a_hand_written_card_in_the_target_stays(dense, tmp_path, caplog) -> None:
