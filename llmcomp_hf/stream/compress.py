@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.config import QUANT_METHOD, CompressionConfig, LosslessConfig
 from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key
 from llmcomp_hf.stream.files import (
@@ -272,9 +273,11 @@ def _compress_shard(
                     tick(size)
                     continue
                 tensor, buf = reader.read(info.name, bufs)
-                fut = pool.submit(
-                    encode, tensor, coder=config.coder, block_size=config.block_size, threads=threads, name=info.name
-                )
+                # A tensor of several block groups also takes idle workers' threads (groups go to whichever
+                # thread is free), so one big embedding does not leave the other workers idle at the end.
+                many_groups = info.numel > GROUP * config.block_size
+                fut = pool.submit(encode, tensor, coder=config.coder, block_size=config.block_size,
+                                  threads=max(threads, workers) if many_groups else threads, name=info.name)
                 pending.append((info, fut, buf))
                 del tensor
                 while len(pending) > workers:
