@@ -27,3 +27,19 @@ def where(name: str | None = None, file: str | None = None) -> str:
     if file:
         parts.append(f"file {str(file)!r}")
     return f" ({' in '.join(parts)})" if parts else ""
+
+
+def corrupt_block(name: str | None, block: int, plane: int, what: str, decoder: str = "") -> CorruptStreamError:
+    """The error for a block a decoder rejected; ``decoder`` (e.g. ``" (CUDA decoder)"``) follows ``what``."""
+    return CorruptStreamError(
+        f"corrupted encoded stream{where(name)}: block {block}, plane {plane}: {what}{decoder}. The file is "
+        "damaged or truncated: re-download or re-compress it."
+    )
+
+
+def checksum_mismatch(name: str | None, got: str, expected: str, decoder: str = "") -> ChecksumMismatchError:
+    """The error for decoded bytes whose sum32 differs from the header's."""
+    return ChecksumMismatchError(
+        f"checksum mismatch{where(name)}: decoded {got}, expected {expected}{decoder}. The encoded data is "
+        "corrupted: re-download or re-compress it."
+    )

@@ -16,7 +16,7 @@ from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, 
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
-from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, where
+from llmcomp_hf.errors import CorruptStreamError, checksum_mismatch, corrupt_block, where
 
 DEFAULT_BLOCK_SIZE = 1 << 16
 MANY_CHUNK_BLOCKS = 8  # decode_many's unit of work: ~0.25 ms of decoding at 64K blocks
@@ -271,18 +271,11 @@ class _Decoding:
         enc = self.enc
         if self.errs.any():
             b = int(np.flatnonzero(self.errs)[0])
-            raise CorruptStreamError(
-                f"corrupted encoded stream{where(enc.name)}: block {b}, plane {int(self.err_plane[b])}: "
-                f"{ERROR_TEXT.get(int(self.errs[b]), 'invalid data')}. The file is damaged or truncated: "
-                "re-download or re-compress it."
-            )
+            raise corrupt_block(enc.name, b, int(self.err_plane[b]), ERROR_TEXT.get(int(self.errs[b]), "invalid data"))
         if verify:
             got = f"{int(self.csum.sum(dtype=np.uint64)):016x}"
             if got != enc.header["checksum"].lower():
-                raise ChecksumMismatchError(
-                    f"checksum mismatch{where(enc.name)}: decoded {got}, expected {enc.header['checksum']}. "
-                    "The encoded data is corrupted: re-download or re-compress it."
-                )
+                raise checksum_mismatch(enc.name, got, enc.header["checksum"])
         return self.out
 
 

@@ -27,7 +27,7 @@ import torch
 
 from llmcomp_hf.codec.cuda_runtime import PAD, kernel_array, numba_cuda, resolve_device, upload, simulating
 from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor
-from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError, FormatError, where
+from llmcomp_hf.errors import ChecksumMismatchError, FormatError, checksum_mismatch, corrupt_block, where
 
 
 class DeviceEncodedTensor:
@@ -233,18 +233,11 @@ class DeviceEncodedTensor:
         if key:
             unit = UNIT_LIMIT - (key >> 4)
             block, plane = divmod(unit, self.n_planes)
-            raise CorruptStreamError(
-                f"corrupted encoded stream{where(self.name)}: block {block}, plane {plane}: "
-                f"{ERROR_TEXT.get(key & 15, 'invalid data')} (CUDA decoder). The file is damaged or "
-                "truncated: re-download or re-compress it."
-            )
+            raise corrupt_block(self.name, block, plane, ERROR_TEXT.get(key & 15, "invalid data"), " (CUDA decoder)")
         if checksum:
             got = f"{total & (2**64 - 1):016x}"
             if got != self.header["checksum"].lower():
-                raise ChecksumMismatchError(
-                    f"checksum mismatch{where(self.name)}: decoded {got}, expected {self.header['checksum']} "
-                    "(CUDA decoder). The encoded data is corrupted: re-download or re-compress it."
-                )
+                raise checksum_mismatch(self.name, got, self.header["checksum"], " (CUDA decoder)")
 
     def _check_out(self, out: torch.Tensor | None) -> torch.Tensor:
         if out is None:
