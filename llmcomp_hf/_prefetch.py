@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import struct
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +28,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _PENDING, _RUNNING, _DONE, _TAKEN = range(4)
-_DIGITS = re.compile(r"^\d+$")
 IDLE_TIMEOUT_S = 10.0
-
-
-def natural_key(name: str) -> tuple[tuple[int, Any], ...]:
-    """Sort key of dotted names with numbers compared as numbers (the loader's order)."""
-    return tuple((0, int(p)) if _DIGITS.match(p) else (1, p) for p in name.split("."))
 
 
 class _Job:
@@ -68,7 +60,9 @@ class Prefetcher:
                 for name in names:
                     header = handle.get_tensor(part_key(name, "header")).numpy().tobytes()
                     jobs.append(_Job(name, file, header))
-        self._jobs = sorted(jobs, key=lambda job: natural_key(job.name))
+        from transformers.core_model_loading import dot_natural_key  # the loader's own order
+
+        self._jobs = sorted(jobs, key=lambda job: dot_natural_key(job.name))
         self._by_header: dict[bytes, list[_Job]] = {}
         for job in self._jobs:
             self._by_header.setdefault(job.header, []).append(job)
