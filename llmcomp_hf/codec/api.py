@@ -152,7 +152,8 @@ def encode(
     ensure_consistent()
     job = _Encoding(tensor, coder, block_size, min_gain, name)
     job.tmp = _encode_tmp(job.tmp_bytes)
-    _run_parallel([functools.partial(job.run_group, g) for g in range(job.n_groups)], _thread_count(threads))
+    count = _thread_count(threads)
+    _run_parallel(job.tasks(count), count)
     return job.finish()
 
 
@@ -160,7 +161,8 @@ class _Encoding:
     """One tensor being encoded: checked arguments, kernel arguments, per-block sizes and checksums.
 
     Groups of ``GROUP`` blocks are independent units of work (a group shares Huffman tables), so
-    the bytes do not depend on how groups are spread over threads. ``tmp`` (``tmp_bytes``) is the
+    the bytes do not depend on how groups are spread over threads; a tensor of fewer groups than
+    threads splits its groups into parts (see blocks.encode_groups). ``tmp`` (``tmp_bytes``) is the
     staging buffer the caller provides.
     """
 
@@ -190,11 +192,24 @@ class _Encoding:
         keep_num = int((1.0 - gain) * 1024)
         self.args = (words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32)
 
-    def run_group(self, g: int) -> None:
-        """Encode group ``g`` single-threaded (the kernel releases the GIL)."""
+    def run_group(self, g: int, part: int = 0, parts: int = 1) -> None:
+        """Encode part ``part`` of ``parts`` of group ``g`` single-threaded (the kernel releases the GIL)."""
         from llmcomp_hf.codec.blocks import encode_groups
 
-        encode_groups(*self.args, g, self.n_groups, self.tmp, self.cap, self.sizes, self.csum)
+        encode_groups(*self.args, g, part, parts, self.tmp, self.cap, self.sizes, self.csum)
+
+    def tasks(self, threads: int) -> list[Callable[[], None]]:
+        """Units of work for ``threads`` threads: whole groups, or parts of them when there are fewer
+        groups than threads (not for rans-ctx, whose blocks share tables chosen over the group).
+
+        A part of a Huffman group replays the table choices of the blocks before it (~a fifth of
+        their encoding work), so parts are only as many as the threads need.
+        """
+        n_blocks = self.sizes.shape[0]
+        parts = 1
+        if self.coder != "rans-ctx" and 1 <= self.n_groups < threads:
+            parts = min(-(-threads // self.n_groups), GROUP, max(1, n_blocks // self.n_groups))
+        return [functools.partial(self.run_group, g, part, parts) for g in range(self.n_groups) for part in range(parts)]
 
     def finish(self) -> EncodedTensor:
         from llmcomp_hf.codec.blocks import compact

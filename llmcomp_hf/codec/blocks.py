@@ -66,30 +66,43 @@ def _huffman_may_pay(counts, n, k, max_payload) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, prev_ok) -> int:
-    """Encode one plane section at ``out[pos]``; return its size (0 is never returned).
+def plan_plane(plane, n, coder, max_payload, prev, prev_ok):
+    """The encoder's model choice for one plane: (counts, number of symbols, Huffman or not).
 
-    Coded only if the payload beats ``max_payload``. ``prev``/``prev_ok`` carry the Huffman
-    table of this plane in the previous block; ``prev_ok[0]`` is updated.
+    When the plane is Huffman-coded its code lengths are left in ``prev`` (``prev_ok[0]`` set),
+    which is where the next block of the group looks for a table to reuse; otherwise both stay.
     """
     counts = histogram(plane, n)
     k = 0
     for s in range(256):
         if counts[s] > 0:
             k += 1
+    if k > 1 and coder == MODE_HUFFMAN and _huffman_may_pay(counts, n, k, max_payload):
+        lengths, bits = _huffman_plan(counts, n, prev, prev_ok[0])
+        if huffman.encoded_size(bits, lengths) < max_payload:
+            prev[:] = lengths
+            prev_ok[0] = True
+            return counts, k, True
+    return counts, k, False
+
+
+@njit(cache=True, nogil=True)
+def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, prev_ok) -> int:
+    """Encode one plane section at ``out[pos]``; return its size (0 is never returned).
+
+    Coded only if the payload beats ``max_payload``. ``prev``/``prev_ok`` carry the Huffman
+    table of this plane in the previous block (see plan_plane).
+    """
+    counts, k, use_huffman = plan_plane(plane, n, coder, max_payload, prev, prev_ok)
     if k == 1:
         out[pos] = MODE_CONST
         out[pos + 1] = plane[0]
         return 2
-    if coder == MODE_HUFFMAN and _huffman_may_pay(counts, n, k, max_payload):
-        lengths, bits = _huffman_plan(counts, n, prev, prev_ok[0])
-        if huffman.encoded_size(bits, lengths) < max_payload:
-            size = huffman.encode_section(plane, n, lengths, out, pos + 5)
-            out[pos] = MODE_HUFFMAN
-            _put_u32(out, pos + 1, size)
-            prev[:] = lengths
-            prev_ok[0] = True
-            return size + 5
+    if use_huffman:
+        size = huffman.encode_section(plane, n, prev, out, pos + 5)
+        out[pos] = MODE_HUFFMAN
+        _put_u32(out, pos + 1, size)
+        return size + 5
     elif coder == MODE_RANS:
         freq = rans_frequencies(counts, n)
         size = rans.encode_section(plane, n, counts, freq, scratch, 0, words)
@@ -213,14 +226,21 @@ def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, ou
 
 
 @njit(cache=True, nogil=True)
-def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, first, step, tmp, cap, sizes, csum):
-    """Encode groups first, first+step, ... into the ``cap``-sized block slots of ``tmp``."""
+def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, keep_num, u8, u32, g, part, parts, tmp, cap,
+                  sizes, csum):
+    """Encode part ``part`` of ``parts`` (a run of consecutive blocks) of group ``g`` into the
+    ``cap``-sized block slots of ``tmp``.
+
+    A later part first replays the Huffman table choices of the group's earlier blocks (histograms
+    only, nothing written), so the bytes never depend on how a group is split. rans-ctx groups
+    (whose blocks share tables chosen over the whole group) are encoded whole: ``parts`` must be 1.
+    """
     n_blocks = sizes.shape[0]
     planes = np.empty((n_planes, block_size), np.uint8)
     scratch = np.empty(2 * block_size + 1024 + rans_ctx.TABLE_MAX_BYTES, np.uint8)  # mode-4 tables are written before the size check
     wbuf = np.empty(block_size + 8, np.uint16)
     prev = np.zeros((n_planes, 256), np.uint8)
-    prev_ok = np.zeros((n_planes, 1), np.bool_)
+    prev_ok = np.zeros((n_planes, 1), np.bool_)  # no table to reuse at the group's start
     with_ctx = coder == MODE_RANS_CTX and kind != KIND_BYTES
     if coder == MODE_RANS_CTX:  # every other plane (and every plane of a non-float) as with rans
         coder = MODE_RANS
@@ -228,38 +248,43 @@ def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, kee
     tab_block = np.zeros(GROUP, np.int64)  # blocks of the group that store their own tables
     tab_k = np.zeros(GROUP, np.int64)
     tab_freq = np.zeros((GROUP, rans_ctx.N_CTX, 256), np.int64)
-    for g in range(first, (n_blocks + GROUP - 1) // GROUP, step):
-        prev_ok[:] = False
-        g_end = min(g * GROUP + GROUP, n_blocks)
-        owner, gk = -1, -1
-        gfreq = np.zeros((1, 256), np.int64)
-        gpresent = np.zeros(256, np.int64)
-        n_tab = 0
+    g_lo, g_hi = g * GROUP, min(g * GROUP + GROUP, n_blocks)
+    b_lo, b_hi = g_lo + part * (g_hi - g_lo) // parts, g_lo + (part + 1) * (g_hi - g_lo) // parts
+    owner, gk = -1, -1
+    gfreq = np.zeros((1, 256), np.int64)
+    gpresent = np.zeros(256, np.int64)
+    n_tab = 0
+    if with_ctx:
+        gk, gfreq, gpresent = _group_model(words, kind, numel, block_size, g_lo, g_hi, hist)
+    for b in range(g_lo, b_lo if coder == MODE_HUFFMAN else g_lo):  # replay: the tables in prev
+        start = b * block_size
+        n = min(block_size, numel - start)
+        split_block(words, kind, itemsize, start, n, planes)
+        for p in range(n_planes):
+            plan_plane(planes[p], n, coder, (n * keep_num) // 1024, prev[p], prev_ok[p])
+    for b in range(b_lo, b_hi):
+        start = b * block_size
+        n = min(block_size, numel - start)
+        split_block(words, kind, itemsize, start, n, planes)
+        pos = b * cap
+        max_payload = (n * keep_num) // 1024
+        p_first = 0
         if with_ctx:
-            gk, gfreq, gpresent = _group_model(words, kind, numel, block_size, g * GROUP, g_end, hist)
-        for b in range(g * GROUP, g_end):
-            start = b * block_size
-            n = min(block_size, numel - start)
-            split_block(words, kind, itemsize, start, n, planes)
-            pos = b * cap
-            max_payload = (n * keep_num) // 1024
-            p_first = 0
-            if with_ctx:
-                size, owns, own_k, own = encode_plane0_ctx(planes, n, hist[b - g * GROUP], gk, gfreq, gpresent,
-                                                           0 if owner < 0 else b - owner, max_payload, tmp, pos, scratch,
-                                                           wbuf, b, tab_block, tab_k, tab_freq, n_tab)
-                if owns:
-                    owner = b
-                if own_k >= 0:  # later blocks of the group may point to these tables
-                    tab_block[n_tab], tab_k[n_tab] = b, own_k
-                    tab_freq[n_tab, : 1 << own_k] = own
-                    n_tab += 1
-                pos += size
-                p_first = 1
-            for p in range(p_first, n_planes):
-                pos += encode_plane(planes[p], n, coder, max_payload, tmp, pos, scratch, wbuf, prev[p], prev_ok[p])
-            sizes[b] = pos - b * cap
-            csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
+            size, owns, own_k, own = encode_plane0_ctx(planes, n, hist[b - g_lo], gk, gfreq, gpresent,
+                                                       0 if owner < 0 else b - owner, max_payload, tmp, pos, scratch,
+                                                       wbuf, b, tab_block, tab_k, tab_freq, n_tab)
+            if owns:
+                owner = b
+            if own_k >= 0:  # later blocks of the group may point to these tables
+                tab_block[n_tab], tab_k[n_tab] = b, own_k
+                tab_freq[n_tab, : 1 << own_k] = own
+                n_tab += 1
+            pos += size
+            p_first = 1
+        for p in range(p_first, n_planes):
+            pos += encode_plane(planes[p], n, coder, max_payload, tmp, pos, scratch, wbuf, prev[p], prev_ok[p])
+        sizes[b] = pos - b * cap
+        csum[b] = sum32_range(u8, u32, start * itemsize, (start + n) * itemsize)
 
 
 def block_capacity(block_size: int, n_planes: int) -> int:

@@ -29,6 +29,27 @@ def test_threads_give_identical_results(dtype: str, coder: str) -> None:
 
 
 @pytest.mark.parametrize("coder", CODERS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "int8"])
+def test_groups_split_into_parts_give_identical_bytes(dtype: str, coder: str) -> None:
+    """A group encoded in parts (fewer groups than threads) replays the earlier blocks' table
+    choices: same bytes for every split, including blocks that reuse the previous table."""
+    from llmcomp_hf.codec.api import _Encoding, _encode_tmp
+
+    halves = [tensor_of(dtype, 20 * BS, kind, seed=23 + i) for i, kind in enumerate(("skewed", "specials"))]
+    t = torch.cat([halves[0], halves[1][: 13 * BS + 5], halves[0][: 3 * BS]])  # 37 blocks: 3 groups, mixed tables
+    whole = encode(t, coder=coder, block_size=BS, threads=1)
+    for parts in (2, 3, 7, 16):
+        job = _Encoding(t, coder, BS, None, None)
+        job.tmp = _encode_tmp(job.tmp_bytes)
+        for g in reversed(range(job.n_groups)):  # any order: parts are independent
+            for part in reversed(range(parts)):
+                job.run_group(g, part, parts)
+        assert same_encoding(job.finish(), whole), f"{parts} parts per group changed the bytes"
+    for th in (3, 8):  # through the API: 3 groups on more threads than that
+        assert same_encoding(encode(t, coder=coder, block_size=BS, threads=th), whole), f"threads={th}"
+
+
+@pytest.mark.parametrize("coder", CODERS)
 def test_out_preallocated(coder: str) -> None:
     t = tensor_of("bfloat16", 5 * BS + 3, "skewed", seed=22, shape=(1, 5 * BS + 3))
     enc = encode(t, coder=coder, block_size=BS)
