@@ -261,10 +261,13 @@ PRODUCT_STEPS = (0.43, 0.025, 0.03, 0.04, 0.05, 0.06)
 PRESET_STEPS = {0.43: "ecq-calibrated", 0.025: "ecq8-calibrated"}
 #: ecq-gptq (error-feedback rounding, calibration with --hessian): its step (0.5) and the high-rate curve
 GPTQ_STEPS = (0.5, 0.03, 0.04, 0.05, 0.06)
+#: the same with per-row steps (calibration_use rows: true, calibration with --rows)
+ROWS_RUNS = (("ecq-calibrated", 0.43), ("ecq-gptq", 0.5), ("ecq-gptq", 0.6), ("ecq-gptq", 0.03), ("ecq-gptq", 0.035),
+             ("ecq-gptq", 0.04), ("ecq-gptq", 0.05))
 
 
 def product_rows(path: str, tok: Any, sentences: list[str], originals: dict[str, torch.Tensor], out: Path,
-                 no_bnb: bool = False) -> list[dict[str, Any]]:
+                 no_bnb: bool = False, only: str | None = None) -> list[dict[str, Any]]:
     """ecq-calibrated through the quantizer (calibrated on every 4th sentence, evaluated on the rest)."""
     import llmcomp_hf
     from llmcomp_hf.config import CompressionConfig
@@ -278,14 +281,26 @@ def product_rows(path: str, tok: Any, sentences: list[str], originals: dict[str,
     import tempfile
 
     calib_file = Path(tempfile.mkdtemp(prefix="llmcomp-calib-")) / "minilm_calibration.safetensors"
-    llmcomp_hf.calibrate(model, tok, calib_texts, calib_file, hessian=True)
+    llmcomp_hf.calibrate(model, tok, calib_texts, calib_file, hessian=True, rows=True)
     calib_s = time.perf_counter() - t0
     rows = []
-    runs = [("ecq-calibrated", s) for s in PRODUCT_STEPS] + [("ecq-gptq", s) for s in GPTQ_STEPS]
-    for preset, step in runs:
+    runs = ([("ecq-calibrated", s, False) for s in PRODUCT_STEPS] + [("ecq-gptq", s, False) for s in GPTQ_STEPS]
+            + [(p, s, True) for p, s in ROWS_RUNS])
+    for preset, step, by_row in runs:
+        if preset == "ecq-gptq":
+            label = "ecq-gptq preset" if step == 0.5 else f"ecq-gptq, step {step}"
+        else:
+            label = f"{PRESET_STEPS[step]} preset" if step in PRESET_STEPS else f"ecq-calibrated, step {step}"
+        label += " + row steps" if by_row else ""
+        label += " (from_pretrained)"
+        if only and not re.search(only, label):
+            continue
         t0 = time.perf_counter()
         stage = {"transform": "ecq", "step": step, "relative_to": "rms", "group_size": "tensor"}
         cfg = CompressionConfig.from_preset(preset, calibration=str(calib_file), stages=[stage])
+        if by_row:
+            cfg = CompressionConfig.from_preset(preset, calibration=str(calib_file), stages=[stage],
+                                                calibration_use={**cfg.calibration_use, "rows": True})
         m = AutoModel.from_pretrained(path, quantization_config=cfg).eval()
         stats = m.hf_quantizer.compression_stats()
         sq_err = sq_norm = 0.0
@@ -294,11 +309,6 @@ def product_rows(path: str, tok: Any, sentences: list[str], originals: dict[str,
             sq_err += float((o - p.detach().double()).square().sum())
             sq_norm += float(o.square().sum())
         q = compare_embeddings(ref, embed(m, tok, heldout))
-        if preset == "ecq-gptq":
-            label = "ecq-gptq preset" if step == 0.5 else f"ecq-gptq, step {step}"
-        else:
-            label = f"{PRESET_STEPS[step]} preset" if step in PRESET_STEPS else f"ecq-calibrated, step {step}"
-        label += " (from_pretrained)"
         rows.append({"setting": label, "scope": "linear", "config": cfg.to_dict(), "eval": "held-out",
                      "weights": sum(o.numel() for o in originals.values()), "tensors": stats["tensors"],
                      "bpw_coded": stats["bits_per_weight"], "bpw_stored": stats["bits_per_weight"],
@@ -480,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(run_bnb(path, kind, tok, sentences, ref, originals))
 
     if args.product or args.product_only:
-        product = product_rows(path, tok, sentences, originals, args.out, no_bnb=args.no_bnb)
+        product = product_rows(path, tok, sentences, originals, args.out, no_bnb=args.no_bnb, only=args.only)
         rows += product
         (args.out / "lossy_product.md").write_text(product_table(product) + "\n", encoding="utf-8")
         payload = {"env": env, "rows": product, "verdicts": verdicts(product)}

@@ -9,6 +9,9 @@
   (float64, one value), which :func:`~llmcomp_hf.transforms.allocate_steps` turns into per-tensor steps;
 * optionally (``hessian=True``) ``hessian.W``: the input second moment ``E[x x^T]`` (float32,
   ``[in, in]``: large, ``in^2 * 4`` bytes per weight) for error-feedback rounding (transforms/gptq.py);
+* optionally (``rows=True``) ``rows.W``: how much the embeddings move per unit of error in each output
+  channel (float32, ``[out]``, :func:`~llmcomp_hf.quality.output_importance`), which EntropyCodedQuant
+  turns into per-row steps;
 
 plus JSON metadata under ``llmcomp.calibration``: format version, source model, number of texts and
 real tokens, SHA-256 of the texts, the sensitivity probe and each weight's shape.
@@ -39,7 +42,7 @@ META_KEY = "llmcomp.calibration"
 #: relative ECQ step of the sensitivity probe (relative MSE ~1.2e-3 per probed tensor)
 PROBE_STEP = 0.12
 #: default use of a calibration file: importance-scaled columns and per-tensor step allocation
-DEFAULT_USE = {"importance": True, "allocate": True, "max_step": 1.0, "gptq": False}
+DEFAULT_USE = {"importance": True, "allocate": True, "max_step": 1.0, "gptq": False, "rows": False}
 FIX = "run `llmcomp calibrate SRC --texts FILE -o calib.safetensors` on the model you compress"
 
 
@@ -52,6 +55,7 @@ class Calibration:
     shapes: dict[str, list[int]]
     meta: dict[str, Any] = field(default_factory=dict)
     hessian: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the calibration file (safetensors); returns its path."""
@@ -60,6 +64,7 @@ class Calibration:
         tensors = {f"importance.{k}": v.detach().to(torch.float32).contiguous() for k, v in self.importance.items()}
         tensors.update({f"sensitivity.{k}": torch.tensor([v], dtype=torch.float64) for k, v in self.sensitivity.items()})
         tensors.update({f"hessian.{k}": v.detach().to(torch.float32).contiguous() for k, v in self.hessian.items()})
+        tensors.update({f"rows.{k}": v.detach().to(torch.float32).contiguous() for k, v in self.rows.items()})
         meta = {"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, **self.meta, "shapes": self.shapes}
         path = Path(path)
         save_file(tensors, str(path), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
@@ -79,8 +84,9 @@ class Calibration:
         sens = {k[len("sensitivity."):]: float(v.reshape(-1)[0]) for k, v in tensors.items()
                 if k.startswith("sensitivity.")}
         hess = {k[len("hessian."):]: v for k, v in tensors.items() if k.startswith("hessian.")}
+        rows = {k[len("rows."):]: v for k, v in tensors.items() if k.startswith("rows.")}
         shapes = {k: list(v) for k, v in meta.pop("shapes", {}).items()}
-        return cls(imp, sens, shapes, {k: v for k, v in meta.items() if k not in ("format", "version")}, hess)
+        return cls(imp, sens, shapes, {k: v for k, v in meta.items() if k not in ("format", "version")}, hess, rows)
 
     @property
     def names(self) -> list[str]:
@@ -131,15 +137,17 @@ def file_info(path: str | os.PathLike) -> dict[str, Any]:
 
 @torch.no_grad()
 def calibrate(model: Any, tokenizer: Any, texts: Sequence[str], path: str | os.PathLike | None = None, *,
-              sensitivity: bool = True, hessian: bool = False, batch_size: int = 32) -> Calibration:
+              sensitivity: bool = True, hessian: bool = False, rows: bool = False,
+              batch_size: int = 32) -> Calibration:
     """Measure the statistics of every ``nn.Linear`` weight of ``model`` on ``texts``; save to ``path``.
 
     ``sensitivity`` re-embeds the texts once per weight (one forward pass per weight and batch);
     without it the file supports importance but not step allocation. ``hessian`` also stores each
-    weight's input second moment (``calibration_use={"gptq": true}``). Texts are truncated to 128
+    weight's input second moment (``calibration_use={"gptq": true}``); ``rows`` each weight's output-channel
+    importance (``calibration_use={"rows": true}``; 16 backward passes per batch). Texts are truncated to 128
     tokens. A tokenizer without a pad token pads with its EOS token meanwhile.
     """
-    from llmcomp_hf.quality import embed, input_importance, tensor_sensitivity
+    from llmcomp_hf.quality import embed, input_importance, output_importance, tensor_sensitivity
     from llmcomp_hf.transforms import EntropyCodedQuant
 
     texts = [t for t in texts if t and t.strip()]
@@ -153,6 +161,7 @@ def calibrate(model: Any, tokenizer: Any, texts: Sequence[str], path: str | os.P
     try:
         imp = input_importance(model, tokenizer, texts, batch_size=batch_size)
         hess = input_second_moments(model, tokenizer, texts, batch_size) if hessian else {}
+        row_imp = output_importance(model, tokenizer, texts, batch_size=batch_size) if rows else {}
         tokens = sum(len(tokenizer(t, truncation=True, max_length=128)["input_ids"]) for t in texts)
         probe = EntropyCodedQuant(step=PROBE_STEP)
         sens: dict[str, float] = {}
@@ -168,7 +177,7 @@ def calibrate(model: Any, tokenizer: Any, texts: Sequence[str], path: str | os.P
             "texts": len(texts), "tokens": tokens,
             "texts_sha256": hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest(),
             "probe": probe.to_dict() if sensitivity else None}
-    out = Calibration(imp, sens, {k: list(weights[k].shape) for k in imp}, meta, hess)
+    out = Calibration(imp, sens, {k: list(weights[k].shape) for k in imp}, meta, hess, row_imp)
     if path is not None:
         out.save(path)
     return out
@@ -270,9 +279,15 @@ class CalibratedPlan:
             if absent:
                 raise ValueError(f"calibration file {path!r} holds no input second moments for {absent[:3]}; re-run "
                                  "`llmcomp calibrate ... --hessian`, or set calibration_use={'gptq': false}")
+        if use["rows"]:
+            absent = [n for n in names if mapping[n] not in calib.rows]
+            if absent:
+                raise ValueError(f"calibration file {path!r} holds no output-channel importance for {absent[:3]}; "
+                                 "re-run `llmcomp calibrate ... --rows`, or set calibration_use={'rows': false}")
         self._base = base
         self._importance = bool(use["importance"])
         self._gptq = bool(use["gptq"])
+        self._rows = bool(use["rows"])
 
     def pipeline(self, name: str) -> Any:
         """The Transform for weight ``name`` (the config's stages, with its allocated ECQ step)."""
@@ -297,6 +312,10 @@ class CalibratedPlan:
         """Input second moment of weight ``name`` when the config rounds with error feedback, else None."""
         return self.calibration.hessian[self.keys[name]] if self._gptq else None
 
+    def row_importance(self, name: str) -> torch.Tensor | None:
+        """Output-channel importance of weight ``name`` when the config scales steps by row, else None."""
+        return self.calibration.rows[self.keys[name]] if self._rows else None
+
 
 def _ecq_stage(pipeline: Any) -> Any:
     from llmcomp_hf.transforms import EntropyCodedQuant
@@ -310,8 +329,8 @@ def check_use(owner: str, use: Mapping[str, Any], stages: list[dict[str, Any]]) 
     if unknown:
         raise ValueError(f"{owner}.calibration_use has unknown keys {unknown}; known: {sorted(DEFAULT_USE)}")
     out = {**DEFAULT_USE, **use}
-    if not all(isinstance(out[k], bool) for k in ("importance", "allocate", "gptq")):
-        raise ValueError(f"{owner}.calibration_use importance/allocate/gptq must be true or false, got {dict(use)!r}")
+    if not all(isinstance(out[k], bool) for k in ("importance", "allocate", "gptq", "rows")):
+        raise ValueError(f"{owner}.calibration_use importance/allocate/gptq/rows must be true or false, got {dict(use)!r}")
     ms = out["max_step"]
     if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (0 < ms <= 16 and math.isfinite(ms)):
         raise ValueError(f"{owner}.calibration_use.max_step must be a number in (0, 16], got {ms!r}")
@@ -322,6 +341,9 @@ def check_use(owner: str, use: Mapping[str, Any], stages: list[dict[str, Any]]) 
     if out["gptq"] and kinds != ["ecq"]:
         raise ValueError(f"{owner}.calibration_use.gptq (error-feedback rounding) needs a single 'ecq' stage, got "
                          f"stages {kinds}")
+    if out["rows"] and ("lowrank" in kinds or "ecq" not in kinds):
+        raise ValueError(f"{owner}.calibration_use.rows (per-row steps) needs an 'ecq' stage and no lowrank, got "
+                         f"stages {kinds}; set calibration_use={{'rows': false}} or change the stages")
     if out["importance"] and ("lowrank" in kinds or not {"ecq", "nm_prune", "prune"} & set(kinds)):
         raise ValueError(f"{owner}.calibration_use.importance is used by ecq and pruning stages without lowrank, got "
                          f"stages {kinds}; set calibration_use={{'importance': false}} or change the stages")

@@ -128,6 +128,58 @@ def _linear_weights(model: Any, names: Sequence[str] | None) -> dict[str, Any]:
     return {n: found[n] for n in names}
 
 
+def output_importance(model: Any, tokenizer: Any, sentences: Sequence[str], names: Sequence[str] | None = None,
+                      draws: int = 16, batch_size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """How much the sentence embeddings move per unit of squared error in each output channel (row)
+    of each Linear weight: the row-wise geometric mean of the Gauss-Newton diagonal.
+
+    For embeddings ``e`` (mean-pooled, L2-normalised last hidden states, as :func:`embed`),
+    ``1 - cos(e, e')`` is ``~ |e - e'|^2 / 2``, whose Gauss-Newton diagonal for weight entry ``W_ij``
+    is ``E_r[(d(r . e)/dW_ij)^2]`` over random Gaussian directions ``r``; ``draws`` of them per batch
+    estimate it (each sentence with its own ``r``). A row's value is the geometric mean of its
+    entries (so a weight's error cost factors as row importance x column importance), scaled to a
+    geometric mean of 1 per weight. Keys are weight names; the model's parameters are left as they were (gradients are not kept).
+    """
+    layers = _linear_weights(model, names)
+    params = list(model.parameters())
+    was_grad = [p.requires_grad for p in params]
+    sums = {n: torch.zeros(m.weight.shape, dtype=torch.float64) for n, m in layers.items()}
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for m in layers.values():
+            m.weight.requires_grad_(True)
+        for i in range(0, len(sentences), batch_size):
+            batch = tokenizer(list(sentences[i: i + batch_size]), padding=True, truncation=True,
+                              max_length=128, return_tensors="pt").to(device)
+            mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
+            for _ in range(draws):
+                with torch.enable_grad():  # callers may be inside no_grad
+                    out_ = model(**batch, output_hidden_states=True)
+                    last = getattr(out_, "last_hidden_state", None)
+                    hidden = (last if last is not None else out_.hidden_states[-1]).to(torch.float32)
+                    e = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+                    r = torch.randn(e.shape, generator=gen).to(e.device)
+                    grads = torch.autograd.grad((e * r).sum(), [m.weight for m in layers.values()], allow_unused=True)
+                for name, grad in zip(layers, grads):
+                    if grad is not None:
+                        sums[name] += grad.detach().to(torch.float64).cpu().square()
+    finally:
+        for p, flag in zip(params, was_grad):
+            p.requires_grad_(flag)
+    out = {}
+    for name, f in sums.items():
+        top = float(f.max())
+        if top <= 0:  # the embeddings do not depend on this weight: all rows alike
+            out[name] = torch.ones(f.shape[0], dtype=torch.float32)
+            continue
+        rows = f.reshape(f.shape[0], -1).clamp(min=top * 1e-12).log().mean(1)
+        out[name] = (rows - rows.mean()).exp().to(torch.float32)  # scaled to geometric mean 1
+    return out
+
+
 @torch.no_grad()
 def input_importance(model: Any, tokenizer: Any, sentences: Sequence[str], names: Sequence[str] | None = None,
                      batch_size: int = 64) -> dict[str, torch.Tensor]:

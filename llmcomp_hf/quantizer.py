@@ -241,7 +241,7 @@ class LlmcompHfQuantizer(HfQuantizer):
             return compress_lossy(name, tensor, self._pipeline or cfg.pipeline(), cfg.coder, cfg.block_size)
         return compress_lossy(name, tensor, self._plan.pipeline(name), cfg.coder, cfg.block_size,
                               importance=self._plan.importance(name, tensor.shape), hessian=self._plan.hessian(name),
-                              calibration=self._plan.info)
+                              row_importance=self._plan.row_importance(name), calibration=self._plan.info)
 
     def encode_weight(self, name: str, tensor: torch.Tensor, keep: bool = True) -> EncodedTensor:
         """Encode ``tensor`` with this config's coder and block size; ``keep`` it for the next save."""

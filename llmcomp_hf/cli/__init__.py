@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "then supports importance only: calibration_use allocate: false)")
     p.add_argument("--hessian", action="store_true", help="also store each weight's input second moment [in, in] "
                    "(large: in^2 x 4 bytes per weight), for calibration_use gptq: true (preset ecq-gptq)")
+    p.add_argument("--rows", action="store_true", help="also store each weight's output-channel importance (16 "
+                   "backward passes per batch), for calibration_use rows: true (presets ecq-gptq, ecq8-calibrated)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per forward pass (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--revision", help="Hub revision of SRC (branch, tag or commit)")

@@ -103,7 +103,7 @@ def calibrate(args: argparse.Namespace, progress: Progress) -> int:
     src, _ = resolve_source(args.src, revision=args.revision, cache_dir=args.cache_dir, token=args.token)
     model, tokenizer = _load_model(src)
     calib = measure(model, tokenizer, texts, sensitivity=not args.no_sensitivity, hessian=args.hessian,
-                    batch_size=args.batch_size)
+                    rows=args.rows, batch_size=args.batch_size)
     tmp = out.with_name(f".{out.name}.tmp")
     calib.save(tmp)
     tmp.replace(out)

@@ -72,20 +72,20 @@ class LossyWeight:
 def compress_lossy(
     name: str, weight: torch.Tensor, pipeline: Any, coder: str = "huffman", block_size: int = 1 << 16, *,
     importance: torch.Tensor | None = None, hessian: torch.Tensor | None = None,
-    calibration: dict[str, Any] | None = None,
+    row_importance: torch.Tensor | None = None, calibration: dict[str, Any] | None = None,
 ) -> tuple[LossyWeight, torch.Tensor]:
     """Apply ``pipeline`` (a Transform) to ``weight`` and entropy-code every resulting tensor.
 
     Returns the stored form and the reconstruction, computed exactly as :func:`decode_lossy` will
     (same tensors, same JSON-round-tripped meta), so the weight in memory equals a reload bit for bit.
     Raises LlmcompError naming the tensor when the stages do not fit it (shape, values).
-    ``importance`` (per input channel) and ``hessian`` (input second moment), from a calibration file, go
-    to ``pipeline.apply``; ``calibration``
+    ``importance`` (per input channel), ``hessian`` (input second moment) and ``row_importance`` (per output
+    channel), from a calibration file, go to ``pipeline.apply``; ``calibration``
     (e.g. the file's SHA-256 and number of texts) is recorded in the header under ``"calibration"``.
     """
     w = weight.detach().cpu()
     try:
-        extra = {"hessian": hessian} if hessian is not None else {}
+        extra = {k: v for k, v in (("hessian", hessian), ("row_importance", row_importance)) if v is not None}
         t = pipeline.apply(w, importance=importance, measure=False, **extra)
     except ValueError as exc:
         raise LlmcompError(

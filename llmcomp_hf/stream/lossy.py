@@ -87,7 +87,8 @@ def _compress(info: TensorInfo, tensor: Any, config: CompressionConfig, pipeline
         else:
             stored, recon = compress_lossy(info.name, tensor, plan.pipeline(info.name), config.coder,
                                            config.block_size, importance=plan.importance(info.name, tensor.shape),
-                                           hessian=plan.hessian(info.name), calibration=plan.info)
+                                           hessian=plan.hessian(info.name),
+                                           row_importance=plan.row_importance(info.name), calibration=plan.info)
     except LlmcompError as exc:
         raise CheckpointError(f"{exc}{where(None, file)}") from exc
     return stored, digest(recon)

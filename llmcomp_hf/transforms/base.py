@@ -127,6 +127,8 @@ class Transform:
     uses_importance: ClassVar[bool] = False
     #: whether ``apply`` accepts an input second moment ``hessian`` (error-feedback rounding)
     uses_hessian: ClassVar[bool] = False
+    #: whether ``apply`` accepts a per-output-channel ``row_importance``
+    uses_row_importance: ClassVar[bool] = False
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +152,8 @@ class Transform:
 
     # -- the contract ----------------------------------------------------------------------------
     def apply(self, weight: torch.Tensor, *, importance: torch.Tensor | None = None,
-              hessian: torch.Tensor | None = None, measure: bool = True) -> Transformed:
+              hessian: torch.Tensor | None = None, row_importance: torch.Tensor | None = None,
+              measure: bool = True) -> Transformed:
         """Transform ``weight``; with ``measure`` the result carries its reconstruction's error.
 
         ``importance``: optional non-negative weight per input channel (``weight.shape[1:]`` flattened),
@@ -160,6 +163,10 @@ class Transform:
 
         ``hessian``: optional input second moment ``E[x x^T]`` (``[in, in]``) of a 2-D weight; transforms
         with ``uses_hessian`` then round with error feedback (GPTQ order) onto their usual grid.
+
+        ``row_importance``: optional non-negative weight per output channel (``weight.shape[0]``) of a 2-D
+        weight, e.g. how much the model output moves per unit of error in that row (calibration
+        ``rows``); transforms with ``uses_row_importance`` then scale their steps row by row.
         """
         w = check_weight(weight, self.name)
         if importance is not None:
@@ -167,6 +174,12 @@ class Transform:
                 raise ValueError(f"{type(self).__name__} does not use importance; it is taken by "
                                  "EntropyCodedQuant, MagnitudePrune, NMPrune and pipelines holding them")
             importance = check_importance(importance, w.shape, self.name)
+        extra: dict[str, torch.Tensor] = {}
+        if row_importance is not None:
+            if not self.uses_row_importance:
+                raise ValueError(f"{type(self).__name__} does not use row_importance; it is taken by "
+                                 "EntropyCodedQuant and pipelines whose quantizer is one")
+            extra["row_importance"] = check_row_importance(row_importance, w.shape, self.name)
         compute = w if self.compute_dtype is None else w.to(self.compute_dtype)
         if hessian is not None:
             if not self.uses_hessian:
@@ -177,9 +190,8 @@ class Transform:
                 got = tuple(hessian.shape) if isinstance(hessian, torch.Tensor) else type(hessian).__name__
                 raise ValueError(f"{self.name}: hessian must be [in, in] = [{n_in}, {n_in}] for a 2-D weight of "
                                  f"shape {tuple(w.shape)}, got {got}")
-            tensors, meta, packed = self._apply(compute, importance, hessian=hessian)
-        else:
-            tensors, meta, packed = self._apply(compute, importance)
+            extra["hessian"] = hessian
+        tensors, meta, packed = self._apply(compute, importance, **extra)
         meta = {"transform": self.name, "config": self.to_dict(), "shape": list(w.shape),
                 "dtype": str(w.dtype).removeprefix("torch."), **meta}
         out = Transformed(tensors, meta, packed_bits=packed)
@@ -278,6 +290,20 @@ def check_weight(weight: Any, what: str) -> torch.Tensor:
         raise ValueError(f"{what}: weight holds NaN or Inf; lossy transforms need finite values "
                          "(store such tensors losslessly instead)")
     return w
+
+
+def check_row_importance(row_importance: Any, shape: torch.Size, what: str) -> torch.Tensor:
+    """Validate a per-output-channel importance vector for a 2-D weight of ``shape``; float32."""
+    if len(shape) != 2:
+        raise ValueError(f"{what}: row_importance needs a 2-D weight [out, in], got shape {tuple(shape)}")
+    if not isinstance(row_importance, torch.Tensor) or row_importance.numel() != shape[0]:
+        got = tuple(row_importance.shape) if isinstance(row_importance, torch.Tensor) else type(row_importance).__name__
+        raise ValueError(f"{what}: row_importance must be a tensor with one entry per output channel ({shape[0]} for "
+                         f"shape {tuple(shape)}), got {got}")
+    imp = row_importance.detach().reshape(-1).to(torch.float32)
+    if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()) or not bool((imp > 0).any()):
+        raise ValueError(f"{what}: row_importance must be finite, non-negative and not all zero")
+    return imp
 
 
 def check_importance(importance: Any, shape: torch.Size, what: str) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Entropy-constrained uniform quantization: the user fixes the step (or a target error), not a bit width.
 
 A fine uniform grid without clipping; the rate comes from entropy coding the integer codes. Optional
-per-input-channel ``importance`` reshapes the steps column by column to minimise the
-importance-weighted error at the same (high-rate) code entropy. An optional input second moment
+per-input-channel ``importance`` reshapes the steps column by column, and an optional per-output-channel
+``row_importance`` row by row, to minimise the importance-weighted error at the same (high-rate) code
+entropy. An optional input second moment
 (``hessian``) picks the grid points with error feedback (gptq.py): same grid, same stored format.
 """
 
@@ -33,14 +34,20 @@ MAX_ZIGZAG = (1 << 30) - 1  # ... and in int32
 
 
 def column_steps(importance: torch.Tensor, limit: float = 16.0) -> torch.Tensor:
-    """Step multiplier per input channel, ``(importance / geometric mean) ** -1/2``, clipped to
-    ``[1 / limit, limit]``.
+    """Step multiplier per channel, ``(importance / geometric mean) ** -1/2``, clipped to
+    ``[1 / limit, limit]`` and shifted so the clipped multipliers keep a geometric mean of 1 (used for
+    input channels and, with ``row_importance``, output channels).
 
     Minimises ``sum_j importance_j * err_j^2`` at fixed ``sum log(step)`` (i.e. fixed high-rate entropy).
     """
     imp = importance.to(torch.float64)
     logs = imp.clamp(min=float(imp.max()) * 1e-12).log()
-    return torch.exp(-(logs - logs.mean()) / 2).clamp(1 / limit, limit).to(torch.float32)
+    x, bound = -(logs - logs.mean()) / 2, math.log(limit)
+    lo, hi = -2 * bound, 2 * bound  # re-centre after clipping: mean(clip(x + mu)) = 0, by bisection
+    for _ in range(60):
+        mu = (lo + hi) / 2
+        lo, hi = (mu, hi) if float((x + mu).clamp(-bound, bound).mean()) < 0 else (lo, mu)
+    return torch.exp((x + (lo + hi) / 2).clamp(-bound, bound)).to(torch.float32)
 
 
 def zigzag(q: torch.Tensor, dtype: torch.dtype = torch.int16) -> torch.Tensor:
@@ -65,18 +72,21 @@ class EntropyCodedQuant(Quantizer):
     ``|q| <= 127``, else int16 (int32 beyond ``|q| > 16383``) in zigzag order so a byte-plane coder
     sees small values. With
     ``importance`` the steps are also scaled per input channel (stored as ``col_steps``), by at most
-    ``column_range`` either way.
+    ``column_range`` either way; with ``row_importance`` per output channel (``row_steps``), by at most
+    ``row_range``.
     """
 
     name: ClassVar[str] = "ecq"
     uses_importance: ClassVar[bool] = True
     uses_hessian: ClassVar[bool] = True
+    uses_row_importance: ClassVar[bool] = True
     step: float | None = 0.25
     target_rel_mse: float | None = None
     relative_to: str = "rms"
     group_size: GroupSize = "tensor"
     scale_dtype: str = "float16"
     column_range: float = 16.0
+    row_range: float = 2.0
 
     def __post_init__(self) -> None:
         if (self.step is None) == (self.target_rel_mse is None):
@@ -90,6 +100,7 @@ class EntropyCodedQuant(Quantizer):
         check_group_size("EntropyCodedQuant", self.group_size)
         check_choice("EntropyCodedQuant", "scale_dtype", self.scale_dtype, tuple(FLOAT_DTYPES))
         check_float("EntropyCodedQuant", "column_range", self.column_range, 1.0, 1024.0)
+        check_float("EntropyCodedQuant", "row_range", self.row_range, 1.0, 1024.0)
 
     def _stats(self, x: torch.Tensor, numel: int) -> torch.Tensor:
         if self.relative_to == "absmax":
@@ -103,15 +114,18 @@ class EntropyCodedQuant(Quantizer):
         return torch.round(_div(x, s)), s
 
     def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None,
-               hessian: torch.Tensor | None = None) -> Encoded:
+               hessian: torch.Tensor | None = None, row_importance: torch.Tensor | None = None) -> Encoded:
         g = group_len(weight.shape, self.group_size)
         x = to_groups(weight, g)
         stat = self._stats(x, weight.numel())
         tensors: dict[str, torch.Tensor] = {}
-        mult = None
+        dtype = FLOAT_DTYPES[self.scale_dtype]
         if importance is not None:
-            tensors["col_steps"] = column_steps(importance, self.column_range).to(FLOAT_DTYPES[self.scale_dtype])
-            mult = to_groups(tensors["col_steps"].to(torch.float32).repeat(weight.shape[0]), g, fill=1.0)
+            tensors["col_steps"] = column_steps(importance, self.column_range).to(dtype)
+        if row_importance is not None:
+            tensors["row_steps"] = column_steps(row_importance, self.row_range).to(dtype)
+        mult = _multipliers(tensors, weight.shape, g)
+        if mult is not None:
             x = x / mult
         step = self.step if self.step is not None else self._search_step(x, stat, mult)
         q, s = self._quantize(x, stat, step)
@@ -157,6 +171,18 @@ class EntropyCodedQuant(Quantizer):
         q = unzigzag(codes) if meta["zigzag"] else codes
         g = group_len(meta["shape"], self.group_size)
         out = to_groups(q, g).to(torch.float32) * tensors["scales"].to(torch.float32)[:, None]
-        if "col_steps" in tensors:
-            out = out * to_groups(tensors["col_steps"].to(torch.float32).repeat(meta["shape"][0]), g, fill=1.0)
+        mult = _multipliers(tensors, meta["shape"], g)
+        if mult is not None:
+            out = out * mult
         return _restore(out, meta)
+
+
+def _multipliers(tensors: dict[str, torch.Tensor], shape: Any, g: int) -> torch.Tensor | None:
+    """Per-element step multipliers ``row_steps[i] * col_steps[j]`` in group layout, or None without either."""
+    cols, rows = tensors.get("col_steps"), tensors.get("row_steps")
+    if cols is None and rows is None:
+        return None
+    n_out, n_in = int(shape[0]), math.prod(int(d) for d in shape[1:])
+    c = cols.to(torch.float32).reshape(1, n_in) if cols is not None else torch.ones(1, n_in)
+    r = rows.to(torch.float32).reshape(n_out, 1) if rows is not None else torch.ones(n_out, 1)
+    return to_groups((r * c).reshape(-1), g, fill=1.0)

@@ -37,13 +37,15 @@ def stage_kind(stage: Any) -> str:
 class Pipeline(Transform):
     """Apply ``stages`` in order and reconstruct in reverse. Impossible combinations raise ValueError.
 
-    An ``importance`` given to ``apply`` goes to the stages that use it (pruning, EntropyCodedQuant).
+    An ``importance`` given to ``apply`` goes to the stages that use it (pruning, EntropyCodedQuant);
+    a ``row_importance`` to the EntropyCodedQuant stage (without a low-rank stage).
     """
 
     name: ClassVar[str] = "pipeline"
     compute_dtype: ClassVar[torch.dtype | None] = None
     uses_importance: ClassVar[bool] = True
     uses_hessian: ClassVar[bool] = True
+    uses_row_importance: ClassVar[bool] = True
     stages: tuple[Transform, ...] = ()
 
     def __post_init__(self) -> None:
@@ -71,8 +73,11 @@ class Pipeline(Transform):
         return next((s for s in self.stages if stage_kind(s) == kind), None)
 
     def _apply(self, weight: torch.Tensor, importance: torch.Tensor | None = None,
-               hessian: torch.Tensor | None = None) -> Encoded:
+               hessian: torch.Tensor | None = None, row_importance: torch.Tensor | None = None) -> Encoded:
         prune, lowrank, quant = (self._stage(k) for k in ORDER)
+        if row_importance is not None and (lowrank is not None or not getattr(quant, "uses_row_importance", 0)):
+            raise ValueError("Pipeline: row_importance is used by an EntropyCodedQuant stage, and not with a low-rank "
+                             "stage; drop it or change the stages")
         if hessian is not None and (prune is not None or lowrank is not None or not getattr(quant, "uses_hessian", 0)):
             raise ValueError("Pipeline: a hessian (error-feedback rounding) needs an EntropyCodedQuant stage alone; "
                              "drop it or the prune/lowrank stages")
@@ -96,7 +101,7 @@ class Pipeline(Transform):
             stages["quantize"] = {}
             for key, value in floats.items():
                 imp = importance if quant.uses_importance else None
-                t = quant.apply(value, importance=imp, hessian=hessian, measure=False)
+                t = quant.apply(value, importance=imp, hessian=hessian, row_importance=row_importance, measure=False)
                 stages["quantize"][key] = t.meta
                 tensors.update(_prefixed(t.tensors, key))
                 packed.update({f"{key}.{k}": v for k, v in t.packed_bits.items()})

@@ -121,7 +121,8 @@ def test_config_and_card_say_calibrated_and_lossy(compressed, calib):
         qc = json.loads((folder / "config.json").read_text())["quantization_config"]
         assert qc["stages"] and qc["calibration"] == str(calib)
         assert qc["calibration_info"] == file_info(calib)
-        assert qc["calibration_use"] == {"importance": True, "allocate": True, "max_step": 1.0, "gptq": False}
+        assert qc["calibration_use"] == {"importance": True, "allocate": True, "max_step": 1.0, "gptq": False,
+                                         "rows": False}
         card = ModelCard.load(folder / "README.md")
         data = card.data.to_dict()
         assert "lossy" in data["tags"] and "lossless" not in data["tags"]
@@ -227,3 +228,38 @@ def test_error_feedback_preset_matches_between_cli_and_quantizer(bert_dir, texts
         key = next(k for k in handle.keys() if k.endswith(".llmcomp_transform"))
         header = read_header(key.removesuffix(".llmcomp_transform"), handle.get_tensor(key))
     assert header["meta"]["stages"]["quantize"]["weight"]["error_feedback"] is True
+
+
+def test_row_importance_through_calibrate_quantizer_and_cli(bert_dir, texts, calib, tmp_path):
+    """`calibrate --rows` stores per-output-channel importance; calibration_use rows: true stores
+    per-row steps, identically through the quantizer and `llmcomp compress`; a file without rows is
+    refused with the fix."""
+    rows_file = tmp_path / "calib_rows.safetensors"
+    assert main(["calibrate", str(bert_dir), "--texts", str(texts), "-o", str(rows_file), "--rows", "-q"]) == 0
+    data = Calibration.load(rows_file)
+    assert set(data.rows) == set(data.shapes)
+    for name, r in data.rows.items():
+        assert r.shape == (data.shapes[name][0],) and bool(torch.isfinite(r).all()) and bool((r > 0).all())
+        assert float(r.double().log().mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(torch.cat(list(data.rows.values())).std()) > 0.05  # rows do differ
+    model = AutoModel.from_pretrained(bert_dir)
+    assert all(not p.grad_fn and p.grad is None for p in model.parameters())
+    use = {"rows": True}
+    with pytest.raises(ValueError, match="no output-channel importance.*--rows"):
+        AutoModel.from_pretrained(bert_dir, quantization_config=CompressionConfig.from_preset(
+            "ecq-calibrated", calibration=str(calib), calibration_use=use))
+    cfg = CompressionConfig.from_preset("ecq-calibrated", calibration=str(rows_file), calibration_use=use)
+    model = AutoModel.from_pretrained(bert_dir, quantization_config=cfg)
+    model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "c.yaml").write_text(json.dumps(cfg.to_dict()))
+    args = ["compress", str(bert_dir), str(tmp_path / "cli"), "--config", str(tmp_path / "c.yaml"), "--verify", "-q"]
+    assert main(args) == 0
+    assert_same_state(state(tmp_path / "cli"), state(tmp_path / "hf"))
+    assert_same_state(model.state_dict(), AutoModel.from_pretrained(tmp_path / "hf").state_dict())
+    with safe_open(str(next((tmp_path / "hf").glob("*.safetensors"))), framework="pt") as handle:
+        keys = [k for k in handle.keys() if k.endswith(".llmcomp_transform")]
+        headers = [read_header(k.removesuffix(".llmcomp_transform"), handle.get_tensor(k)) for k in keys]
+    assert keys and all("weight.row_steps" in h["parts"] and "weight.col_steps" in h["parts"] for h in headers)
+    with pytest.raises(ValueError, match="rows.*needs an 'ecq' stage"):
+        CompressionConfig.from_preset("lowrank", calibration=str(rows_file), calibration_use={**use, "importance": False,
+                                                                                             "allocate": False})

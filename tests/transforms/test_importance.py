@@ -138,3 +138,50 @@ def test_allocate_floor_and_clip() -> None:
         allocate_steps({"a": 0.0, "b": 0.0}, {"a": 1, "b": 1}, 0.1)
     with pytest.raises(ValueError, match="positive"):
         allocate_steps({"a": 1.0}, {"a": 1}, -0.1)
+
+
+def test_ecq_row_importance_scales_rows(weight: torch.Tensor, importance: torch.Tensor) -> None:
+    """Per-output-channel steps: (row importance)^-1/2, geometric mean 1, within row_range; the
+    row-weighted error drops; the stored tensors rebuild the same weight."""
+    gen = torch.Generator().manual_seed(7)
+    rows = 10 ** (2 * torch.rand(weight.shape[0], generator=gen) - 1)  # two decades
+    plain = EntropyCodedQuant(step=0.2).apply(weight, importance=importance)
+    aware = EntropyCodedQuant(step=0.2, row_range=1e3).apply(weight, importance=importance, row_importance=rows)
+    r = aware.tensors["row_steps"].float()
+    assert r.shape == (weight.shape[0],)
+    assert float(r.double().log().mean()) == pytest.approx(0.0, abs=2e-3)  # fp16-stored
+    assert torch.allclose(r * rows.sqrt(), (r * rows.sqrt())[0].expand_as(r), rtol=2e-3)
+    step = float(aware.tensors["scales"][0]) * r[:, None] * aware.tensors["col_steps"].float()[None, :]
+    assert bool(((weight - aware.reconstruct()).abs() <= step / 2 * (1 + 1e-6) + 1e-12).all())
+    both = rows[:, None] * importance[None, :]
+    assert _weighted_mse(weight, aware.reconstruct(), both) < 0.7 * _weighted_mse(weight, plain.reconstruct(), both)
+    assert torch.equal(reconstruct(aware.tensors, aware.meta), aware.reconstruct())
+    clipped = EntropyCodedQuant(step=0.2).apply(weight, row_importance=rows)
+    assert float(clipped.tensors["row_steps"].max()) <= 2.0 and float(clipped.tensors["row_steps"].min()) >= 0.5
+    assert "col_steps" not in clipped.tensors
+    assert torch.equal(reconstruct(clipped.tensors, clipped.meta), clipped.reconstruct())
+
+
+def test_row_importance_validation(weight: torch.Tensor) -> None:
+    rows = torch.ones(weight.shape[0])
+    with pytest.raises(ValueError, match="one entry per output channel"):
+        EntropyCodedQuant().apply(weight, row_importance=rows[:-1])
+    with pytest.raises(ValueError, match="non-negative and not all zero"):
+        EntropyCodedQuant().apply(weight, row_importance=torch.zeros(weight.shape[0]))
+    with pytest.raises(ValueError, match="UniformQuant does not use row_importance"):
+        UniformQuant(bits=8).apply(weight, row_importance=rows)
+    with pytest.raises(ValueError, match="row_importance is used by an EntropyCodedQuant stage"):
+        Pipeline(stages=(LowRank(rank=8), EntropyCodedQuant())).apply(weight, row_importance=rows)
+    with pytest.raises(ValueError, match="row_range"):
+        EntropyCodedQuant(row_range=0.5)
+    routed = Pipeline(stages=(NMPrune(2, 4), EntropyCodedQuant())).apply(weight, row_importance=rows * 3)
+    assert "weight.row_steps" in routed.tensors
+
+
+def test_column_steps_keep_geometric_mean_when_clipped() -> None:
+    """Heavy clipping on one side must not move the average step (the rate allocation relies on it)."""
+    imp = torch.cat([torch.full((10,), 1e6), torch.ones(90)])  # 10 channels far more important
+    c = column_steps(imp, limit=2.0)
+    assert float(c.double().log().mean()) == pytest.approx(0.0, abs=1e-6)  # float32 output
+    assert float(c.max()) <= 2.0 + 1e-6 and float(c.min()) >= 0.5 - 1e-6
+    assert float(c[:10].max()) < float(c[10:].min())  # the important channels keep the finer steps
