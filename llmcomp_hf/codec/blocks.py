@@ -376,7 +376,7 @@ def decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.n
         np.empty((n_threads, n_planes, block_size), np.uint8),
         np.empty((n_threads, n_planes), np.int64),
         np.empty((n_threads, n_planes, huffman.LUT_SIZE), np.uint16),
-        np.empty((n_threads, n_planes, huffman.LUT_SIZE), np.uint64),
+        np.empty((n_threads, n_planes, huffman.MULTI_SIZE), np.uint64),
         np.zeros((n_threads, n_planes, huffman.MEMO_SIZE), np.uint8),
         np.empty((n_threads, (1 + rans_ctx.N_CTX) * RANS_SCALE), np.uint32),
         np.zeros((n_threads, rans_ctx.MEMO_BYTES), np.uint8),

@@ -1,15 +1,18 @@
 """Canonical Huffman coder for one plane section (docs/format.md, mode 2), numba kernels.
 
-Encoding packs codes LSB-first into 4 sub-streams (one per quarter of the block). Decoding uses
-a 2048-entry table whose entries hold up to 4 symbols each, and runs the 4 sub-streams in
-lockstep so their dependency chains overlap. Every read is checked against the section end and
-every write against the sub-stream's output range; errors are returned as negative codes.
+Encoding packs codes LSB-first into 4 sub-streams (one per quarter of the block). Decoding looks
+up 11-bit windows in a table whose entries hold up to 5 symbols each (written with one 8-byte
+store), and runs the 4 sub-streams interleaved so their dependency chains overlap. The fast loop
+runs in rounds that every sub-stream surely has input and output room for, so it needs no
+per-lookup checks; the tail is decoded with checks. Every read is checked against the section
+end and every write against the sub-stream's output range; errors are returned as negative codes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros  # the ctlz intrinsic; numba >= 0.60 (pyproject) has it
 
 from llmcomp_hf.codec.models import (
     BITMAP_BYTES,
@@ -23,12 +26,33 @@ LUT_BITS = HUFF_MAX_LEN
 LUT_SIZE = 1 << LUT_BITS
 LUT_MASK = LUT_SIZE - 1
 N_STREAMS = 4
+# Multi-symbol decode table (decode side only, not part of the format): window bits, symbols per
+# entry (at most 5: build_tables packs 5 symbols and their lengths in a uint64), lookups per refill
+# (a refill leaves >= 56 bits). Worst case of one fast-loop round: bytes the input advances,
+# symbols the output advances, bytes written from the round's start.
+MULTI_BITS = 11
+MULTI_SIZE = 1 << MULTI_BITS
+MULTI_MAX = 5
+FAST_LOOKUPS = 56 // MULTI_BITS
+FAST_IN = 7
+FAST_OUT = FAST_LOOKUPS * MULTI_MAX
+FAST_SLACK = FAST_OUT - MULTI_MAX + 8
 MEMO_SIZE = 1 + BITMAP_BYTES + 128  # table length + bitmap + up to 256 nibbles
 
 # Error codes shared with blocks.py
 ERR_TRUNCATED = -1
 ERR_TABLE = -2
 ERR_STREAM = -3
+
+_U1, _U2, _U3, _U4, _U5, _U6, _U7 = (np.uint64(i) for i in range(1, 8))
+_U8, _U16, _U24, _U32, _U40, _U48, _U56 = (np.uint64(i) for i in range(8, 64, 8))
+_U61, _U63, _U255 = np.uint64(61), np.uint64(63), np.uint64(255)
+_TOP = np.uint64(1 << 63)
+_MULTI_MASK = np.uint64(MULTI_SIZE - 1)
+_RUN_LENS = np.uint64(8 * MULTI_MAX)
+_REVERSED = np.array([int(f"{i:0{MULTI_BITS}b}"[::-1], 2) for i in range(MULTI_SIZE)], np.uint64)
+_SYMS = np.uint64((1 << (8 * MULTI_MAX)) - 1)
+_LENS = np.uint64(((1 << (4 * MULTI_MAX)) - 16) << (8 * MULTI_MAX))  # nibbles 1.. of the lengths
 
 
 @njit(cache=True, nogil=True)
@@ -110,8 +134,10 @@ def encode_section(plane: np.ndarray, n: int, lengths: np.ndarray, out: np.ndarr
 def build_tables(data: np.ndarray, pos: int, end: int, single: np.ndarray, multi: np.ndarray) -> int:
     """Parse bitmap + lengths at ``data[pos:end]``, fill the decode tables; return the new pos or <0.
 
-    ``single[i]`` = symbol | length << 8 for the code starting at window ``i``;
-    ``multi[i]`` = up to 4 symbols (bytes 0..3) | bits consumed << 32 | count << 40.
+    ``single[i]`` = symbol | length << 8 for the code starting at window ``i`` (LUT_BITS bits);
+    ``multi[i]`` = bits consumed | up to MULTI_MAX symbols << 8 (bytes 1..) | count << 61 for the
+    MULTI_BITS-bit window ``i``: the longest run of whole codes in it (at least one, the code
+    being complete), capped at MULTI_MAX symbols.
     """
     if pos + BITMAP_BYTES > end:
         return ERR_TRUNCATED
@@ -133,26 +159,51 @@ def build_tables(data: np.ndarray, pos: int, end: int, single: np.ndarray, multi
     if kraft != LUT_SIZE:  # only complete codes are valid: every table window then decodes
         return ERR_TABLE
     pos += (k + 1) // 2
-    codes = canonical_codes(lengths)
+    by_len = np.empty(k, np.int64)  # symbols in canonical order: by code length, then value
+    first = np.zeros(HUFF_MAX_LEN + 2, np.int64)
     for j in range(k):
-        s = syms[j]
-        ln = np.int64(lengths[s])
-        entry = np.uint16(s | (ln << 8))
-        for i in range(np.int64(codes[s]), LUT_SIZE, np.int64(1) << ln):
-            single[i] = entry
-    for w in range(LUT_SIZE):
-        used = 0
-        cnt = 0
-        packed = np.uint64(0)
-        while cnt < 4:
-            e = single[(w >> used) & LUT_MASK]
-            ln = np.int64(e >> 8)
-            if used + ln > LUT_BITS:
-                break
-            packed |= np.uint64(e & 0xFF) << np.uint64(8 * cnt)
-            used += ln
-            cnt += 1
-        multi[w] = packed | (np.uint64(used) << np.uint64(32)) | (np.uint64(cnt) << np.uint64(40))
+        first[lengths[syms[j]] + 1] += 1
+    for ln in range(1, HUFF_MAX_LEN + 2):
+        first[ln] += first[ln - 1]
+    for j in range(k):
+        ln = lengths[syms[j]]
+        by_len[first[ln]] = syms[j]
+        first[ln] += 1  # ends as the number of codes of length <= ln
+    # Greedy runs of every b-bit window for b = 1..MULTI_BITS (level b at runs[2**b:2**(b+1)]): a
+    # code of length ln <= b, then the run of the (b - ln)-bit rest, capped at MULTI_MAX symbols.
+    # Packed as symbols (byte i: the i-th) | their lengths (nibble i) << 8 * MULTI_MAX, so that
+    # prepending a symbol is two shifts and masks (a symbol past the cap falls off the top).
+    # Windows are indexed bit-reversed (first stream bit = most significant): the windows starting
+    # with each code, in canonical order, are then consecutive ranges, and so are their rests.
+    runs = np.empty(2 * MULTI_SIZE, np.uint64)
+    runs[1] = 0  # level 0: the empty run
+    for b in range(1, MULTI_BITS + 1):
+        dst = 1 << b
+        for j in range(first[min(b, HUFF_MAX_LEN)]):  # the codes of length <= b
+            s = by_len[j]
+            ln = np.int64(lengths[s])
+            rest = 1 << (b - ln)
+            head = np.uint64(s) | (np.uint64(ln) << _RUN_LENS)
+            src_run = runs[rest : 2 * rest]
+            dst_run = runs[dst : dst + rest]
+            for r in range(rest):
+                g = src_run[r]
+                dst_run[r] = ((g << _U8) & _SYMS) | ((g << _U4) & _LENS) | head
+            dst += rest
+        runs[dst : 2 << b] = 0  # the first code is longer than the window
+    for w in range(MULTI_SIZE):  # to stream order
+        multi[w] = runs[np.uint64(MULTI_SIZE) + _REVERSED[w]]
+    for w in range(LUT_SIZE):  # the first code
+        g = multi[w]
+        single[w] = np.uint16((g & _U255) | ((g >> (_RUN_LENS - _U8)) & np.uint64(0xF00)))
+    for w in range(MULTI_SIZE):
+        g = multi[w]
+        lens = g >> _RUN_LENS
+        used = np.uint64(0)
+        for i in range(MULTI_MAX):
+            used += (lens >> np.uint64(4 * i)) & np.uint64(15)
+        cnt = (np.uint64(67) - leading_zeros(lens)) >> np.uint64(2)  # lengths are >= 1
+        multi[w] = ((g & _SYMS) << _U8) | used | (cnt << _U61)
     return pos
 
 
@@ -160,17 +211,7 @@ def build_tables(data: np.ndarray, pos: int, end: int, single: np.ndarray, multi
 def _refill(data, pos, end, acc, nbits):
     """Top up the bit buffer to >= 56 bits; bytes past ``end`` read as zero (checked later)."""
     if pos + 8 <= end:
-        v = (
-            np.uint64(data[pos])
-            | (np.uint64(data[pos + 1]) << np.uint64(8))
-            | (np.uint64(data[pos + 2]) << np.uint64(16))
-            | (np.uint64(data[pos + 3]) << np.uint64(24))
-            | (np.uint64(data[pos + 4]) << np.uint64(32))
-            | (np.uint64(data[pos + 5]) << np.uint64(40))
-            | (np.uint64(data[pos + 6]) << np.uint64(48))
-            | (np.uint64(data[pos + 7]) << np.uint64(56))
-        )
-        acc |= v << np.uint64(nbits)
+        acc |= _load64(data, np.uint64(pos)) << np.uint64(nbits)
         step = (63 - nbits) >> 3
         return pos + step, acc, nbits + 8 * step
     while nbits <= 56:
@@ -182,24 +223,86 @@ def _refill(data, pos, end, acc, nbits):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _fast4(multi, acc, nbits, out, o):
-    """Four table lookups (needs >= 44 buffered bits and 16 bytes of room at ``out[o]``)."""
-    for _ in range(4):
-        e = multi[acc & np.uint64(LUT_MASK)]
-        out[o] = e & 0xFF
-        out[o + 1] = (e >> np.uint64(8)) & 0xFF
-        out[o + 2] = (e >> np.uint64(16)) & 0xFF
-        out[o + 3] = (e >> np.uint64(24)) & 0xFF
-        used = (e >> np.uint64(32)) & np.uint64(0xFF)
-        o += np.int64((e >> np.uint64(40)) & np.uint64(0xF))
-        acc >>= used
-        nbits -= np.int64(used)
-    return acc, nbits, o
+def _load64(data, p):
+    """Little-endian uint64 at ``data[p:p+8]`` (``p`` unsigned, so no wraparound code)."""
+    return (
+        np.uint64(data[p])
+        | (np.uint64(data[p + _U1]) << _U8)
+        | (np.uint64(data[p + _U2]) << _U16)
+        | (np.uint64(data[p + _U3]) << _U24)
+        | (np.uint64(data[p + _U4]) << _U32)
+        | (np.uint64(data[p + _U5]) << _U40)
+        | (np.uint64(data[p + _U6]) << _U48)
+        | (np.uint64(data[p + _U7]) << _U56)
+    )
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _store64(out, o, v):
+    """Little-endian uint64 ``v`` to ``out[o:o+8]`` (``o`` unsigned)."""
+    out[o] = np.uint8(v & _U255)
+    out[o + _U1] = np.uint8((v >> _U8) & _U255)
+    out[o + _U2] = np.uint8((v >> _U16) & _U255)
+    out[o + _U3] = np.uint8((v >> _U24) & _U255)
+    out[o + _U4] = np.uint8((v >> _U32) & _U255)
+    out[o + _U5] = np.uint8((v >> _U40) & _U255)
+    out[o + _U6] = np.uint8((v >> _U48) & _U255)
+    out[o + _U7] = np.uint8(v >> _U56)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fast_refill(data, p, acc):
+    """Step ``p`` past the bytes consumed and reload the buffer from ``data[p:p+8]``.
+
+    The buffer is "marked": 63 loaded bits with bit 63 set as an end marker, shifted right past
+    the bits of byte ``p`` already consumed. Its leading zeros then count the bits consumed since
+    ``p``, so no bit count is kept. It holds >= 56 valid bits after a reload, so FAST_LOOKUPS
+    windows never reach the marker. The caller ensures ``p + 8 <= end`` (_fast_rounds).
+    """
+    lz = leading_zeros(acc)
+    p += lz >> _U3
+    return p, (_load64(data, p) | _TOP) >> (lz & _U7)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fast_lookup(multi, acc, out, o):
+    """One table lookup: store 8 bytes at ``out[o]``, advance by the entry's count."""
+    e = multi[acc & _MULTI_MASK]
+    _store64(out, o, (e >> _U8) | (e << _U56))  # a rotate: 8 bytes of one value make one store
+    return acc >> (e & _U63), o + (e >> _U61)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fast_rounds(p, acc, end, o, o_end):
+    """Fast-loop rounds this sub-stream surely has room for (reads < ``end``, writes < ``o_end``)."""
+    nxt = np.int64(p + (leading_zeros(acc) >> _U3))
+    r_in = (end - 8 - nxt) // FAST_IN + 1
+    r_out = (o_end - FAST_SLACK - np.int64(o)) // FAST_OUT + 1
+    return max(0, min(r_in, r_out))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unmark(data, p, acc, end):
+    """Marked buffer at ``p`` -> (pos, acc, nbits) as _refill and _finish keep them."""
+    lz = leading_zeros(acc)
+    pos = np.int64(p + (lz >> _U3))
+    pos, acc, nbits = _refill(data, pos, end, np.uint64(0), 0)
+    skip = np.int64(lz & _U7)
+    return pos, acc >> np.uint64(skip), nbits - skip
 
 
 @njit(cache=True, nogil=True)
-def _finish(data, pos, end, acc, nbits, single, out, o, o_end):
-    """Decode one symbol at a time until ``out[o_end]``."""
+def _finish(data, pos, end, acc, nbits, single, multi, out, o, o_end):
+    """Decode until ``out[o_end]``: table runs while 8 bytes of room remain, then single symbols."""
+    while o + 8 <= o_end:
+        if nbits < MULTI_BITS:
+            pos, acc, nbits = _refill(data, pos, end, acc, nbits)
+        e = multi[acc & _MULTI_MASK]
+        _store64(out, np.uint64(o), (e >> _U8) | (e << _U56))
+        used = e & _U63
+        acc >>= used
+        nbits -= np.int64(used)
+        o += np.int64(e >> _U61)
     while o < o_end:
         if nbits < LUT_BITS:
             pos, acc, nbits = _refill(data, pos, end, acc, nbits)
@@ -262,30 +365,43 @@ def decode_section(data: np.ndarray, pos: int, end: int, n: int, out: np.ndarray
         if starts[st + 1] < starts[st] or starts[st + 1] > end:
             return ERR_TRUNCATED
     q = (n + N_STREAMS - 1) // N_STREAMS
-    o0, o1, o2, o3 = min(0, n), min(q, n), min(2 * q, n), min(3 * q, n)
-    e0, e1, e2, e3 = o1, o2, o3, n
-    p0, p1, p2, p3 = starts[0], starts[1], starts[2], starts[3]
-    a0 = a1 = a2 = a3 = np.uint64(0)
-    b0 = b1 = b2 = b3 = 0
-    # Lockstep fast loop while every sub-stream has room for 16 more symbols in its own range.
-    while o0 + 16 <= e0 and o1 + 16 <= e1 and o2 + 16 <= e2 and o3 + 16 <= e3:
-        p0, a0, b0 = _refill(data, p0, starts[1], a0, b0)
-        p1, a1, b1 = _refill(data, p1, starts[2], a1, b1)
-        p2, a2, b2 = _refill(data, p2, starts[3], a2, b2)
-        p3, a3, b3 = _refill(data, p3, starts[4], a3, b3)
-        a0, b0, o0 = _fast4(multi, a0, b0, out, o0)
-        a1, b1, o1 = _fast4(multi, a1, b1, out, o1)
-        a2, b2, o2 = _fast4(multi, a2, b2, out, o2)
-        a3, b3, o3 = _fast4(multi, a3, b3, out, o3)
-    p0, b0 = _finish(data, p0, starts[1], a0, b0, single, out, o0, e0)
-    p1, b1 = _finish(data, p1, starts[2], a1, b1, single, out, o1, e1)
-    p2, b2 = _finish(data, p2, starts[3], a2, b2, single, out, o2, e2)
-    p3, b3 = _finish(data, p3, starts[4], a3, b3, single, out, o3, e3)
+    s0, s1, s2, s3, s4 = starts[0], starts[1], starts[2], starts[3], starts[4]
+    e0, e1, e2, e3 = min(q, n), min(2 * q, n), min(3 * q, n), n
+    # Fast loop on marked buffers, in rounds that every sub-stream surely has room for.
+    p0, p1, p2, p3 = np.uint64(s0), np.uint64(s1), np.uint64(s2), np.uint64(s3)
+    o0, o1, o2, o3 = np.uint64(0), np.uint64(e0), np.uint64(e1), np.uint64(e2)
+    a0 = a1 = a2 = a3 = _TOP
+    while True:
+        rounds = min(
+            min(_fast_rounds(p0, a0, s1, o0, e0), _fast_rounds(p1, a1, s2, o1, e1)),
+            min(_fast_rounds(p2, a2, s3, o2, e2), _fast_rounds(p3, a3, s4, o3, e3)),
+        )
+        if rounds == 0:
+            break
+        for _ in range(rounds):
+            p0, a0 = _fast_refill(data, p0, a0)
+            p1, a1 = _fast_refill(data, p1, a1)
+            p2, a2 = _fast_refill(data, p2, a2)
+            p3, a3 = _fast_refill(data, p3, a3)
+            for _ in range(FAST_LOOKUPS):  # interleaved: the 4 dependency chains overlap best
+                a0, o0 = _fast_lookup(multi, a0, out, o0)
+                a1, o1 = _fast_lookup(multi, a1, out, o1)
+                a2, o2 = _fast_lookup(multi, a2, out, o2)
+                a3, o3 = _fast_lookup(multi, a3, out, o3)
+    # The tail, with checks, from (byte position, bit buffer, bit count).
+    pos0, acc0, nb0 = _unmark(data, p0, a0, s1)
+    pos1, acc1, nb1 = _unmark(data, p1, a1, s2)
+    pos2, acc2, nb2 = _unmark(data, p2, a2, s3)
+    pos3, acc3, nb3 = _unmark(data, p3, a3, s4)
+    pos0, nb0 = _finish(data, pos0, s1, acc0, nb0, single, multi, out, np.int64(o0), e0)
+    pos1, nb1 = _finish(data, pos1, s2, acc1, nb1, single, multi, out, np.int64(o1), e1)
+    pos2, nb2 = _finish(data, pos2, s3, acc2, nb2, single, multi, out, np.int64(o2), e2)
+    pos3, nb3 = _finish(data, pos3, s4, acc3, nb3, single, multi, out, np.int64(o3), e3)
     if not (
-        _stream_ok(starts[0], starts[1], p0, b0)
-        and _stream_ok(starts[1], starts[2], p1, b1)
-        and _stream_ok(starts[2], starts[3], p2, b2)
-        and _stream_ok(starts[3], starts[4], p3, b3)
+        _stream_ok(s0, s1, pos0, nb0)
+        and _stream_ok(s1, s2, pos1, nb1)
+        and _stream_ok(s2, s3, pos2, nb2)
+        and _stream_ok(s3, s4, pos3, nb3)
     ):
         return ERR_STREAM
     return 0
