@@ -463,7 +463,33 @@ def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: b
     ensure_consistent()
     count = _thread_count(threads)
     jobs = [_Decoding(enc, None) for enc in encs]
-    _run_parallel([functools.partial(job.run_range, lo, min(lo + MANY_CHUNK_BLOCKS, job.n_blocks))
-                   for job in jobs for lo in range(0, job.n_blocks, MANY_CHUNK_BLOCKS)], count)
+    _run_parallel(_decode_tasks(jobs), count)
     return [job.finish(verify) for job in jobs]
+
+
+def _decode_tasks(jobs: list[_Decoding]) -> list[Callable[[], None]]:
+    """decode_many's queue: ranges of ``MANY_CHUNK_BLOCKS`` blocks, and runs of consecutive one-block
+    tensors smaller than a block packed into one task up to about a block's elements (a queue entry
+    costs ~10 us of Python, more than decoding a 384-element bias)."""
+    tasks: list[Callable[[], None]] = []
+    pack: list[_Decoding] = []
+    packed = 0
+    for job in jobs:
+        if job.n_blocks == 1 and job.enc.numel < job.block_size:
+            pack.append(job)
+            packed += job.enc.numel
+            if packed >= job.block_size:
+                tasks.append(functools.partial(_decode_each, pack))
+                pack, packed = [], 0
+            continue
+        tasks += [functools.partial(job.run_range, lo, min(lo + MANY_CHUNK_BLOCKS, job.n_blocks))
+                  for lo in range(0, job.n_blocks, MANY_CHUNK_BLOCKS)]
+    if pack:
+        tasks.append(functools.partial(_decode_each, pack))
+    return tasks
+
+
+def _decode_each(jobs: list[_Decoding]) -> None:
+    for job in jobs:
+        job.run_range(0, job.n_blocks)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from llmcomp_hf.errors import CorruptStreamError, FormatError, where
 
@@ -144,48 +145,73 @@ class EncodedTensor:
             int(checksum, 16)
         except ValueError as exc:
             raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}") from exc
-        for arr, what, dtype in ((self.data, "data", np.uint8), (self.index, "index", np.int64)):
+        for arr, what, dtype in ((self.data, "data", _UINT8), (self.index, "index", _INT64)):
             # numpy on the host; device arrays (numba/torch CUDA) are checked by dtype name and rank.
-            kind = str(getattr(arr, "dtype", "")).removeprefix("torch.")
-            if kind != np.dtype(dtype).name or getattr(arr, "ndim", None) != 1:
+            if isinstance(arr, np.ndarray):
+                ok = arr.dtype == dtype and arr.ndim == 1
+            else:
+                ok = str(getattr(arr, "dtype", "")).removeprefix("torch.") == dtype.name and getattr(arr, "ndim", None) == 1
+            if not ok:
                 raise FormatError(
-                    f"{what} must be a 1-D {np.dtype(dtype).name} array{at}, got "
+                    f"{what} must be a 1-D {dtype.name} array{at}, got "
                     f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
                 )
         n_blocks = -(-self.numel // bs)
-        if self.index.ndim != 1 or self.index.shape[0] != n_blocks + 1:
+        if self.index.shape[0] != n_blocks + 1:
             raise CorruptStreamError(
                 f"index has {self.index.shape} entries, expected {n_blocks + 1} for {self.numel} elements "
                 f"in blocks of {bs}{at}; the stream is truncated or from another tensor"
             )
-        if self.data.ndim != 1:
-            raise CorruptStreamError(f"data must be 1-D uint8{at}")
-        idx = np.asarray(self.index) if isinstance(self.index, np.ndarray) else _host_copy(self.index)
-        if idx[0] != 0 or int(idx[-1]) != self.data.shape[0] or (n_blocks and np.any(idx[1:] < idx[:-1])):
+        idx = self.index if isinstance(self.index, np.ndarray) else _host_copy(self.index)
+        on_host = isinstance(self.data, np.ndarray)
+        fault = _index_fault(np.ascontiguousarray(idx), self.data.shape[0], 2 * DTYPES[h["dtype"]][1],
+                             self.data if on_host else _NO_DATA, version < 2 and on_host)
+        if fault == _NOT_COVERED:
             raise CorruptStreamError(
                 f"block index does not cover the data ({int(idx[-1])} vs {self.data.shape[0]} bytes){at}; "
                 "the file is truncated or corrupted: re-download or re-compress it"
             )
-        # Every plane section takes >= 2 bytes: reject impossible blocks before allocating the output.
-        min_block = 2 * DTYPES[h["dtype"]][1]
-        if n_blocks and int(np.min(idx[1:] - idx[:-1])) < min_block:
+        if fault == _SHORT_BLOCK:  # every plane section takes >= 2 bytes: rejected before allocating the output
             raise CorruptStreamError(
-                f"a block is shorter than the {min_block} bytes any block needs{at}; "
+                f"a block is shorter than the {2 * DTYPES[h['dtype']][1]} bytes any block needs{at}; "
                 "the file is truncated or corrupted: re-download or re-compress it"
             )
-        if version < 2 and isinstance(self.data, np.ndarray) and uses_mode4(self.data, idx):
+        if fault == _MODE4_IN_V1:
             raise CorruptStreamError(f"a version-1 stream holds a mode-4 section{at}; the file is corrupted: re-download or re-compress it")
+
+
+_UINT8, _INT64 = np.dtype(np.uint8), np.dtype(np.int64)
+_NO_DATA = np.zeros(0, np.uint8)
+_NOT_COVERED, _SHORT_BLOCK, _MODE4_IN_V1 = 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def _index_fault(idx: np.ndarray, n_data: int, min_block: int, data: np.ndarray, v1: bool) -> int:
+    """0, or why the block index cannot describe ``n_data`` bytes of blocks (one pass, no allocation):
+    not starting at 0 / not ending at ``n_data`` / decreasing, a block under ``min_block`` bytes, or
+    (``v1``) a block of a version-1 stream starting with a mode-4 section."""
+    n = idx.shape[0]
+    if idx[0] != 0 or idx[n - 1] != n_data:
+        return _NOT_COVERED
+    short = False
+    for b in range(n - 1):
+        size = idx[b + 1] - idx[b]
+        if size < 0:
+            return _NOT_COVERED
+        if size < min_block:
+            short = True
+    if short:
+        return _SHORT_BLOCK
+    if v1:
+        for b in range(n - 1):
+            if idx[b + 1] > idx[b] and data[idx[b]] == MODE_RANS_CTX:
+                return _MODE4_IN_V1
+    return 0
 
 
 def format_version(coder: str) -> int:
     """The version an encoder writes for ``coder``: 2 for ``rans-ctx`` (mode-4 sections), else 1."""
     return 2 if coder in VERSION_2_CODERS else 1
-
-
-def uses_mode4(data: np.ndarray, index: np.ndarray) -> bool:
-    """Whether any block starts with a mode-4 section (mode 4 is only allowed on plane 0, the first)."""
-    starts = index[:-1][index[1:] > index[:-1]]
-    return bool(starts.size) and bool(np.any(data[starts] == MODE_RANS_CTX))
 
 
 def _host_copy(arr: Any) -> np.ndarray:
