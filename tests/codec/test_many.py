@@ -42,3 +42,29 @@ def test_decode_many_shares_block_ranges_and_reports_the_bad_tensor() -> None:
     broken = type(bad)(bad.header, data, bad.index, name="t3")
     with pytest.raises((CorruptStreamError, ChecksumMismatchError), match="t3"):
         decode_many([*encs[:3], broken, encs[4]], threads=2)
+
+
+def test_decode_many_packs_small_tensors_and_still_names_the_bad_one() -> None:
+    """Runs of sub-block tensors (biases, norms) share one task; a corrupt one among them is still
+    the one named, and big tensors between them break the runs."""
+    import pytest
+
+    from llmcomp_hf.codec import api
+    from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError
+
+    torch.manual_seed(2)
+    sizes = [384] * 5 + [5000] + [7, 0, 1, 1000]  # four small, one of 5 blocks, then small again
+    tensors = [torch.randn(n).to(torch.bfloat16) for n in sizes]
+    encs = [encode(t, block_size=1024, name=f"s{i}") for i, t in enumerate(tensors)]
+    jobs = [api._Decoding(e, None) for e in encs]
+    tasks = api._decode_tasks(jobs)
+    assert len(tasks) < len(encs)  # small neighbours share tasks
+    for threads in (1, 2):
+        for t, out in zip(tensors, decode_many(encs, threads=threads)):
+            assert torch.equal(out.view(torch.uint8), t.view(torch.uint8))
+    bad = encs[2]
+    data = bad.data.copy()
+    data[len(data) // 2] ^= 0x21
+    broken = type(bad)(bad.header, data, bad.index, name="s2")
+    with pytest.raises((CorruptStreamError, ChecksumMismatchError), match="s2"):
+        decode_many([*encs[:2], broken, *encs[3:]], threads=2)
