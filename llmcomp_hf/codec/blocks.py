@@ -14,7 +14,15 @@ from numba import njit, prange
 
 from llmcomp_hf.codec import huffman, rans, rans_ctx
 from llmcomp_hf.codec.checksum import sum32_range
-from llmcomp_hf.codec.models import BITMAP_BYTES, RANS_SCALE, histogram, huffman_lengths, rans_frequencies
+from llmcomp_hf.codec.models import (
+    BITMAP_BYTES,
+    RANS_SCALE,
+    histogram,
+    huffman_lengths,
+    quarter_histogram,
+    rans_frequencies,
+    total_counts,
+)
 from llmcomp_hf.codec.planes import KIND_BYTES, merge_block, split_block
 
 MODE_RAW, MODE_CONST, MODE_HUFFMAN, MODE_RANS, MODE_RANS_CTX = 0, 1, 2, 3, 4
@@ -38,6 +46,15 @@ def _put_u32(out, pos, v):
 
 
 @njit(cache=True, nogil=True)
+def _copy(dst, at, src, n):
+    """``dst[at:at+n] = src[:n]`` as a plain loop, which LLVM vectorises (numba's slice assignment
+    copies ~10x slower)."""
+    d = dst[at : at + n]
+    for i in range(np.uint64(min(n, d.shape[0], src.shape[0]))):
+        d[i] = src[i]
+
+
+@njit(cache=True, nogil=True)
 def _huffman_plan(counts, n, prev, prev_ok):
     """Code lengths for this block: the previous block's table when it costs < 0.8% more bits."""
     own = huffman_lengths(counts)
@@ -56,23 +73,36 @@ def _huffman_may_pay(counts, n, k, max_payload) -> bool:
     Any prefix code needs at least the order-0 entropy, and the table needs at least the bitmap
     and the lengths of the ``k`` present symbols, so skipping the table build here never changes
     the output; it saves building a 256-symbol table for planes that stay raw (bf16 mantissas).
+    Two cheap bounds settle most planes without a log per symbol: the entropy is at most log2(k)
+    bits per symbol (small alphabets pass) and at least the collision entropy -log2(sum p^2)
+    (near-uniform planes fail).
     """
+    head = BITMAP_BYTES + (k + 1) // 2 + 12
+    if head + n * np.log2(k) / 8.0 + 1.0 < max_payload:
+        return True
+    squares = 0
+    for s in range(256):
+        squares += counts[s] * counts[s]
+    if head + (n * np.log2(n * n / squares) * (1.0 - 1e-9) - 1.0) / 8.0 >= max_payload:
+        return False
     entropy_bits = 0.0
     for s in range(256):
         if counts[s] > 0:
             entropy_bits += counts[s] * np.log2(n / counts[s])
-    lower = BITMAP_BYTES + (k + 1) // 2 + 12 + (entropy_bits * (1.0 - 1e-9) - 1.0) / 8.0
+    lower = head + (entropy_bits * (1.0 - 1e-9) - 1.0) / 8.0
     return lower < max_payload
 
 
 @njit(cache=True, nogil=True)
 def plan_plane(plane, n, coder, max_payload, prev, prev_ok):
-    """The encoder's model choice for one plane: (counts, number of symbols, Huffman or not).
+    """The encoder's model choice for one plane: (counts, counts per quarter, number of symbols,
+    Huffman or not).
 
     When the plane is Huffman-coded its code lengths are left in ``prev`` (``prev_ok[0]`` set),
     which is where the next block of the group looks for a table to reuse; otherwise both stay.
     """
-    counts = histogram(plane, n)
+    quarters = quarter_histogram(plane, n)
+    counts = total_counts(quarters)
     k = 0
     for s in range(256):
         if counts[s] > 0:
@@ -82,8 +112,8 @@ def plan_plane(plane, n, coder, max_payload, prev, prev_ok):
         if huffman.encoded_size(bits, lengths) < max_payload:
             prev[:] = lengths
             prev_ok[0] = True
-            return counts, k, True
-    return counts, k, False
+            return counts, quarters, k, True
+    return counts, quarters, k, False
 
 
 @njit(cache=True, nogil=True)
@@ -93,13 +123,13 @@ def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, p
     Coded only if the payload beats ``max_payload``. ``prev``/``prev_ok`` carry the Huffman
     table of this plane in the previous block (see plan_plane).
     """
-    counts, k, use_huffman = plan_plane(plane, n, coder, max_payload, prev, prev_ok)
+    counts, quarters, k, use_huffman = plan_plane(plane, n, coder, max_payload, prev, prev_ok)
     if k == 1:
         out[pos] = MODE_CONST
         out[pos + 1] = plane[0]
         return 2
     if use_huffman:
-        size = huffman.encode_section(plane, n, prev, out, pos + 5)
+        size = huffman.encode_section(plane, n, prev, quarters, out, pos + 5)
         out[pos] = MODE_HUFFMAN
         _put_u32(out, pos + 1, size)
         return size + 5
@@ -109,10 +139,10 @@ def encode_plane(plane, n, coder, max_payload, out, pos, scratch, words, prev, p
         if size < max_payload:
             out[pos] = MODE_RANS
             _put_u32(out, pos + 1, size)
-            out[pos + 5 : pos + 5 + size] = scratch[:size]
+            _copy(out, pos + 5, scratch, size)
             return size + 5
     out[pos] = MODE_RAW
-    out[pos + 1 : pos + 1 + n] = plane[:n]
+    _copy(out, pos + 1, plane, n)
     return n + 1
 
 
@@ -247,7 +277,7 @@ def encode_groups(words, kind, itemsize, numel, block_size, n_planes, coder, kee
     hist = np.zeros((GROUP if with_ctx else 1, rans_ctx.N_CTX, 256), np.int64)
     tab_block = np.zeros(GROUP, np.int64)  # blocks of the group that store their own tables
     tab_k = np.zeros(GROUP, np.int64)
-    tab_freq = np.zeros((GROUP, rans_ctx.N_CTX, 256), np.int64)
+    tab_freq = np.zeros((GROUP if with_ctx else 1, rans_ctx.N_CTX, 256), np.int64)
     g_lo, g_hi = g * GROUP, min(g * GROUP + GROUP, n_blocks)
     b_lo, b_hi = g_lo + part * (g_hi - g_lo) // parts, g_lo + (part + 1) * (g_hi - g_lo) // parts
     owner, gk = -1, -1
@@ -301,7 +331,7 @@ def compact(tmp, cap, sizes):
         index[b + 1] = index[b] + sizes[b]
     data = np.empty(index[n_blocks], np.uint8)
     for b in range(n_blocks):
-        data[index[b] : index[b + 1]] = tmp[b * cap : b * cap + sizes[b]]
+        _copy(data, index[b], tmp[b * cap : b * cap + sizes[b]], sizes[b])
     return data, index
 
 

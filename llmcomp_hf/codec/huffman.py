@@ -10,9 +10,13 @@ end and every write against the sub-stream's output range; errors are returned a
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
 from numba.cpython.unsafe.numbers import leading_zeros  # the ctlz intrinsic; numba >= 0.60 (pyproject) has it
+from numba.extending import intrinsic
 
 from llmcomp_hf.codec.models import (
     BITMAP_BYTES,
@@ -44,7 +48,7 @@ ERR_TRUNCATED = -1
 ERR_TABLE = -2
 ERR_STREAM = -3
 
-_U1, _U2, _U3, _U4, _U5, _U6, _U7 = (np.uint64(i) for i in range(1, 8))
+_U0, _U1, _U2, _U3, _U4, _U5, _U6, _U7 = (np.uint64(i) for i in range(8))
 _U8, _U16, _U24, _U32, _U40, _U48, _U56 = (np.uint64(i) for i in range(8, 64, 8))
 _U61, _U63, _U255 = np.uint64(61), np.uint64(63), np.uint64(255)
 _TOP = np.uint64(1 << 63)
@@ -77,10 +81,97 @@ def encoded_size(bits: int, lengths: np.ndarray) -> int:
     return BITMAP_BYTES + (k + 1) // 2 + 12 + (bits + 7) // 8 + N_STREAMS
 
 
+@intrinsic
+def _put64(typingctx, arr, idx, val):
+    """Little-endian uint64 ``val`` to ``arr[idx:idx+8]`` (uint8 array) with one unaligned store
+    (LLVM does not always merge the byte stores of _store64). No bounds check: the caller ensures
+    ``idx + 8 <= arr.shape[0]``.
+    """
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C" and arr.dtype == types.uint8):
+        return None
+    sig = types.void(arr, idx, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        v = args[2] if sys.byteorder == "little" else builder.bswap(args[2])
+        builder.store(v, builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer()), align=1)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put4(acc, nbits, src, j, tab):
+    """Four codes onto the top of ``acc`` (the newest bit highest); ``nbits`` gains their lengths.
+
+    ``tab[s]`` = code << (64 - length) | length: a right shift by an entry (the shift takes its
+    low 6 bits) makes room for its code, which it then ORs in. Its length bits land in bits 0-3,
+    below the valid bits (at most 7 + 4 * 11 of them). Written as one shift per code and
+    independent ORs, so the chain through ``acc`` is two operations per four codes.
+    """
+    e0 = tab[src[j]]
+    e1 = tab[src[j + _U1]]
+    e2 = tab[src[j + _U2]]
+    e3 = tab[src[j + _U3]]
+    s23 = e2 + e3  # low bytes: sums of lengths
+    s123 = e1 + s23
+    s0123 = e0 + s123
+    acc = (acc >> (s0123 & _U63)) | (e0 >> (s123 & _U63)) | (e1 >> (s23 & _U63)) | (e2 >> (e3 & _U63)) | e3
+    return acc, nbits + s0123
+
+
 @njit(cache=True, nogil=True)
-def encode_section(plane: np.ndarray, n: int, lengths: np.ndarray, out: np.ndarray, pos: int) -> int:
+def _pack_tail(src, j, tab, out, o, lim, acc, nbits):
+    """Pack ``src[j:]`` code by code (as _pack_one, byte by byte); no byte at or past ``lim`` is
+    written."""
+    for i in range(j, np.uint64(src.shape[0])):
+        e = tab[src[i]]
+        acc = (acc >> (e & _U63)) | e
+        v = (nbits + e) & _U255
+        val = acc >> ((np.uint64(64) - v) & _U63)
+        for t in range(8):
+            if o + np.uint64(t) < lim:
+                out[o + np.uint64(t)] = np.uint8((val >> np.uint64(8 * t)) & _U255)
+        o += v >> _U3
+        nbits = v & _U7
+
+
+@njit(cache=True, nogil=True)
+def _pack_one(a, tab, out, o, lim):
+    """Pack sub-stream ``a`` LSB-first into ``out[o:lim]``, its exact place.
+
+    The buffer ``acc`` holds its ``v`` valid bits at the top (see _put4), the oldest in the byte
+    ``out[o]``: each group of 4 codes is followed by one 8-byte store of those bits (the bits
+    above them are zero, and the last partial byte is stored again, completed, by the next
+    store) while 8 bytes fit before ``lim``; the rest goes byte by byte.
+    """
+    acc, bits = _U0, _U0
+    m = np.uint64(a.shape[0]) >> _U2  # groups of 4 codes
+    lim = min(lim, np.uint64(out.shape[0]))  # _put64 is unchecked
+    j = _U0
+    while True:
+        # a group adds <= 44 bits to <= 7: o advances <= 6 bytes, so these groups all have room
+        room = (lim - o - _U8) // _U6 + _U1 if o + _U8 <= lim else _U0
+        g = min(m, room)
+        if g == _U0:
+            break
+        m -= g
+        for _ in range(g):
+            acc, bits = _put4(acc, bits, a, j, tab)
+            v = bits & _U255
+            _put64(out, o, acc >> ((np.uint64(64) - v) & _U63))
+            o += v >> _U3
+            bits = v & _U7
+            j += _U4
+    _pack_tail(a, j, tab, out, o, lim, acc, bits)
+
+
+@njit(cache=True, nogil=True)
+def encode_section(plane: np.ndarray, n: int, lengths: np.ndarray, quarters: np.ndarray, out: np.ndarray, pos: int) -> int:
     """Write the Huffman payload of ``plane[:n]`` at ``out[pos]``; return the payload length.
 
+    ``quarters[st]`` are the symbol counts of sub-stream ``st`` (models.quarter_histogram), which
+    give every sub-stream's exact size up front, so each is packed in place with 8-byte stores
+    and nothing past the payload is written.
     The table lists every symbol with a non-zero length (a superset of those in the block when a
     previous block's table is reused).
     """
@@ -97,37 +188,29 @@ def encode_section(plane: np.ndarray, n: int, lengths: np.ndarray, out: np.ndarr
             j += 1
     pos += (k + 1) // 2
     codes = canonical_codes(lengths)
-    sizes_at = pos
-    pos += 12
-    q = (n + N_STREAMS - 1) // N_STREAMS
+    tab = np.zeros(256, np.uint64)  # see _put4
+    for s in range(256):
+        if lengths[s] > 0:
+            tab[s] = (np.uint64(codes[s]) << np.uint64(64 - lengths[s])) | np.uint64(lengths[s])
+    bounds = np.empty(N_STREAMS + 1, np.int64)  # sub-stream st at out[bounds[st]:bounds[st + 1]]
+    bounds[0] = pos + 12
     for st in range(N_STREAMS):
-        lo = min(st * q, n)
-        hi = min(lo + q, n)
-        stream_start = pos
-        acc = np.uint64(0)
-        nbits = 0
-        for i in range(lo, hi):
-            s = plane[i]
-            acc |= np.uint64(codes[s]) << np.uint64(nbits)
-            nbits += lengths[s]
-            if nbits >= 32:
-                out[pos] = acc & 0xFF
-                out[pos + 1] = (acc >> np.uint64(8)) & 0xFF
-                out[pos + 2] = (acc >> np.uint64(16)) & 0xFF
-                out[pos + 3] = (acc >> np.uint64(24)) & 0xFF
-                pos += 4
-                acc >>= np.uint64(32)
-                nbits -= 32
-        while nbits > 0:
-            out[pos] = acc & 0xFF
-            pos += 1
-            acc >>= np.uint64(8)
-            nbits -= 8
+        bits = 0
+        for s in range(256):
+            bits += np.int64(quarters[st, s]) * lengths[s]
+        ln = (bits + 7) // 8
+        bounds[st + 1] = bounds[st] + ln
         if st < N_STREAMS - 1:
-            ln = pos - stream_start
             for b in range(4):
-                out[sizes_at + 4 * st + b] = (ln >> (8 * b)) & 0xFF
-    return pos - start
+                out[pos + 4 * st + b] = (ln >> (8 * b)) & 0xFF
+    q = (n + N_STREAMS - 1) // N_STREAMS
+    cut = np.empty(N_STREAMS + 1, np.int64)
+    for st in range(N_STREAMS + 1):
+        cut[st] = min(st * q, n)
+    u = bounds.astype(np.uint64)
+    for st in range(N_STREAMS):
+        _pack_one(plane[cut[st] : cut[st + 1]], tab, out, u[st], u[st + 1])
+    return bounds[N_STREAMS] - start
 
 
 @njit(cache=True, nogil=True)
