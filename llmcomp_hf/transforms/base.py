@@ -296,24 +296,22 @@ def check_row_importance(row_importance: Any, shape: torch.Size, what: str) -> t
     """Validate a per-output-channel importance vector for a 2-D weight of ``shape``; float32."""
     if len(shape) != 2:
         raise ValueError(f"{what}: row_importance needs a 2-D weight [out, in], got shape {tuple(shape)}")
-    if not isinstance(row_importance, torch.Tensor) or row_importance.numel() != shape[0]:
-        got = tuple(row_importance.shape) if isinstance(row_importance, torch.Tensor) else type(row_importance).__name__
-        raise ValueError(f"{what}: row_importance must be a tensor with one entry per output channel ({shape[0]} for "
-                         f"shape {tuple(shape)}), got {got}")
-    imp = row_importance.detach().reshape(-1).to(torch.float32)
-    if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()) or not bool((imp > 0).any()):
-        raise ValueError(f"{what}: row_importance must be finite, non-negative and not all zero")
-    return imp
+    return _channel_weights(row_importance, shape[0], "row_importance", "output", shape, what)
 
 
 def check_importance(importance: Any, shape: torch.Size, what: str) -> torch.Tensor:
     """Validate a per-input-channel importance vector for a weight of ``shape``; float32, flattened."""
     n_in = math.prod(shape[1:]) if len(shape) >= 2 else 0
-    if not isinstance(importance, torch.Tensor) or importance.numel() != n_in or n_in == 0:
-        got = tuple(importance.shape) if isinstance(importance, torch.Tensor) else type(importance).__name__
-        raise ValueError(f"{what}: importance must be a tensor with one entry per input channel ({n_in} for "
+    return _channel_weights(importance, n_in, "importance", "input", shape, what)
+
+
+def _channel_weights(values: Any, n: int, arg: str, side: str, shape: torch.Size, what: str) -> torch.Tensor:
+    """``values`` as float32 [n] when it is a tensor of ``n > 0`` finite, non-negative, not all zero entries."""
+    if not isinstance(values, torch.Tensor) or values.numel() != n or n == 0:
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"{what}: {arg} must be a tensor with one entry per {side} channel ({n} for "
                          f"weight shape {tuple(shape)}), got {got}")
-    imp = importance.detach().reshape(-1).to(torch.float32)
+    imp = values.detach().reshape(-1).to(torch.float32)
     if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()) or not bool((imp > 0).any()):
-        raise ValueError(f"{what}: importance must be finite, non-negative and not all zero")
+        raise ValueError(f"{what}: {arg} must be finite, non-negative and not all zero")
     return imp

@@ -217,6 +217,13 @@ def test_error_feedback_preset_matches_between_cli_and_quantizer(bert_dir, texts
             "ecq-gptq", calibration=str(calib)))
     cfg = CompressionConfig.from_preset("ecq-gptq", calibration=str(calib),
                                         calibration_use={"allocate": False, "gptq": True})
+    header = _compress_both_ways(cfg, bert_dir, tmp_path)[0]
+    assert header["meta"]["stages"]["quantize"]["weight"]["error_feedback"] is True
+
+
+def _compress_both_ways(cfg, bert_dir, tmp_path):
+    """Compress-on-load + save and `llmcomp compress` with ``cfg``: same stored tensors, a reload equal to the
+    model in memory; returns the transform headers of the saved weights."""
     model = AutoModel.from_pretrained(bert_dir, quantization_config=cfg)
     model.save_pretrained(tmp_path / "hf")
     (tmp_path / "c.yaml").write_text(json.dumps(cfg.to_dict()))
@@ -225,9 +232,8 @@ def test_error_feedback_preset_matches_between_cli_and_quantizer(bert_dir, texts
     assert_same_state(state(tmp_path / "cli"), state(tmp_path / "hf"))
     assert_same_state(model.state_dict(), AutoModel.from_pretrained(tmp_path / "cli").state_dict())
     with safe_open(str(next((tmp_path / "hf").glob("*.safetensors"))), framework="pt") as handle:
-        key = next(k for k in handle.keys() if k.endswith(".llmcomp_transform"))
-        header = read_header(key.removesuffix(".llmcomp_transform"), handle.get_tensor(key))
-    assert header["meta"]["stages"]["quantize"]["weight"]["error_feedback"] is True
+        keys = [k for k in handle.keys() if k.endswith(".llmcomp_transform")]
+        return [read_header(k.removesuffix(".llmcomp_transform"), handle.get_tensor(k)) for k in keys]
 
 
 def test_row_importance_through_calibrate_quantizer_and_cli(bert_dir, texts, calib, tmp_path):
@@ -249,17 +255,8 @@ def test_row_importance_through_calibrate_quantizer_and_cli(bert_dir, texts, cal
         AutoModel.from_pretrained(bert_dir, quantization_config=CompressionConfig.from_preset(
             "ecq-calibrated", calibration=str(calib), calibration_use=use))
     cfg = CompressionConfig.from_preset("ecq-calibrated", calibration=str(rows_file), calibration_use=use)
-    model = AutoModel.from_pretrained(bert_dir, quantization_config=cfg)
-    model.save_pretrained(tmp_path / "hf")
-    (tmp_path / "c.yaml").write_text(json.dumps(cfg.to_dict()))
-    args = ["compress", str(bert_dir), str(tmp_path / "cli"), "--config", str(tmp_path / "c.yaml"), "--verify", "-q"]
-    assert main(args) == 0
-    assert_same_state(state(tmp_path / "cli"), state(tmp_path / "hf"))
-    assert_same_state(model.state_dict(), AutoModel.from_pretrained(tmp_path / "hf").state_dict())
-    with safe_open(str(next((tmp_path / "hf").glob("*.safetensors"))), framework="pt") as handle:
-        keys = [k for k in handle.keys() if k.endswith(".llmcomp_transform")]
-        headers = [read_header(k.removesuffix(".llmcomp_transform"), handle.get_tensor(k)) for k in keys]
-    assert keys and all("weight.row_steps" in h["parts"] and "weight.col_steps" in h["parts"] for h in headers)
+    headers = _compress_both_ways(cfg, bert_dir, tmp_path)
+    assert headers and all("weight.row_steps" in h["parts"] and "weight.col_steps" in h["parts"] for h in headers)
     with pytest.raises(ValueError, match="rows.*needs an 'ecq' stage"):
         CompressionConfig.from_preset("lowrank", calibration=str(rows_file), calibration_use={**use, "importance": False,
                                                                                              "allocate": False})
