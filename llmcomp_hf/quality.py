@@ -40,13 +40,18 @@ def embed(model: Any, tokenizer: Any, sentences: Sequence[str], batch_size: int 
     for i in range(0, len(sentences), batch_size):
         batch = tokenizer(list(sentences[i: i + batch_size]), padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt").to(device)
-        out_ = model(**batch, output_hidden_states=True)
-        last = getattr(out_, "last_hidden_state", None)  # base models; others (LM heads): last hidden state
-        hidden = (last if last is not None else out_.hidden_states[-1]).to(torch.float32)
-        mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+        out.append(_embeddings(model, batch).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def _embeddings(model: Any, batch: Any) -> torch.Tensor:
+    """One batch through ``model``: attention-mask mean of the last hidden state, L2-normalised (float32)."""
+    out_ = model(**batch, output_hidden_states=True)
+    last = getattr(out_, "last_hidden_state", None)  # base models; others (LM heads): last hidden state
+    hidden = (last if last is not None else out_.hidden_states[-1]).to(torch.float32)
+    mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def rankdata(x: torch.Tensor) -> torch.Tensor:
@@ -154,13 +159,9 @@ def output_importance(model: Any, tokenizer: Any, sentences: Sequence[str], name
         for i in range(0, len(sentences), batch_size):
             batch = tokenizer(list(sentences[i: i + batch_size]), padding=True, truncation=True,
                               max_length=128, return_tensors="pt").to(device)
-            mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
             for _ in range(draws):
                 with torch.enable_grad():  # callers may be inside no_grad
-                    out_ = model(**batch, output_hidden_states=True)
-                    last = getattr(out_, "last_hidden_state", None)
-                    hidden = (last if last is not None else out_.hidden_states[-1]).to(torch.float32)
-                    e = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+                    e = _embeddings(model, batch)
                     r = torch.randn(e.shape, generator=gen).to(e.device)
                     grads = torch.autograd.grad((e * r).sum(), [m.weight for m in layers.values()], allow_unused=True)
                 for name, grad in zip(layers, grads):

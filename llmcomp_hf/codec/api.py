@@ -202,8 +202,8 @@ class _Encoding:
         """Units of work for ``threads`` threads: whole groups, or parts of them when there are fewer
         groups than threads (not for rans-ctx, whose blocks share tables chosen over the group).
 
-        A part of a Huffman group replays the table choices of the blocks before it (~a fifth of
-        their encoding work), so parts are only as many as the threads need.
+        A part of a Huffman group replays the table choices of the blocks before it (their split and
+        histograms, not their coding), so parts are only as many as the threads need.
         """
         n_blocks = self.sizes.shape[0]
         parts = 1
