@@ -100,8 +100,11 @@ class DecodeOp(ConversionOps):
         else:
             picked = {part: tensors[i] if i < len(tensors) else None for part, tensors in parts.items()}
             prefetch = getattr(self.hf_quantizer, "prefetch", None)
-            tensor = prefetch.take(picked["header"]) if prefetch is not None and picked.get("header") is not None else None
+            header = picked.get("header")
+            tensor = prefetch.take(header) if prefetch is not None and header is not None else None
             if tensor is None:
+                if prefetch is not None and header is not None:  # a headers-only load: read the other parts
+                    picked = self.hf_quantizer.read_parts(header, picked)
                 tensor = decode_parts(name, picked, self.hf_quantizer.file_of(name))
         return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
 

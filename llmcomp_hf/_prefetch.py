@@ -1,17 +1,23 @@
 """Decode a checkpoint's compressed weights on a background thread while transformers loads.
 
-``from_pretrained`` spends most of a small model's load in Python (key renaming, converters,
-module bookkeeping) on one core; the decode kernels release the GIL. So the quantizer starts a
-``Prefetcher`` before weight loading: it decodes the lossless weights of the checkpoint in the order
-the loader asks for them (transformers sorts keys by ``dot_natural_key``), and ``DecodeOp`` takes
-the finished tensor instead of decoding it again. A weight the prefetcher has not started yet is
-claimed and decoded by the loader itself, so nothing waits on work that has not begun.
+``from_pretrained`` spends most of a small model's load in Python (model construction, key
+renaming, converters) on one core; the decode kernels release the GIL. So the quantizer starts a
+``Prefetcher`` as soon as it knows the shard files: it decodes the lossless weights in the order
+the loader will ask for them (transformers sorts keys by ``dot_natural_key``), and ``DecodeOp``
+takes the finished tensor instead of decoding it again.
+
+The weights are described once in flat arrays and decoded by one kernel call per batch
+(``codec.jobs.decode_jobs``): a kernel that returned to Python per weight waited for the GIL each
+time while the main thread ran Python, which tripled the decode time. Job states are atomic, so
+a loader that asks for a weight still being decoded decodes other pending weights of the batch
+(from its end) while it waits, and a weight not started yet is claimed and decoded by the loader
+itself: nothing waits on work that has not begun.
 
 A prefetched weight is matched by its stored header (dtype, shape, coder and the checksum of the
-original bytes) and is handed out once. It was decoded from the same shard and its checksum was
-verified, so it is bit-identical to what the loader would decode; anything that fails here
-(a corrupted block, an unreadable file) is simply left to the loader, whose error names it.
-Decoded tensors not yet taken are bounded by ``max_ahead`` bytes.
+original bytes) and is handed out once, after its checksum was verified: it is bit-identical to
+what the loader would decode. Anything that fails here (a corrupted block, an unreadable file) is
+left to the loader, whose error names it. Decoded tensors not yet taken are bounded by
+``max_ahead`` bytes (a batch is at most that much, unless one weight is larger).
 """
 
 from __future__ import annotations
@@ -20,137 +26,217 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
 
+from llmcomp_hf.codec import jobs as J
+from llmcomp_hf.codec.api import _decode_scratch, torch_dtype
+from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
+from llmcomp_hf.codec.encoded import EncodedTensor
+from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
+from llmcomp_hf.format.shard import part_key
+
 logger = logging.getLogger(__name__)
 
-_PENDING, _RUNNING, _DONE, _TAKEN = range(4)
 IDLE_TIMEOUT_S = 10.0
+STEAL_MAX_BYTES = 8 << 20  # a waiting loader decodes only weights this small (it must return soon)
+_POLL_S = 1e-4
 
 
 class _Job:
-    __slots__ = ("name", "file", "header", "state", "result", "nbytes")
+    __slots__ = ("i", "name", "file", "header", "checksum", "dtype", "shape", "nbytes", "out", "taken", "batch")
 
-    def __init__(self, name: str, file: str, header: bytes) -> None:
-        self.name, self.file, self.header = name, file, header
-        self.state, self.result, self.nbytes = _PENDING, None, 0
+    def __init__(self, i: int, name: str, file: str) -> None:
+        self.i, self.name, self.file = i, name, file
+        self.header, self.checksum, self.dtype, self.shape = b"", 0, torch.uint8, (0,)
+        self.nbytes, self.out, self.taken, self.batch = 0, None, False, (0, 0)
 
 
 class Prefetcher:
-    """Background decoding of lossless compressed weights ``(name, shard file)``; see the module doc."""
+    """Background decoding of lossless compressed weights ``(name, shard file)``; see the module doc.
 
-    def __init__(self, weights: Iterable[tuple[str, str]], verify: bool = True, max_ahead: int = 256 << 20) -> None:
-        from safetensors import safe_open
+    The constructor reads the shard headers and describes every weight (~40 us each, on the calling
+    thread: a background thread doing it would get the GIL only in 5 ms slices while the main thread
+    runs Python); ``start`` then only launches the kernel.
+    """
 
-        from llmcomp_hf.format.shard import part_key
+    def __init__(self, weights: Iterable[tuple[str, str]], verify: bool = True, max_ahead: int = 256 << 20,
+                 part_files: Mapping[str, str] | None = None) -> None:
+        """``weights``: ``(name, shard file)``; ``part_files``: the file of a part key stored elsewhere
+        (transformers may put the parts of one weight in different shards)."""
+        from transformers.core_model_loading import dot_natural_key  # the loader's own order
 
         self.verify, self.max_ahead = verify, max_ahead
+        self._part_files = dict(part_files or {})
+        named = sorted(dict(weights).items(), key=lambda item: dot_natural_key(item[0]))
+        self._jobs = [_Job(i, name, file) for i, (name, file) in enumerate(named)]
         self._cond = threading.Condition()
         self._closed = False
         self._ahead = 0
-        by_file: dict[str, list[str]] = {}
-        for name, file in weights:
-            by_file.setdefault(file, []).append(name)
-        jobs: list[_Job] = []
-        for file, names in by_file.items():
-            with safe_open(file, framework="pt") as handle:
-                for name in names:
-                    header = handle.get_tensor(part_key(name, "header")).numpy().tobytes()
-                    jobs.append(_Job(name, file, header))
-        from transformers.core_model_loading import dot_natural_key  # the loader's own order
-
-        self._jobs = sorted(jobs, key=lambda job: dot_natural_key(job.name))
         self._by_header: dict[bytes, list[_Job]] = {}
-        for job in self._jobs:
-            self._by_header.setdefault(job.header, []).append(job)
-        self._handles = _Handles()
+        self._shards: dict[str, _MappedShard] = {}
+        self._state = np.zeros(len(self._jobs), np.int64)
+        self._csums = np.zeros(len(self._jobs), np.uint64)
+        self._table, self._indexes = self._describe()
+        self._batches = self._split()
+        if self._batches:
+            with self._cond:
+                self._allocate_locked(*self._batches[0])
         self._thread = threading.Thread(target=self._run, name="llmcomp-prefetch", daemon=True)
+
+    @property
+    def weights(self) -> dict[str, str]:
+        """``{weight name: shard file}`` this prefetcher decodes (files as given)."""
+        return {job.name: job.file for job in self._jobs}
+
+    @property
+    def part_files(self) -> dict[str, str]:
+        return dict(self._part_files)
 
     def start(self) -> Prefetcher:
         self._thread.start()
         return self
 
-    def take(self, header: torch.Tensor) -> torch.Tensor | None:
-        """The decoded weight stored with this header, or None: then the caller decodes it.
+    def source(self, header: torch.Tensor) -> str | None:
+        """The checkpoint name of the weight stored with this header (None if not one of ours)."""
+        jobs = self._by_header.get(header.detach().cpu().contiguous().numpy().tobytes())
+        return jobs[0].name if jobs else None
 
-        While that weight is still being decoded in the background, the caller decodes the next
-        pending ones instead of idling (both cores then decode).
-        """
+    def take(self, header: torch.Tensor) -> torch.Tensor | None:
+        """The decoded weight stored with this header, or None: then the caller decodes it."""
         key = header.detach().cpu().contiguous().numpy().tobytes()
         with self._cond:
-            for job in self._by_header.get(key, ()):
-                if job.state == _PENDING:
-                    job.state = _TAKEN  # ours to decode: the background thread skips it
-                    return None
-                while job.state == _RUNNING:
-                    spare = None if self._closed else next((j for j in self._jobs if j.state == _PENDING), None)
-                    if spare is None:
-                        self._cond.wait()
-                    else:
-                        self._decode_locked(spare)
-                if job.state == _DONE:
-                    job.state, result, job.result = _TAKEN, job.result, None
-                    self._ahead -= job.nbytes
-                    self._cond.notify_all()
-                    return result
-            return None
+            job = next((j for j in self._by_header.get(key, ()) if not j.taken), None)
+            if job is None or self._closed:
+                return None
+            job.taken = True
+            if compare_exchange(self._state, job.i, PENDING, CLAIMED) == PENDING:
+                self._release_locked(job)  # not started: the caller decodes it now
+                return None
+        while load_acquire(self._state, job.i) == RUNNING:
+            if not self._steal(job):
+                time.sleep(_POLL_S)
+        ok = load_acquire(self._state, job.i) == DONE and (not self.verify or int(self._csums[job.i]) == job.checksum)
+        with self._cond:
+            result = job.out if ok else None
+            self._release_locked(job)
+        return result
 
     def close(self) -> None:
         """Stop and drop what was not taken (after loading)."""
         with self._cond:
             self._close_locked()
-        self._handles.close()
+
+    # -- decoding -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        for n, (lo, hi) in enumerate(self._batches):
+            if n:
+                with self._cond:
+                    size = sum(job.nbytes for job in self._jobs[lo:hi])
+                    while not self._closed and self._ahead and self._ahead + size > self.max_ahead:
+                        if not self._cond.wait(timeout=IDLE_TIMEOUT_S):
+                            self._close_locked()  # nobody takes (the load failed?): stop holding memory
+                    if self._closed:
+                        return
+                    self._allocate_locked(lo, hi)
+            try:
+                decode_jobs(self._table, self._indexes, self._state, self._csums, lo, hi, 1, -1, 1 << 62,
+                            *self._scratch(lo))
+            except Exception as exc:  # defensive: a job left RUNNING would make take() wait forever
+                logger.debug("llmcomp prefetch stopped: %s", exc)
+                with self._cond:
+                    for i in range(lo, hi):
+                        compare_exchange(self._state, i, RUNNING, FAILED)
+                    self._close_locked()
+                return
+
+    def _steal(self, job: _Job) -> bool:
+        """While ``job`` decodes elsewhere, decode pending small weights of its batch from the end.
+        False when there was nothing to do."""
+        lo, hi = job.batch
+        pending = self._state[job.i + 1 : hi] == PENDING
+        if self._closed or not pending.any():
+            return False
+        decode_jobs(self._table, self._indexes, self._state, self._csums, hi - 1, job.i, -1, job.i, STEAL_MAX_BYTES,
+                    *self._scratch(lo))
+        return int(np.count_nonzero(self._state[job.i + 1 : hi] == PENDING)) < int(np.count_nonzero(pending))
+
+    def _scratch(self, lo: int) -> tuple[np.ndarray, ...]:
+        """This thread's decode buffers for the plane count and block size of the batch at ``lo``."""
+        n_planes, block = int(self._table[lo, J.PLANES]) or 1, int(self._table[lo, J.BLOCK]) or 256
+        return tuple(part[0] for part in _decode_scratch(1, n_planes, block))
+
+    # -- bookkeeping (lock held) -------------------------------------------------------------------
+    def _allocate_locked(self, lo: int, hi: int) -> None:
+        for job in self._jobs[lo:hi]:
+            if self._state[job.i] == PENDING and job.out is None:
+                job.out = torch.empty(job.shape, dtype=job.dtype)
+                self._table[job.i, J.OUT] = job.out.data_ptr()  # kept alive by job.out while it may run
+                self._ahead += job.nbytes
+
+    def _release_locked(self, job: _Job) -> None:
+        if job.out is not None:
+            job.out = None
+            self._ahead -= job.nbytes
+            self._cond.notify_all()
 
     def _close_locked(self) -> None:
         self._closed = True
         for job in self._jobs:
-            if job.state == _DONE:
-                job.state, job.result = _TAKEN, None
+            compare_exchange(self._state, job.i, PENDING, CLAIMED)
+            if self._state[job.i] != RUNNING:  # a running kernel still writes into its output
+                self._release_locked(job)
         self._cond.notify_all()
 
-    def _decode_locked(self, job: _Job) -> None:
-        """Decode ``job`` (PENDING) on this thread, single-threaded; called and returns with the lock held."""
-        job.state = _RUNNING
-        self._cond.release()
-        try:
-            result = self._decode(job)
-        finally:
-            self._cond.acquire()
-        if result is None or self._closed:
-            job.state = _TAKEN  # failed or too late: take() returns None, the loader decodes it
-        else:
-            job.state, job.result = _DONE, result
-            job.nbytes = result.numel() * result.element_size()
-            self._ahead += job.nbytes
-        self._cond.notify_all()
+    # -- description: every weight in flat arrays ---------------------------------------------------
+    def _describe(self) -> tuple[np.ndarray, np.ndarray]:
+        table = np.zeros((len(self._jobs), J.COLUMNS), np.int64)
+        indexes: list[np.ndarray] = []
+        at = 0
+        for job in self._jobs:
+            try:
+                job.header = self._part(job, "header").tobytes()
+                self._by_header.setdefault(job.header, []).append(job)
+                index, data = self._part(job, "index"), self._part(job, "data")
+                enc = EncodedTensor(json.loads(job.header), data, index, job.name)
+                enc.validate(check_index=False)  # the kernel checks the index
+            except Exception as exc:  # left to the loader, which names the problem
+                logger.debug("llmcomp prefetch skips %s: %s", job.name, exc)
+                self._state[job.i] = CLAIMED
+                continue
+            table[job.i] = J.job_row(enc, at)  # reads the mapped file in place: self._shards keeps it
+            job.checksum = int(enc.header["checksum"], 16)
+            job.dtype, job.shape, job.nbytes = torch_dtype(enc.dtype), tuple(enc.shape), int(table[job.i, J.NBYTES])
+            indexes.append(index.view(np.uint8))
+            at += index.shape[0]
+        aligned = np.concatenate(indexes).view(np.int64) if indexes else np.zeros(0, np.int64)
+        return table, aligned
 
-    def _decode(self, job: _Job) -> torch.Tensor | None:
-        from llmcomp_hf.codec import EncodedTensor, decode
-        from llmcomp_hf.format.shard import part_key
+    def _part(self, job: _Job, part: str) -> np.ndarray:
+        key = part_key(job.name, part)
+        file = self._part_files.get(key, job.file)
+        shard = self._shards.get(file) or self._shards.setdefault(file, _MappedShard(file))
+        return shard.array(key)
 
-        try:
-            shard = self._handles.get(job.file)
-            enc = EncodedTensor.from_parts(bytes(shard.array(part_key(job.name, "header"))),
-                                           shard.array(part_key(job.name, "data")),
-                                           shard.array(part_key(job.name, "index"), copy=True), name=job.name)
-            return decode(enc, threads=1, verify=self.verify)
-        except Exception as exc:  # the loader decodes it again and reports the error
-            logger.debug("llmcomp prefetch of %s failed: %s", job.name, exc)
-            return None
-
-    def _run(self) -> None:
-        with self._cond:
-            for job in self._jobs:
-                while not self._closed and self._ahead >= self.max_ahead:
-                    if not self._cond.wait(timeout=IDLE_TIMEOUT_S):
-                        self._close_locked()  # nobody takes (the load failed?): stop holding memory
-                if self._closed:
-                    return
-                if job.state == _PENDING:
-                    self._decode_locked(job)
+    def _split(self) -> list[tuple[int, int]]:
+        """Runs of consecutive jobs with one (planes, block size) scratch shape, <= max_ahead bytes each."""
+        shape = self._table[:, [J.PLANES, J.BLOCK]]
+        out: list[tuple[int, int]] = []
+        lo, size = 0, 0
+        for i, job in enumerate(self._jobs):
+            if i > lo and ((shape[i] != shape[lo]).any() or size + job.nbytes > self.max_ahead):
+                out.append((lo, i))
+                lo, size = i, 0
+            size += job.nbytes
+        if self._jobs:
+            out.append((lo, len(self._jobs)))
+        for lo, hi in out:
+            for job in self._jobs[lo:hi]:
+                job.batch = (lo, hi)
+        return out
 
 
 class _MappedShard:
@@ -159,33 +245,16 @@ class _MappedShard:
     _DTYPES = {"U8": np.uint8, "I64": np.int64}
 
     def __init__(self, file: str) -> None:
-        raw = np.memmap(file, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
-        (length,) = struct.unpack("<Q", bytes(raw[:8]))
-        self._entries = json.loads(bytes(raw[8 : 8 + length]))
-        self._raw, self._start = raw, 8 + length
+        mapped = np.memmap(file, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
+        (length,) = struct.unpack("<Q", bytes(mapped[:8]))
+        self._entries = json.loads(bytes(mapped[8 : 8 + length]))
+        self.raw = mapped.view(np.ndarray)
+        self._start = 8 + length
 
-    def array(self, key: str, copy: bool = False) -> np.ndarray:
+    def array(self, key: str) -> np.ndarray:
+        """Tensor ``key`` as a view of the mapping (int64 views need not be aligned)."""
         entry = self._entries[key]
         lo, hi = (self._start + int(x) for x in entry["data_offsets"])
-        view = self._raw[lo:hi]
-        if copy:  # an aligned private copy (int64 views of a mapped file need not be aligned)
-            return np.frombuffer(bytes(view), dtype=self._DTYPES[entry["dtype"]])
-        return np.asarray(view).view(self._DTYPES[entry["dtype"]])
-
-
-class _Handles:
-    """Mapped shards by file, shared by the threads, dropped together."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[str, _MappedShard] = {}
-
-    def get(self, file: str) -> _MappedShard:
-        with self._lock:
-            if file not in self._open:
-                self._open[file] = _MappedShard(file)
-            return self._open[file]
-
-    def close(self) -> None:
-        with self._lock:
-            self._open.clear()
+        if not (self._start <= lo <= hi <= self.raw.shape[0]):
+            raise ValueError(f"tensor {key} lies outside the file")
+        return self.raw[lo:hi].view(self._DTYPES[entry["dtype"]])

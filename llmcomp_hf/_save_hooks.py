@@ -66,7 +66,7 @@ def _with_card_hooks(cls: type) -> type:
         result = cls.save_pretrained(self, **options, **extra)
         folder = Path(os.fspath(options["save_directory"]))
         if options.get("is_main_process", True) and _is_llmcomp(self):
-            write_save_card(self, folder)
+            write_save_card(self, folder, options.get("variant"))
             if push:
                 from llmcomp_hf.hub import push_folder
 
@@ -114,7 +114,7 @@ def _new_instance(cls: type, *args: Any) -> Any:
     return cls.__new__(cls, *args)
 
 
-def write_save_card(model: Any, folder: Path) -> Path | None:
+def write_save_card(model: Any, folder: Path, variant: str | None = None) -> Path | None:
     """Write the llmcomp card into ``folder`` after a save; a card written by someone else stays.
 
     Figures come from the saved shards' headers; ``base_model`` and the carried metadata (license,
@@ -131,7 +131,7 @@ def write_save_card(model: Any, folder: Path) -> Path | None:
     source, base_model = model_origin(model)
     if base_model is None and existing is not None:
         base_model = existing.data.to_dict().get("base_model")
-    return write_checkpoint_card(folder, stats_from_checkpoint(folder), base_model, src=source)
+    return write_checkpoint_card(folder, stats_from_checkpoint(folder, variant), base_model, src=source)
 
 
 def model_origin(model: Any) -> tuple[Path | None, str | None]:

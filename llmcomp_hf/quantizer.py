@@ -35,10 +35,11 @@ from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.reader import shard_keys
-from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key, split_key, transform_base
+from llmcomp_hf.format.shard import PARTS, SHARD_METADATA, pack, part_key, split_key, transform_base
 from llmcomp_hf.modules import keep_compressed
 
 logger = logging.getLogger(__name__)
+_DATA_AND_INDEX = r"\.llmcomp_(data|index)$"  # the keys a headers-only load leaves to the prefetcher
 
 
 class LlmcompHfQuantizer(HfQuantizer):
@@ -77,6 +78,7 @@ class LlmcompHfQuantizer(HfQuantizer):
     def update_attn_implementation(self, config: Any) -> Any:
         # The only hook that sees the model config before `from_pretrained` validates `fusion_config`.
         strip_guard(config)
+        self._early_prefetch(getattr(config, "_name_or_path", None))
         return super().update_attn_implementation(config)
 
     def remove_quantization_config(self, model: Any) -> None:
@@ -87,7 +89,7 @@ class LlmcompHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None, **kwargs: Any) -> Any:
         self.load_error = None
         if self.pre_quantized:
-            self._files = {}
+            self._files, self._part_files = {}, {}
             all_keys: list[str] = []
             for file in checkpoint_files or []:
                 if not file.endswith(".safetensors"):
@@ -101,6 +103,7 @@ class LlmcompHfQuantizer(HfQuantizer):
                         self._files.setdefault(lossy_name, file)
                     elif part is not None:
                         self._files.setdefault(base, file)
+                        self._part_files[key] = file
             lossy_names = {name for name in map(transform_base, all_keys) if name is not None}
             if lossy_names and self.on_the_fly:
                 name = min(lossy_names)
@@ -114,6 +117,8 @@ class LlmcompHfQuantizer(HfQuantizer):
                 install_placeholders(model, self._files)
             else:
                 self._start_prefetch(lossy_names, kwargs.get("device_map"))
+                if self.prefetch is not None:
+                    self._headers_only(model)
         else:
             if self.on_the_fly and not self.quantization_config.is_lossless:
                 raise LlmcompError(
@@ -127,23 +132,84 @@ class LlmcompHfQuantizer(HfQuantizer):
             self._plan = self.quantization_config.calibrated_plan(self._targets)
         return model
 
+    def _prefetch_wanted(self) -> bool:
+        return self.pre_quantized and not self.on_the_fly and os.environ.get("LLMCOMP_PREFETCH", "1") != "0"
+
+    def _early_prefetch(self, folder: str | None) -> None:
+        """Start decoding before the model is even built, when the checkpoint is a local folder.
+
+        The model's construction is Python on one core, so the other decodes for free. The shard list
+        is guessed from the folder (``subfolder=``/``variant=`` loads may read other files); the
+        prefetcher only hands out a weight whose stored header, checksum included, matches the one
+        the loader reads, and ``_start_prefetch`` replaces it when the files differ.
+        """
+        self.prefetch = None
+        if not folder or not self._prefetch_wanted() or not os.path.isdir(folder):
+            return
+        try:
+            from llmcomp_hf._prefetch import Prefetcher
+            from llmcomp_hf.format.reader import checkpoint_files
+
+            files, part_files, lossy = _compressed_weights(checkpoint_files(folder))
+            if files and not lossy:
+                self.prefetch = Prefetcher(files.items(), self.options.verify, part_files=part_files).start()
+        except Exception as exc:  # anything wrong with the files is reported by the loader, with names
+            logger.debug("llmcomp: no early prefetch (%s)", exc)
+
     def _start_prefetch(self, lossy_names: set[str], device_map: Any) -> None:
         """Decode the lossless weights in the background while transformers loads (see _prefetch)."""
         from llmcomp_hf._prefetch import Prefetcher
 
-        self.prefetch = None
+        early, self.prefetch = getattr(self, "prefetch", None), None
         offloaded = isinstance(device_map, dict) and "disk" in device_map.values()
-        if lossy_names or offloaded or not self._files or os.environ.get("LLMCOMP_PREFETCH", "1") == "0":
+        if lossy_names or offloaded or not self._files or not self._prefetch_wanted():
+            if early is not None:
+                early.close()
             return
+        if early is not None and _same_files(early.weights, self._files) and _same_files(early.part_files, self._part_files):
+            self.prefetch = early
+            return
+        if early is not None:
+            early.close()
         try:
-            self.prefetch = Prefetcher(self._files.items(), verify=self.options.verify).start()
+            self.prefetch = Prefetcher(self._files.items(), self.options.verify, part_files=self._part_files).start()
         except Exception as exc:  # e.g. a missing header part: the loader reports it with its name
             logger.debug("llmcomp: no prefetch (%s)", exc)
 
-    def _stop_prefetch(self) -> None:
+    def _headers_only(self, model: Any) -> None:
+        """With a prefetcher running, the loader passes only each weight's header to ``DecodeOp``.
+
+        The prefetcher decodes from its own mapping of the files, so transformers need not copy the
+        compressed bytes out of the shards (a copy of every data part per load); the data and index
+        keys are then checkpoint keys without a parameter, which the model is told to expect. A
+        weight the prefetcher does not hand out is decoded from parts read by ``read_parts``.
+        """
+        self.serialized_names = {"weight": ["weight", part_key("weight", "header")]}
+        self._ignored_before = getattr(model, "_keys_to_ignore_on_load_unexpected", None)
+        model._keys_to_ignore_on_load_unexpected = set(self._ignored_before or ()) | {_DATA_AND_INDEX}
+
+    def read_parts(self, header: torch.Tensor, parts: dict[str, Any]) -> dict[str, Any]:
+        """``parts`` completed with the stored parts of the weight whose header this is (headers-only loads)."""
+        from safetensors import safe_open
+
+        name = self.prefetch.source(header) if self.prefetch is not None else None
+        if name is None:
+            return parts
+        out = dict(parts)
+        for part in PARTS:
+            key = part_key(name, part)
+            if out.get(part) is None and key in self._part_files:
+                with safe_open(self._part_files[key], framework="pt") as handle:
+                    out[part] = handle.get_tensor(key)
+        return out
+
+    def _stop_prefetch(self, model: Any = None) -> None:
         if getattr(self, "prefetch", None) is not None:
             self.prefetch.close()
             self.prefetch = None
+        if model is not None and hasattr(self, "_ignored_before"):
+            model._keys_to_ignore_on_load_unexpected = self._ignored_before
+            del self._ignored_before
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return not self.pre_quantized and param_name in self._targets
@@ -178,7 +244,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         return list(self._converters)
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
-        self._stop_prefetch()
+        self._stop_prefetch(model)
         if self.load_error is not None:
             error, self.load_error = self.load_error, None
             raise error
@@ -361,6 +427,30 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.lossy.clear()
         self._stamps.clear()
         return model
+
+
+def _same_files(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Whether two ``{key: file}`` maps agree, files compared by their real paths."""
+    if a.keys() != b.keys():
+        return False
+    real = {f: os.path.realpath(f) for f in {*a.values(), *b.values()}}  # a few files, many keys
+    return all(real[a[k]] == real[b[k]] for k in a)
+
+
+def _compressed_weights(files: list[str]) -> tuple[dict[str, str], dict[str, str], bool]:
+    """({compressed weight: its first shard}, {part key: shard}, whether any weight is lossy) of these shards."""
+    weights: dict[str, str] = {}
+    part_files: dict[str, str] = {}
+    lossy = False
+    for file in files:
+        keys, _ = shard_keys(file)
+        for key in keys:
+            base, part = split_key(key)
+            lossy = lossy or transform_base(key) is not None
+            if part is not None:
+                weights.setdefault(base, file)
+                part_files[key] = file
+    return weights, part_files, lossy
 
 
 def _serialized_names(lossy_names: set[str], keys: list[str]) -> dict[str, list[str]]:

@@ -112,8 +112,12 @@ class EncodedTensor:
         enc.validate()
         return enc
 
-    def validate(self) -> None:
-        """Check header and index against the format; raise FormatError/CorruptStreamError."""
+    def validate(self, check_index: bool = True) -> None:
+        """Check header and index against the format; raise FormatError/CorruptStreamError.
+
+        ``check_index=False`` skips the pass over the index (offsets, block sizes), for a caller whose
+        kernel runs the same check (``_index_fault``) itself before decoding.
+        """
         h, at = self.header, where(self.name)
         if not isinstance(h, dict) or h.get("format") != FORMAT_NAME:
             fmt = h.get("format") if isinstance(h, dict) else h
@@ -162,6 +166,8 @@ class EncodedTensor:
                 f"index has {self.index.shape} entries, expected {n_blocks + 1} for {self.numel} elements "
                 f"in blocks of {bs}{at}; the stream is truncated or from another tensor"
             )
+        if not check_index:
+            return
         idx = self.index if isinstance(self.index, np.ndarray) else _host_copy(self.index)
         on_host = isinstance(self.data, np.ndarray)
         fault = _index_fault(np.ascontiguousarray(idx), self.data.shape[0], 2 * DTYPES[h["dtype"]][1],

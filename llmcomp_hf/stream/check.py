@@ -166,15 +166,15 @@ def _fold_lossy(rows: dict[str, TensorRow], cmap: CompressedMap, stages: list[st
                                rel_mse=_float_or_none(header.get("rel_mse")))
 
 
-def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1) -> Report:
+def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, variant: str | None = None) -> Report:
     """Per-tensor dtype, shape, stages, sizes, ratio, bits/weight and (``bound``) the order-0 bound.
 
     The bound needs each compressed tensor decoded (``workers`` at a time); without it only the
-    shard headers and the tiny header tensors are read.
+    shard headers and the tiny header tensors are read. ``variant``: of a ``save_pretrained(variant=)``.
     """
     start = time.perf_counter()
     path = Path(path)
-    shards, _ = read_checkpoint(path)
+    shards, _ = read_checkpoint(path, variant)
     cmap = CompressedMap(shards)
     report = Report(str(path), config=read_config(path))
     rows = _rows(shards, cmap, report.config)
@@ -344,9 +344,9 @@ def card_stats(records: list[Any], config: Any) -> Any:
     )
 
 
-def stats_from_checkpoint(path: str | Path) -> Any:
+def stats_from_checkpoint(path: str | Path, variant: str | None = None) -> Any:
     """CardStats of an llmcomp checkpoint folder, from its headers (no decoding)."""
-    report = inspect_checkpoint(path, bound=False)
+    report = inspect_checkpoint(path, bound=False, variant=variant)
     return card_stats(report.rows, ((report.config or {}).get("quantization_config") or {}))
 
 

@@ -66,9 +66,19 @@ class ShardInfo:
     tensors: list[TensorInfo] = field(default_factory=list)
 
 
-def shard_files(folder: Path) -> tuple[list[Path], bool]:
-    """(shard paths, sharded?) of a checkpoint folder: via its index, else ``model.safetensors``."""
-    index = folder / INDEX_NAME
+def with_variant(name: str, variant: str | None) -> str:
+    """transformers' file name of a ``variant=`` save: ``model.safetensors`` -> ``model.<variant>.safetensors``."""
+    if not variant:
+        return name
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}.{variant}.{ext}"
+
+
+def shard_files(folder: Path, variant: str | None = None) -> tuple[list[Path], bool]:
+    """(shard paths, sharded?) of a checkpoint folder: via its index, else ``model.safetensors``
+    (the names of ``save_pretrained(variant=...)`` with ``variant``)."""
+    index_name, single_name = with_variant(INDEX_NAME, variant), with_variant(SINGLE_NAME, variant)
+    index = folder / index_name
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -79,16 +89,16 @@ def shard_files(folder: Path) -> tuple[list[Path], bool]:
         files = [folder / name for name in sorted(set(weight_map.values()))]
         missing = [os.fspath(f) for f in files if not f.is_file()]
         if missing:
-            raise FormatError(f"shards named in {INDEX_NAME} are missing: {missing[:3]}; re-download the checkpoint")
+            raise FormatError(f"shards named in {index_name} are missing: {missing[:3]}; re-download the checkpoint")
         return files, True
-    if (folder / SINGLE_NAME).is_file():
-        return [folder / SINGLE_NAME], False
+    if (folder / single_name).is_file():
+        return [folder / single_name], False
     others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.safetensors"))
     hint = (
         f"; found {others[:3]}: convert to safetensors first (load with transformers and save_pretrained)"
         if others else ""
     )
-    raise CheckpointError(f"no {SINGLE_NAME} or {INDEX_NAME} in {os.fspath(folder)!r}{hint}")
+    raise CheckpointError(f"no {single_name} or {index_name} in {os.fspath(folder)!r}{hint}")
 
 
 @contextmanager
@@ -119,11 +129,11 @@ def read_shard(path: Path, folder: Path) -> ShardInfo:
         return ShardInfo(path, path.relative_to(folder).as_posix(), dict(h.metadata() or {}), tensors)
 
 
-def read_checkpoint(folder: Path) -> tuple[list[ShardInfo], bool]:
+def read_checkpoint(folder: Path, variant: str | None = None) -> tuple[list[ShardInfo], bool]:
     """Headers of every shard of a checkpoint folder, and whether it is sharded (has an index)."""
     if not folder.is_dir():
         raise CheckpointError(f"{os.fspath(folder)!r} is not a folder")
-    files, sharded = shard_files(folder)
+    files, sharded = shard_files(folder, variant)
     return [read_shard(f, folder) for f in files], sharded
 
 

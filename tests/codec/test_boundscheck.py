@@ -24,6 +24,8 @@ from dataclasses import replace
 from llmcomp_hf.codec import decode, FormatError
 from tests.codec.damage import BASES, base
 
+from tests.codec.test_jobs import Table
+
 bad = []
 def attempt(enc, what, **kw):
     try:
@@ -32,6 +34,11 @@ def attempt(enc, what, **kw):
         pass
     except Exception as exc:  # noqa: BLE001 - what this sweep looks for
         bad.append(f"{what}: {type(exc).__name__}: {str(exc)[:100]}")
+    if kw.get("threads", 1) == 1:  # the same stream as one job of a batch (the prefetcher's kernel)
+        try:
+            Table([enc]).run()
+        except Exception as exc:  # noqa: BLE001
+            bad.append(f"{what} as a job: {type(exc).__name__}: {str(exc)[:100]}")
 
 for name in BASES:
     t, enc = base(name)
@@ -43,7 +50,7 @@ for name in BASES:
             for th in (1, 2):
                 attempt(replace(enc, data=data), f"{name} byte {pos} ^ {mask:#04x} threads={th}", threads=th)
     for keep in range(enc.data.size):
-        attempt(replace(enc, data=enc.data[:keep].copy(), index=np.minimum(enc.index, keep)), f"{name} cut {keep}")
+        attempt(replace(enc, data=enc.data[:keep].copy(), index=np.minimum(enc.index, keep)), f"{name} cut {keep}", threads=1)
 print(len(bad), "problems")
 print("\n".join(bad[:20]))
 raise SystemExit(1 if bad else 0)

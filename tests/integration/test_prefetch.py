@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import pytest
@@ -11,10 +13,12 @@ from transformers import AutoModelForCausalLM
 
 import llmcomp_hf
 from llmcomp_hf import _prefetch
+from llmcomp_hf.codec import jobs as J
+from llmcomp_hf.errors import LlmcompError
 from llmcomp_hf.format.reader import decode_parts
 from llmcomp_hf.format.shard import PARTS, part_key
 
-from .helpers import assert_same_state, raw_bits, shard_files, tiny_model
+from .helpers import assert_same_state, raw_bits, rewrite_shard, shard_files, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -26,99 +30,180 @@ def packed(tmp_path_factory):
     return root
 
 
-def _weights(folder):
-    out = []
+def _part_files(folder):
+    out = {}
     for file in shard_files(folder):
         with safe_open(file, "pt") as f:
-            out += [(k.removesuffix(".llmcomp_header"), str(file)) for k in f.keys() if k.endswith(".llmcomp_header")]
+            out.update({k: str(file) for k in f.keys() if k.endswith((".llmcomp_header", ".llmcomp_data", ".llmcomp_index"))})
     return out
 
 
-def _parts(name, file):
-    with safe_open(file, "pt") as f:
-        return {p: f.get_tensor(part_key(name, p)) for p in PARTS}
+def _weights(folder):
+    parts = _part_files(folder)
+    return [(k.removesuffix(".llmcomp_header"), f) for k, f in parts.items() if k.endswith(".llmcomp_header")]
 
 
-def _wait_done(pre, count, timeout=30.0):
+def _prefetcher(folder, **kwargs):
+    return _prefetch.Prefetcher(_weights(folder), part_files=_part_files(folder), **kwargs)
+
+
+def _parts(folder, name):
+    files = _part_files(folder)
+    out = {}
+    for p in PARTS:
+        with safe_open(files[part_key(name, p)], "pt") as f:
+            out[p] = f.get_tensor(part_key(name, p))
+    return out
+
+
+def _wait(pre, done, timeout=30.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with pre._cond:
-            if sum(job.state == _prefetch._DONE for job in pre._jobs) >= count:
-                return
+        if int((pre._state == J.DONE).sum()) >= done:
+            return
         time.sleep(0.01)
-    raise AssertionError("prefetch did not progress")
+    raise AssertionError(f"prefetch did not progress: states {list(pre._state)}")
 
 
 def test_load_with_and_without_prefetch_is_bit_identical(packed, monkeypatch):
     dense = AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict()
-    with_prefetch = AutoModelForCausalLM.from_pretrained(packed / "packed")
+    with_prefetch, info = AutoModelForCausalLM.from_pretrained(packed / "packed", output_loading_info=True)
     assert with_prefetch.hf_quantizer.prefetch is None  # closed after loading
+    assert not any(info.values()), info  # headers-only loading leaves no unexpected or missing keys
     monkeypatch.setenv("LLMCOMP_PREFETCH", "0")
-    without = AutoModelForCausalLM.from_pretrained(packed / "packed")
+    without, info = AutoModelForCausalLM.from_pretrained(packed / "packed", output_loading_info=True)
+    assert not any(info.values()), info
     assert_same_state(with_prefetch.state_dict(), dense)
     assert_same_state(without.state_dict(), dense)
 
 
+def test_the_prefetcher_starts_before_the_model_is_built_and_serves_the_whole_load(packed, monkeypatch):
+    made = _count_prefetchers(monkeypatch)
+    from transformers.core_model_loading import WeightConverter
+
+    materialised = []
+    real_convert = WeightConverter.convert
+
+    def convert(self, layer_name, **kwargs):  # which stored parts reach the loader's converters
+        materialised.extend(key for key in self.collected_tensors)
+        return real_convert(self, layer_name, **kwargs)
+
+    monkeypatch.setattr(WeightConverter, "convert", convert)
+    model = AutoModelForCausalLM.from_pretrained(packed / "packed")
+    assert len(made) == 1, "one prefetcher, started from the config (before the model was built)"
+    assert (made[0]._state == J.DONE).all() and all(job.taken for job in made[0]._jobs)
+    assert materialised and not any(key.endswith(("llmcomp_data", "llmcomp_index")) for key in materialised)
+    assert_same_state(model.state_dict(), AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict())
+
+
+def test_parts_of_one_weight_in_different_shards(packed, tmp_path):
+    """transformers may split a weight's parts over shards: the prefetcher and the fallback find them."""
+    folder = shutil.copytree(packed / "packed", tmp_path / "split")
+    files = shard_files(folder)
+    name = _weights(folder)[0][0]
+    moved = part_key(name, "data")
+    source = next(f for f in files if moved in _part_files(folder) and str(f) == _part_files(folder)[moved])
+    target = next(f for f in files if f != source)
+    with safe_open(str(source), "pt") as handle:
+        tensor = handle.get_tensor(moved)
+    rewrite_shard(source, lambda tensors, metadata: tensors.pop(moved))
+    rewrite_shard(target, lambda tensors, metadata: tensors.__setitem__(moved, tensor))
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"][moved] = target.name
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    dense = AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict()
+    pre = _prefetcher(folder).start()
+    _wait(pre, len(pre._jobs))
+    pre.close()
+    assert_same_state(AutoModelForCausalLM.from_pretrained(folder).state_dict(), dense)
+
+
 def test_take_hands_out_each_decoded_weight_once_in_loader_order(packed):
-    weights = _weights(packed / "packed")
-    pre = _prefetch.Prefetcher(weights).start()
+    folder = packed / "packed"
+    weights = _weights(folder)
+    pre = _prefetcher(folder).start()
     try:
         from transformers.core_model_loading import dot_natural_key
 
         assert [job.name for job in pre._jobs] == sorted((n for n, _ in weights), key=dot_natural_key)
-        _wait_done(pre, len(weights))
+        _wait(pre, len(weights))
         for name, file in weights:
-            parts = _parts(name, file)
+            parts = _parts(folder, name)
             got = pre.take(parts["header"])
             assert got is not None and torch.equal(raw_bits(got), raw_bits(decode_parts(name, parts, file)))
             assert pre.take(parts["header"]) is None  # once only
+            assert pre.source(parts["header"]) == name
         assert pre._ahead == 0
     finally:
         pre.close()
 
 
 def test_a_weight_not_started_is_left_to_the_caller(packed):
-    weights = _weights(packed / "packed")
-    pre = _prefetch.Prefetcher(weights)  # not started: every weight is pending
+    folder = packed / "packed"
+    pre = _prefetcher(folder)  # not started: every weight is pending
     last = pre._jobs[-1]
-    assert pre.take(_parts(last.name, last.file)["header"]) is None
-    assert last.state == _prefetch._TAKEN
+    assert pre.take(_parts(folder, last.name)["header"]) is None
+    assert pre._state[last.i] == J.CLAIMED and last.out is None
     pre.start()
-    _wait_done(pre, len(weights) - 1)
-    assert last.result is None and last.state == _prefetch._TAKEN  # skipped by the background thread
+    _wait(pre, len(pre._jobs) - 1)
+    pre._thread.join(timeout=10)
+    assert pre._state[last.i] == J.CLAIMED  # skipped by the background kernel
+    pre.close()
+
+
+def test_a_loader_waiting_for_a_weight_decodes_others_from_the_end(packed):
+    folder = packed / "packed"
+    pre = _prefetcher(folder)  # not started
+    first = pre._jobs[0]
+    pre._state[first.i] = J.RUNNING  # as if the background kernel were decoding it
+    assert pre._steal(first)
+    lo, hi = first.batch
+    assert all(pre._state[i] == J.DONE for i in range(lo + 1, hi))
+    assert not pre._steal(first)  # nothing left to do
+    for job in pre._jobs[1:hi]:
+        parts = _parts(folder, job.name)
+        got = pre.take(parts["header"])
+        assert got is not None and torch.equal(raw_bits(got), raw_bits(decode_parts(job.name, parts)))
+    pre._state[first.i] = J.PENDING
+    assert pre.take(_parts(folder, first.name)["header"]) is None  # pending: the caller decodes it
     pre.close()
 
 
 def test_memory_ahead_is_bounded_and_an_idle_prefetch_stops(packed, monkeypatch):
     monkeypatch.setattr(_prefetch, "IDLE_TIMEOUT_S", 0.3)
-    weights = _weights(packed / "packed")
-    pre = _prefetch.Prefetcher(weights, max_ahead=1).start()  # one decoded weight at a time
-    _wait_done(pre, 1)
+    folder = packed / "packed"
+    pre = _prefetcher(folder, max_ahead=1).start()  # one decoded weight at a time
+    _wait(pre, 1)
     time.sleep(0.1)
-    assert sum(job.state == _prefetch._DONE for job in pre._jobs) == 1
+    assert int((pre._state == J.DONE).sum()) == 1 and len(pre._batches) == len(pre._jobs)
     pre._thread.join(timeout=5)  # nobody takes: it gives up and drops what it held
     assert not pre._thread.is_alive() and pre._closed
-    assert all(job.result is None for job in pre._jobs)
+    assert all(job.out is None for job in pre._jobs) and pre._ahead == 0
     first = pre._jobs[0]
-    assert pre.take(_parts(first.name, first.file)["header"]) is None
+    assert pre.take(_parts(folder, first.name)["header"]) is None
 
 
-def test_a_corrupted_weight_is_reported_by_the_loader_not_hidden(packed, tmp_path):
-    import shutil
-
-    from llmcomp_hf.errors import LlmcompError
-
+@pytest.mark.parametrize("damage", ["data", "index"])
+def test_a_corrupted_weight_is_reported_by_the_loader_not_hidden(packed, tmp_path, damage):
     folder = shutil.copytree(packed / "packed", tmp_path / "bad")
-    name, file = _weights(folder)[0]
-    file = folder / file.split("/")[-1]
-    from .helpers import rewrite_shard
+    name = _weights(folder)[0][0]
+    key = part_key(name, damage)
+    file = _part_files(folder)[key]
 
     def flip(tensors, metadata):
-        data = tensors[part_key(name, "data")].clone()
-        data[len(data) // 2] ^= 0xFF
-        tensors[part_key(name, "data")] = data
+        part = tensors[key].clone()
+        if damage == "data":
+            part[len(part) // 2] ^= 0xFF
+        else:
+            part[-1] += 3  # the index no longer covers the data
+        tensors[key] = part
 
     rewrite_shard(file, flip)
+    pre = _prefetcher(folder).start()
+    _wait(pre, len(pre._jobs) - 1)
+    pre._thread.join(timeout=10)
+    assert pre.take(_parts(folder, name)["header"]) is None  # failed or wrong checksum: not handed out
+    pre.close()
     with pytest.raises(LlmcompError, match=name.split(".")[-2]):
         AutoModelForCausalLM.from_pretrained(folder)
 
@@ -128,8 +213,44 @@ def test_no_prefetch_when_offloading_to_disk(packed, tmp_path):
 
     quantizer = LlmcompHfQuantizer(llmcomp_hf.LosslessConfig())
     quantizer._files = dict(_weights(packed / "packed"))
+    quantizer._part_files = _part_files(packed / "packed")
     quantizer._start_prefetch(set(), {"model.layers.0": "disk", "": "cpu"})
     assert quantizer.prefetch is None
     quantizer._start_prefetch(set(), {"": "cpu"})
     assert quantizer.prefetch is not None
     quantizer._stop_prefetch()
+
+
+def _count_prefetchers(monkeypatch) -> list:
+    made = []
+    real = _prefetch.Prefetcher
+
+    class Spy(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(_prefetch, "Prefetcher", Spy)
+    return made
+
+
+def test_early_guess_of_other_files_is_replaced(tmp_path, monkeypatch):
+    """The early start reads the folder's default shards; a `variant=` load reads others: the
+    prefetcher is replaced, and weights of the other files are never handed out."""
+    config = llmcomp_hf.LosslessConfig(min_numel=0)
+    for seed, variant in ((0, "v2"), (1, None)):
+        tiny_model("llama", torch.bfloat16, seed=seed).save_pretrained(tmp_path / f"dense{seed}")
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / f"dense{seed}", quantization_config=config)
+        model.save_pretrained(tmp_path / "both", variant=variant)
+    made = _count_prefetchers(monkeypatch)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "both", variant="v2")
+    assert len(made) == 2 and made[0]._closed  # the early guess (model.safetensors), then the real one
+    assert_same_state(loaded.state_dict(), AutoModelForCausalLM.from_pretrained(tmp_path / "dense0").state_dict())
+
+
+def test_subfolder_load_starts_the_prefetcher_once_the_files_are_known(packed, tmp_path, monkeypatch):
+    shutil.copytree(packed / "packed", tmp_path / "repo" / "sub")
+    made = _count_prefetchers(monkeypatch)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "repo", subfolder="sub")
+    assert len(made) == 1 and all(job.taken for job in made[0]._jobs)
+    assert_same_state(loaded.state_dict(), AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict())
