@@ -1,6 +1,6 @@
 """Checkpoint size and ``from_pretrained`` time: llmcomp checkpoints against the dense ones.
 
-    python -m bench.bench_load [--reps 7] [--out bench/results]
+    python -m bench.bench_load [--reps 11] [--out bench/results]
 
 For all-MiniLM-L6-v2 as fp32 and bf16: the dense checkpoint (``save_pretrained`` of the model in
 that dtype) is compressed on load (``quantization_config=LosslessConfig()``) and saved. Then both
@@ -126,7 +126,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=7, help="timed loads per folder (>= 5)")
+    parser.add_argument("--reps", type=int, default=11, help="timed loads per folder (>= 5)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     if args.reps < 5:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, format_version
+from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
@@ -239,7 +240,7 @@ class _Decoding:
         itemsize, n_planes = DTYPES[dname]
         tdtype = torch_dtype(dname)
         if out is None:
-            out = torch.empty(shape, dtype=tdtype)
+            out = memory.empty(shape, tdtype)
         elif out.dtype != tdtype or list(out.shape) != shape or out.device.type != "cpu" or not out.is_contiguous():
             raise ValueError(
                 f"out must be a contiguous CPU tensor of dtype {tdtype} and shape {shape}{where(enc.name)}, "
