@@ -254,3 +254,25 @@ def test_subfolder_load_starts_the_prefetcher_once_the_files_are_known(packed, t
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "repo", subfolder="sub")
     assert len(made) == 1 and all(job.taken for job in made[0]._jobs)
     assert_same_state(loaded.state_dict(), AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict())
+
+
+def test_per_expert_weights_through_the_models_own_merge_converter(tmp_path, monkeypatch):
+    """Mixtral checkpoints store one weight per expert, which transformers merges on load: each
+    expert's header reaches DecodeOp before the merge, with and without the prefetcher."""
+    import transformers as tf
+
+    from llmcomp_hf.stream.compress import compress_checkpoint
+
+    from .helpers import TINY
+
+    torch.manual_seed(0)
+    cfg = tf.MixtralConfig(**TINY, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+    tf.MixtralForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "dense")
+    compress_checkpoint(tmp_path / "dense", tmp_path / "packed", llmcomp_hf.LosslessConfig(min_numel=0))
+    assert any(key.endswith("experts.3.w2.weight.llmcomp_header") for key in _part_files(tmp_path / "packed"))
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense").state_dict()
+    made = _count_prefetchers(monkeypatch)
+    assert_same_state(AutoModelForCausalLM.from_pretrained(tmp_path / "packed").state_dict(), dense)
+    assert len(made) == 1 and all(job.taken for job in made[0]._jobs)
+    monkeypatch.setenv("LLMCOMP_PREFETCH", "0")
+    assert_same_state(AutoModelForCausalLM.from_pretrained(tmp_path / "packed").state_dict(), dense)
