@@ -9,7 +9,11 @@ folders are loaded alternately ``--reps`` times; the table gives the median wall
 ("ready": transformers maps a dense checkpoint's file and reads its pages only when first used,
 while a compressed load has already decoded everything). Every reload is checked bit for
 bit against the dense model. "no-prefetch" loads the compressed folder with LLMCOMP_PREFETCH=0
-(decoding only when transformers asks for each weight). Writes bench_load.{md,json} under ``--out``.
+(decoding only when transformers asks for each weight). A second table gives the process's CPU
+time (user + system, all threads) and minor page faults during ``from_pretrained``: decoded weights
+live in fresh memory, which the loop reuses from the previous load for allocations under glibc's
+32 MB mmap threshold, but not for larger ones (the fp32 word embedding). Writes
+bench_load.{md,json} under ``--out``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -33,17 +38,21 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def timed_load(folder: Path) -> tuple[float, float, torch.nn.Module]:
-    """(seconds for from_pretrained, seconds until every weight was read once, model)."""
+def timed_load(folder: Path) -> tuple[float, float, torch.nn.Module, tuple[float, int]]:
+    """(seconds for from_pretrained, seconds until every weight was read once, model,
+    (CPU seconds of the process during from_pretrained, its minor page faults))."""
     from transformers import AutoModel
 
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     model = AutoModel.from_pretrained(folder)
     loaded = time.perf_counter()
+    after = resource.getrusage(resource.RUSAGE_SELF)
     with torch.no_grad():  # one byte per 4 KiB page: pages of a memory-mapped file get read
         for p in model.state_dict().values():
             p.detach().contiguous().view(torch.uint8).reshape(-1)[::4096].sum()
-    return loaded - start, time.perf_counter() - start, model
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return loaded - start, time.perf_counter() - start, model, (cpu, after.ru_minflt - before.ru_minflt)
 
 
 def same_bits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -70,20 +79,24 @@ def run_dtype(label: str, src: Path, work: Path, reps: int) -> dict:
     del model
     timed_load(dense_dir), timed_load(comp_dir)  # warm-up: page cache, numba kernels
     times: dict[str, list[tuple[float, float]]] = {"dense": [], "llmcomp": [], "no_prefetch": []}
+    usage: dict[str, list[tuple[float, int]]] = {"dense": [], "llmcomp": []}
     exact = True
     for _ in range(reps):
-        load_d, ready_d, dense = timed_load(dense_dir)
-        load_c, ready_c, comp = timed_load(comp_dir)
+        load_d, ready_d, dense, use_d = timed_load(dense_dir)
+        load_c, ready_c, comp, use_c = timed_load(comp_dir)
         os.environ["LLMCOMP_PREFETCH"] = "0"  # the same load, decoding only when transformers asks
         try:
-            load_n, ready_n, plain = timed_load(comp_dir)
+            load_n, ready_n, plain, _ = timed_load(comp_dir)
         finally:
             del os.environ["LLMCOMP_PREFETCH"]
         times["dense"].append((load_d, ready_d))
         times["llmcomp"].append((load_c, ready_c))
         times["no_prefetch"].append((load_n, ready_n))
+        usage["dense"].append(use_d)
+        usage["llmcomp"].append(use_c)
         exact &= same_bits(dense, comp) and same_bits(dense, plain)
     med = {k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v)) for k, v in times.items()}
+    cpu = {k: (statistics.median(u[0] for u in v), statistics.median(u[1] for u in v)) for k, v in usage.items()}
     return {
         "dtype": label,
         "dense_bytes": folder_bytes(dense_dir),
@@ -98,6 +111,10 @@ def run_dtype(label: str, src: Path, work: Path, reps: int) -> dict:
         "ready_dense_s": med["dense"][1],
         "ready_llmcomp_s": med["llmcomp"][1],
         "ready_ratio": med["llmcomp"][1] / med["dense"][1],
+        "cpu_dense_s": cpu["dense"][0],
+        "cpu_llmcomp_s": cpu["llmcomp"][0],
+        "faults_dense": cpu["dense"][1],
+        "faults_llmcomp": cpu["llmcomp"][1],
         "reps": reps,
         "bit_exact": exact,
     }
@@ -117,6 +134,14 @@ def table(rows: list[dict]) -> str:
             f"| {r['ready_dense_s'] * 1e3:.0f} | {r['ready_llmcomp_s'] * 1e3:.0f} | {r['ready_ratio']:.2f} "
             f"| {r['compress_on_load_s']:.2f} | {r['save_s']:.2f} | {r['bit_exact']} |"
         )
+    lines += [
+        "",
+        "| dtype | CPU ms dense | CPU ms llmcomp | minor faults dense | minor faults llmcomp |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['dtype']} | {r['cpu_dense_s'] * 1e3:.0f} | {r['cpu_llmcomp_s'] * 1e3:.0f} "
+                     f"| {r['faults_dense']} | {r['faults_llmcomp']} |")
     lines.append(
         f"\nmedian of {rows[0]['reps']} alternating loads; targets: bf16 size ratio <= {TARGETS['size_bf16']}, "
         f"load ratio <= {TARGETS['load']}. load average: {os.getloadavg()[0]:.2f}"
