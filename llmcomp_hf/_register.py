@@ -18,7 +18,7 @@ from types import ModuleType
 
 from llmcomp_hf.errors import LlmcompError
 
-SUPPORTED_TRANSFORMERS = ">=5.20,<6"
+SUPPORTED_TRANSFORMERS = ">=5.21,<6"  # 5.20 leaves per-expert (MoE) weights out of the model's merge converters
 _TARGET = "transformers.quantizers.auto"
 _LOCK = threading.RLock()
 

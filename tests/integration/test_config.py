@@ -71,7 +71,7 @@ def test_registered_and_dispatched_by_transformers():
     assert isinstance(AutoHfQuantizer.from_config(cfg, pre_quantized=True), LlmcompHfQuantizer)
 
 
-@pytest.mark.parametrize("version, ok", [("5.20.0", True), ("5.24.0", True), ("5.99.1", True),
+@pytest.mark.parametrize("version, ok", [("5.21.0", True), ("5.24.0", True), ("5.99.1", True), ("5.20.0", False),
                                          ("5.19.3", False), ("6.0.0", False), ("6.0.0.dev0", False),
                                          ("5.9.0", False), ("4.57.1", False)])
 def test_transformers_version_range(version, ok):
