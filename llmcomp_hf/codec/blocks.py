@@ -248,10 +248,10 @@ def encode_plane0_ctx(planes, n, hist, gk, gfreq, gpresent, ref, max_payload, ou
     if size < max_payload:
         out[pos] = mode
         _put_u32(out, pos + 1, size)
-        out[pos + 5 : pos + 5 + size] = scratch[:size]
+        _copy(out, pos + 5, scratch, size)
         return size + 5, choice == 1 and ref == 0, own_k if choice == 2 else -1, own
     out[pos] = MODE_RAW
-    out[pos + 1 : pos + 1 + n] = plane[:n]
+    _copy(out, pos + 1, plane, n)
     return n + 1, False, -1, own
 
 
