@@ -393,7 +393,7 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     block_ids = torch.unique(torch.cat(spans)) if spans else torch.empty(0, dtype=torch.int64)
     itemsize, n_planes = DTYPES[enc.dtype]
     kind = layout_of(enc.dtype, itemsize)
-    scratch = torch.empty(block_ids.numel() * bs, dtype=torch_dtype(enc.dtype))
+    scratch = torch.empty(block_ids.numel() * bs, dtype=torch_dtype(enc.dtype), device="cpu")
     u8 = scratch.view(torch.uint8).numpy() if scratch.numel() else np.empty(0, np.uint8)
     words, _ = _word_views(u8, kind)
     errs = np.zeros(block_ids.numel(), np.int64)

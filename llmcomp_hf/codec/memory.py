@@ -58,8 +58,12 @@ def huge_pages_wanted() -> bool:
 
 
 def empty(shape: Any, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty(shape, dtype=dtype)`` on the CPU; advised for huge pages when large and wanted."""
-    out = torch.empty(shape, dtype=dtype)
+    """``torch.empty(shape, dtype=dtype)`` on the CPU; advised for huge pages when large and wanted.
+
+    The device is explicit: transformers builds models under ``torch.device("meta")``, where a
+    plain ``torch.empty`` would give a tensor without memory.
+    """
+    out = torch.empty(shape, dtype=dtype, device="cpu")
     if huge_pages_wanted():
         advise_huge_pages(out)
     return out

@@ -245,6 +245,7 @@ def test_early_guess_of_other_files_is_replaced(tmp_path, monkeypatch):
     made = _count_prefetchers(monkeypatch)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "both", variant="v2")
     assert len(made) == 2 and made[0]._closed  # the early guess (model.safetensors), then the real one
+    assert (made[1]._state == J.DONE).all(), "every weight decoded in the background"
     assert_same_state(loaded.state_dict(), AutoModelForCausalLM.from_pretrained(tmp_path / "dense0").state_dict())
 
 
@@ -253,6 +254,7 @@ def test_subfolder_load_starts_the_prefetcher_once_the_files_are_known(packed, t
     made = _count_prefetchers(monkeypatch)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "repo", subfolder="sub")
     assert len(made) == 1 and all(job.taken for job in made[0]._jobs)
+    assert (made[0]._state == J.DONE).all(), "every weight decoded in the background"
     assert_same_state(loaded.state_dict(), AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict())
 
 
@@ -273,6 +275,6 @@ def test_per_expert_weights_through_the_models_own_merge_converter(tmp_path, mon
     dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense").state_dict()
     made = _count_prefetchers(monkeypatch)
     assert_same_state(AutoModelForCausalLM.from_pretrained(tmp_path / "packed").state_dict(), dense)
-    assert len(made) == 1 and all(job.taken for job in made[0]._jobs)
+    assert len(made) == 1 and all(job.taken for job in made[0]._jobs) and (made[0]._state == J.DONE).all()
     monkeypatch.setenv("LLMCOMP_PREFETCH", "0")
     assert_same_state(AutoModelForCausalLM.from_pretrained(tmp_path / "packed").state_dict(), dense)
