@@ -78,7 +78,7 @@ class LlmcompHfQuantizer(HfQuantizer):
     def update_attn_implementation(self, config: Any) -> Any:
         # The only hook that sees the model config before `from_pretrained` validates `fusion_config`.
         strip_guard(config)
-        self._early_prefetch(getattr(config, "_name_or_path", None))
+        self._early_prefetch(config)
         return super().update_attn_implementation(config)
 
     def remove_quantization_config(self, model: Any) -> None:
@@ -135,16 +135,20 @@ class LlmcompHfQuantizer(HfQuantizer):
     def _prefetch_wanted(self) -> bool:
         return self.pre_quantized and not self.on_the_fly and os.environ.get("LLMCOMP_PREFETCH", "1") != "0"
 
-    def _early_prefetch(self, folder: str | None) -> None:
-        """Start decoding before the model is even built, when the checkpoint is a local folder.
+    def _early_prefetch(self, config: Any) -> None:
+        """Start decoding before the model is even built, when the checkpoint is a local folder or a
+        Hub repo in the local cache (looked up without network, at the config's commit).
 
         The model's construction is Python on one core, so the other decodes for free. The shard list
-        is guessed from the folder (``subfolder=``/``variant=`` loads may read other files); the
+        is guessed (``subfolder=``/``variant=``/``cache_dir=`` loads may read other files); the
         prefetcher only hands out a weight whose stored header, checksum included, matches the one
         the loader reads, and ``_start_prefetch`` replaces it when the files differ.
         """
         self.prefetch = None
-        if not folder or not self._prefetch_wanted() or not os.path.isdir(folder):
+        if not self._prefetch_wanted():
+            return
+        folder = _local_folder(getattr(config, "_name_or_path", None), getattr(config, "_commit_hash", None))
+        if folder is None:
             return
         try:
             from llmcomp_hf._prefetch import Prefetcher
@@ -427,6 +431,25 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.lossy.clear()
         self._stamps.clear()
         return model
+
+
+def _local_folder(name: str | None, revision: str | None) -> str | None:
+    """The folder holding checkpoint ``name``: a local folder as is, a Hub repo id's cached snapshot
+    (``local_files_only``: never the network), else None."""
+    if not name:
+        return None
+    if os.path.isdir(name):
+        return name
+    from llmcomp_hf.hub import looks_like_repo_id
+
+    if not looks_like_repo_id(name):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception:  # not cached (or no huggingface_hub): the prefetcher starts once the files are known
+        return None
 
 
 def _same_files(a: dict[str, str], b: dict[str, str]) -> bool:

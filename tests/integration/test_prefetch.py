@@ -278,3 +278,30 @@ def test_per_expert_weights_through_the_models_own_merge_converter(tmp_path, mon
     assert len(made) == 1 and all(job.taken for job in made[0]._jobs) and (made[0]._state == J.DONE).all()
     monkeypatch.setenv("LLMCOMP_PREFETCH", "0")
     assert_same_state(AutoModelForCausalLM.from_pretrained(tmp_path / "packed").state_dict(), dense)
+
+
+def test_hub_repo_in_the_local_cache_is_prefetched_from_the_config(packed, tmp_path, monkeypatch):
+    """``from_pretrained("org/name")`` of a cached repo: the snapshot is found offline before the
+    model is built (the network is never asked: local_files_only on both sides)."""
+    from huggingface_hub import constants
+
+    from tests.cli.helpers import hub_cache
+
+    cache = tmp_path / "hub"
+    hub_cache(cache, "tiny-org/packed", packed / "packed")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    made = _count_prefetchers(monkeypatch)
+    from llmcomp_hf.quantizer import LlmcompHfQuantizer
+
+    early = []
+    real_start = LlmcompHfQuantizer._start_prefetch
+
+    def start(self, *args):
+        early.append(self.prefetch is not None)  # already running when the files became known
+        return real_start(self, *args)
+
+    monkeypatch.setattr(LlmcompHfQuantizer, "_start_prefetch", start)
+    loaded = AutoModelForCausalLM.from_pretrained("tiny-org/packed", cache_dir=cache, local_files_only=True)
+    assert early == [True] and len(made) == 1 and (made[0]._state == J.DONE).all()
+    assert all(str(cache) in file for file in made[0].weights.values())
+    assert_same_state(loaded.state_dict(), AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict())
