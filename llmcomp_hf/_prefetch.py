@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import threading
 import time
@@ -95,9 +96,9 @@ class Prefetcher:
         """``{weight name: shard file}`` this prefetcher decodes (files as given)."""
         return {job.name: job.file for job in self._jobs}
 
-    @property
-    def part_files(self) -> dict[str, str]:
-        return dict(self._part_files)
+    def serves(self, weights: Mapping[str, str], part_files: Mapping[str, str]) -> bool:
+        """Whether this prefetcher reads exactly these ``{weight: file}`` and ``{part key: file}``."""
+        return _same_files(self.weights, weights) and _same_files(self._part_files, part_files)
 
     def start(self) -> Prefetcher:
         self._thread.start()
@@ -271,3 +272,66 @@ class _MappedShard:
         if not (self._start <= lo <= hi <= self.raw.shape[0]):
             raise ValueError(f"tensor {key} lies outside the file")
         return self.raw[lo:hi].view(self._DTYPES[entry["dtype"]])
+
+
+def prefetch_checkpoint(name: str | None, revision: str | None, verify: bool) -> Prefetcher | None:
+    """A started prefetcher for the lossless checkpoint ``name`` (a local folder, or a Hub repo id
+    found in the local cache at ``revision``: never the network), or None when there is none
+    (not found, lossy weights, unreadable files: the loader reports those, with names)."""
+    from llmcomp_hf.format.reader import checkpoint_files
+
+    folder = _local_folder(name, revision)
+    if folder is None:
+        return None
+    try:
+        weights, part_files, lossy = compressed_weights(checkpoint_files(folder))
+        return Prefetcher(weights.items(), verify, part_files=part_files).start() if weights and not lossy else None
+    except Exception as exc:
+        logger.debug("llmcomp: no early prefetch (%s)", exc)
+        return None
+
+
+def compressed_weights(files: list[str]) -> tuple[dict[str, str], dict[str, str], bool]:
+    """({compressed weight: its first shard}, {part key: shard}, whether any weight is lossy) of these shards."""
+    from llmcomp_hf.format.reader import shard_keys
+    from llmcomp_hf.format.shard import split_key, transform_base
+
+    weights: dict[str, str] = {}
+    part_files: dict[str, str] = {}
+    lossy = False
+    for file in files:
+        keys, _ = shard_keys(file)
+        for key in keys:
+            base, part = split_key(key)
+            lossy = lossy or transform_base(key) is not None
+            if part is not None:
+                weights.setdefault(base, file)
+                part_files[key] = file
+    return weights, part_files, lossy
+
+
+def _local_folder(name: str | None, revision: str | None) -> str | None:
+    """The folder holding checkpoint ``name``: a local folder as is, a Hub repo id's cached snapshot
+    (``local_files_only``: never the network), else None."""
+    if not name:
+        return None
+    if os.path.isdir(name):
+        return name
+    from llmcomp_hf.hub import looks_like_repo_id
+
+    if not looks_like_repo_id(name):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception:  # not cached (or no huggingface_hub): the prefetcher starts once the files are known
+        return None
+
+
+def _same_files(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    """Whether two ``{key: file}`` maps agree, files compared by their real paths."""
+    if a.keys() != b.keys():
+        return False
+    real = {f: os.path.realpath(f) for f in {*a.values(), *b.values()}}  # a few files, many keys
+    return all(real[a[k]] == real[b[k]] for k in a)

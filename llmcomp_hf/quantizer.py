@@ -145,20 +145,11 @@ class LlmcompHfQuantizer(HfQuantizer):
         the loader reads, and ``_start_prefetch`` replaces it when the files differ.
         """
         self.prefetch = None
-        if not self._prefetch_wanted():
-            return
-        folder = _local_folder(getattr(config, "_name_or_path", None), getattr(config, "_commit_hash", None))
-        if folder is None:
-            return
-        try:
-            from llmcomp_hf._prefetch import Prefetcher
-            from llmcomp_hf.format.reader import checkpoint_files
+        if self._prefetch_wanted():
+            from llmcomp_hf._prefetch import prefetch_checkpoint
 
-            files, part_files, lossy = _compressed_weights(checkpoint_files(folder))
-            if files and not lossy:
-                self.prefetch = Prefetcher(files.items(), self.options.verify, part_files=part_files).start()
-        except Exception as exc:  # anything wrong with the files is reported by the loader, with names
-            logger.debug("llmcomp: no early prefetch (%s)", exc)
+            self.prefetch = prefetch_checkpoint(getattr(config, "_name_or_path", None),
+                                                getattr(config, "_commit_hash", None), self.options.verify)
 
     def _start_prefetch(self, lossy_names: set[str], device_map: Any) -> None:
         """Decode the lossless weights in the background while transformers loads (see _prefetch)."""
@@ -170,7 +161,7 @@ class LlmcompHfQuantizer(HfQuantizer):
             if early is not None:
                 early.close()
             return
-        if early is not None and _same_files(early.weights, self._files) and _same_files(early.part_files, self._part_files):
+        if early is not None and early.serves(self._files, self._part_files):
             self.prefetch = early
             return
         if early is not None:
@@ -431,49 +422,6 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.lossy.clear()
         self._stamps.clear()
         return model
-
-
-def _local_folder(name: str | None, revision: str | None) -> str | None:
-    """The folder holding checkpoint ``name``: a local folder as is, a Hub repo id's cached snapshot
-    (``local_files_only``: never the network), else None."""
-    if not name:
-        return None
-    if os.path.isdir(name):
-        return name
-    from llmcomp_hf.hub import looks_like_repo_id
-
-    if not looks_like_repo_id(name):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, revision=revision, local_files_only=True)
-    except Exception:  # not cached (or no huggingface_hub): the prefetcher starts once the files are known
-        return None
-
-
-def _same_files(a: dict[str, str], b: dict[str, str]) -> bool:
-    """Whether two ``{key: file}`` maps agree, files compared by their real paths."""
-    if a.keys() != b.keys():
-        return False
-    real = {f: os.path.realpath(f) for f in {*a.values(), *b.values()}}  # a few files, many keys
-    return all(real[a[k]] == real[b[k]] for k in a)
-
-
-def _compressed_weights(files: list[str]) -> tuple[dict[str, str], dict[str, str], bool]:
-    """({compressed weight: its first shard}, {part key: shard}, whether any weight is lossy) of these shards."""
-    weights: dict[str, str] = {}
-    part_files: dict[str, str] = {}
-    lossy = False
-    for file in files:
-        keys, _ = shard_keys(file)
-        for key in keys:
-            base, part = split_key(key)
-            lossy = lossy or transform_base(key) is not None
-            if part is not None:
-                weights.setdefault(base, file)
-                part_files[key] = file
-    return weights, part_files, lossy
 
 
 def _serialized_names(lossy_names: set[str], keys: list[str]) -> dict[str, list[str]]:
