@@ -40,6 +40,7 @@ from llmcomp_hf.modules import keep_compressed
 
 logger = logging.getLogger(__name__)
 _DATA_AND_INDEX = r"\.llmcomp_(data|index)$"  # the keys a headers-only load leaves to the prefetcher
+_NOT_SET = object()
 
 
 class LlmcompHfQuantizer(HfQuantizer):
@@ -65,6 +66,8 @@ class LlmcompHfQuantizer(HfQuantizer):
         self._targets: set[str] = set()
         self._converters: list[Any] = []
         self.prefetch: Any = None  # _prefetch.Prefetcher while a compressed checkpoint loads
+        self._part_files: dict[str, str] = {}  # {stored part key: shard} of the checkpoint loading
+        self._unexpected_before: Any = _NOT_SET  # the model's own unexpected-key patterns (headers-only loads)
         self.options = loading.current()  # read inside the user's `with load_options(...)` block
 
     @property
@@ -180,8 +183,8 @@ class LlmcompHfQuantizer(HfQuantizer):
         weight the prefetcher does not hand out is decoded from parts read by ``read_parts``.
         """
         self.serialized_names = {"weight": ["weight", part_key("weight", "header")]}
-        self._ignored_before = getattr(model, "_keys_to_ignore_on_load_unexpected", None)
-        model._keys_to_ignore_on_load_unexpected = set(self._ignored_before or ()) | {_DATA_AND_INDEX}
+        self._unexpected_before = getattr(model, "_keys_to_ignore_on_load_unexpected", None)
+        model._keys_to_ignore_on_load_unexpected = set(self._unexpected_before or ()) | {_DATA_AND_INDEX}
 
     def read_parts(self, header: torch.Tensor, parts: dict[str, Any]) -> dict[str, Any]:
         """``parts`` completed with the stored parts of the weight whose header this is (headers-only loads)."""
@@ -202,9 +205,9 @@ class LlmcompHfQuantizer(HfQuantizer):
         if getattr(self, "prefetch", None) is not None:
             self.prefetch.close()
             self.prefetch = None
-        if model is not None and hasattr(self, "_ignored_before"):
-            model._keys_to_ignore_on_load_unexpected = self._ignored_before
-            del self._ignored_before
+        if model is not None and self._unexpected_before is not _NOT_SET:
+            model._keys_to_ignore_on_load_unexpected = self._unexpected_before
+            self._unexpected_before = _NOT_SET
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return not self.pre_quantized and param_name in self._targets

@@ -70,6 +70,8 @@ def test_load_with_and_without_prefetch_is_bit_identical(packed, monkeypatch):
     with_prefetch, info = AutoModelForCausalLM.from_pretrained(packed / "packed", output_loading_info=True)
     assert with_prefetch.hf_quantizer.prefetch is None  # closed after loading
     assert not any(info.values()), info  # headers-only loading leaves no unexpected or missing keys
+    ignored = with_prefetch._keys_to_ignore_on_load_unexpected or ()
+    assert not any("llmcomp" in pattern for pattern in ignored)  # the model's own patterns are back
     monkeypatch.setenv("LLMCOMP_PREFETCH", "0")
     without, info = AutoModelForCausalLM.from_pretrained(packed / "packed", output_loading_info=True)
     assert not any(info.values()), info
