@@ -22,6 +22,10 @@ RANS_L = 1 << 16
 STATE3_LIMIT = 1 << 24  # final states below this are stored in 3 bytes
 SLOT_MASK = RANS_SCALE - 1
 ERR_TRUNCATED, ERR_TABLE, ERR_STREAM = -1, -2, -3
+# Fast-loop constants: unsigned, so numba emits no wraparound code for the array indices.
+_U1, _U2, _U3, _U4, _U8, _U16, _U20 = (np.uint64(v) for v in (1, 2, 3, 4, 8, 16, 20))
+_U255, _U4095 = np.uint64(255), np.uint64(0xFFF)
+_UBITS, _UMASK, _UL = np.uint64(RANS_SCALE_BITS), np.uint64(SLOT_MASK), np.uint64(RANS_L)
 MAX_ORDER = 12  # largest exp-Golomb order of the table codes
 MAX_ZEROS = 13  # longest zero prefix of a table code (values < 2**14)
 MAX_SKIP = 64  # the implied frequency's position (6 bits of the first head byte)
@@ -432,7 +436,7 @@ def decode_payload(data: np.ndarray, index: np.ndarray, b: int, pos: int, end: i
                    out: np.ndarray, slots: np.ndarray, memo: np.ndarray) -> int:
     """Decode the mode-4 payload ``data[pos:end]`` of block ``b`` into ``out[:n]``; 0 or <0 on error.
 
-    ``ctx[:n]`` is the block's plane 1. Lanes written out by hand as in rans.decode_section.
+    ``ctx[:n]`` is the block's plane 1. Fast loop, then the checked tail, as in rans.decode_section.
     """
     t_lo, t_hi = table_span(data, index, b, pos, end)
     if t_lo < 0:
@@ -459,6 +463,47 @@ def decode_payload(data: np.ndarray, index: np.ndarray, b: int, pos: int, end: i
         return ERR_STREAM
     wp = pos + sb
     i = 0
+    # Unsigned fast loop in rounds with room, as in rans.decode_section.
+    u0, u1, u2, u3 = np.uint64(x0), np.uint64(x1), np.uint64(x2), np.uint64(x3)
+    um, us = np.uint64(cmask), np.uint64(cshift)
+    while True:
+        rounds = min((end - wp) >> 3, (n - i) >> 2)
+        if rounds <= 0:
+            break
+        w, o = np.uint64(wp), np.uint64(i)
+        for _ in range(rounds):
+            g = np.uint64(slots[((np.uint64(ctx[o]) & um) << us) | (u0 & _UMASK)])
+            u0 = ((g >> _U8) & _U4095) * (u0 >> _UBITS) + (u0 & _UMASK) - (g >> _U20)
+            out[o] = g & _U255
+            r = u0 < _UL
+            v = (u0 << _U16) | (np.uint64(data[w]) | (np.uint64(data[w + _U1]) << _U8))
+            u0 = v if r else u0
+            w += np.uint64(r) << _U1
+            g = np.uint64(slots[((np.uint64(ctx[o + _U1]) & um) << us) | (u1 & _UMASK)])
+            u1 = ((g >> _U8) & _U4095) * (u1 >> _UBITS) + (u1 & _UMASK) - (g >> _U20)
+            out[o + _U1] = g & _U255
+            r = u1 < _UL
+            v = (u1 << _U16) | (np.uint64(data[w]) | (np.uint64(data[w + _U1]) << _U8))
+            u1 = v if r else u1
+            w += np.uint64(r) << _U1
+            g = np.uint64(slots[((np.uint64(ctx[o + _U2]) & um) << us) | (u2 & _UMASK)])
+            u2 = ((g >> _U8) & _U4095) * (u2 >> _UBITS) + (u2 & _UMASK) - (g >> _U20)
+            out[o + _U2] = g & _U255
+            r = u2 < _UL
+            v = (u2 << _U16) | (np.uint64(data[w]) | (np.uint64(data[w + _U1]) << _U8))
+            u2 = v if r else u2
+            w += np.uint64(r) << _U1
+            g = np.uint64(slots[((np.uint64(ctx[o + _U3]) & um) << us) | (u3 & _UMASK)])
+            u3 = ((g >> _U8) & _U4095) * (u3 >> _UBITS) + (u3 & _UMASK) - (g >> _U20)
+            out[o + _U3] = g & _U255
+            r = u3 < _UL
+            v = (u3 << _U16) | (np.uint64(data[w]) | (np.uint64(data[w + _U1]) << _U8))
+            u3 = v if r else u3
+            w += np.uint64(r) << _U1
+            o += _U4
+        wp, i = np.int64(w), np.int64(o)
+    x0, x1, x2, x3 = np.int64(u0), np.int64(u1), np.int64(u2), np.int64(u3)
+    # The tail, with checks.
     while i < n:
         e = np.int64(slots[((np.int64(ctx[i]) & cmask) << cshift) | (x0 & SLOT_MASK)])
         x0 = ((e >> 8) & 0xFFF) * (x0 >> RANS_SCALE_BITS) + (x0 & SLOT_MASK) - (e >> 20)
