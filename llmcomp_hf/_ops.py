@@ -101,6 +101,8 @@ class DecodeOp(ConversionOps):
             picked = {part: tensors[i] if i < len(tensors) else None for part, tensors in parts.items()}
             prefetch = getattr(self.hf_quantizer, "prefetch", None)
             header = picked.get("header")
+            if header is not None:
+                self.hf_quantizer.note_consumed(header)
             tensor = prefetch.take(header) if prefetch is not None and header is not None else None
             if tensor is None:
                 if prefetch is not None and header is not None:  # a headers-only load: read the other parts
@@ -112,6 +114,7 @@ class DecodeOp(ConversionOps):
                dtype: torch.dtype | None) -> torch.Tensor:
         picked = {p: {k: v[i] if i < len(v) else None for k, v in group.items()} for p, group in parts.items()}
         quantizer = self.hf_quantizer
+        quantizer.note_consumed(headers[i])
         weight, stored = decode_lossy(name, headers[i], picked, quantizer.file_of(name), quantizer.options.verify)
         if len(headers) == 1:
             quantizer.lossy[name] = stored  # a re-save writes these bytes again

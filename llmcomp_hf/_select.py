@@ -9,7 +9,7 @@ import torch
 if TYPE_CHECKING:
     from llmcomp_hf.config import CompressionConfig
 
-Stamp = tuple[int, int, torch.dtype, torch.Size]
+Fingerprint = tuple[int, torch.dtype, torch.Size]
 
 
 def select_weights(model: torch.nn.Module, config: CompressionConfig) -> list[str]:
@@ -26,6 +26,23 @@ def select_weights(model: torch.nn.Module, config: CompressionConfig) -> list[st
             continue
         names.append(f"{module_name}.weight" if module_name else "weight")
     return names
+
+
+def compresses_key(key: str, dtype: str, shape: tuple[int, ...], config: CompressionConfig) -> bool:
+    """The rule for checkpoint tensors that belong to no single module (``llmcomp compress``, MoE experts).
+
+    ``*.weight`` with 2 or more dimensions, of a dtype in ``config.dtypes``, at least ``config.min_numel``
+    elements, its module not in ``config.modules_to_not_convert``: the weights of Linear, Embedding
+    and Conv layers, never norms, biases or buffers. ``dtype`` is a name such as ``"bfloat16"``.
+    """
+    if not (key.endswith(".weight") or key == "weight") or len(shape) < 2:
+        return False
+    numel = 1
+    for d in shape:
+        numel *= d
+    if dtype not in config.dtypes or numel < config.min_numel:
+        return False
+    return not skipped(key[: -len(".weight")] if key != "weight" else "", config.modules_to_not_convert)
 
 
 def skipped(module_name: str, patterns: list[str]) -> bool:
@@ -48,9 +65,20 @@ def tensor_of(model: torch.nn.Module, name: str) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def stamp_of(param: torch.Tensor) -> Stamp:
-    """Changes whenever the weight may have changed: new storage, in-place update, cast or reshape."""
-    return (param.data_ptr(), param._version, param.dtype, param.shape)
+def fingerprint(tensor: torch.Tensor) -> Fingerprint:
+    """What the tensor holds: the ``sum32`` checksum of its bytes, its dtype and shape.
+
+    Decided from content, not from storage pointers or version counters: ``p.data += 1`` and
+    ``p.data.copy_(x)`` (PEFT's ``merge_and_unload``) change neither ``p._version`` nor its storage.
+    One read of the weight (the checksum runs at memory speed), on the CPU.
+    """
+    from llmcomp_hf.codec.checksum import sum32
+
+    flat = tensor.detach().reshape(-1)
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    raw = flat.contiguous().view(torch.uint8).numpy() if flat.numel() else flat.new_empty(0, dtype=torch.uint8).numpy()
+    return (sum32(raw), tensor.dtype, tensor.shape)
 
 
 def shared_tied_targets(model: torch.nn.Module) -> dict[str, str]:
@@ -65,4 +93,4 @@ def shared_tied_targets(model: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-__all__ = ["Stamp", "select_weights", "shared_tied_targets", "skipped", "stamp_of", "tensor_of"]
+__all__ = ["compresses_key", "Fingerprint", "fingerprint", "select_weights", "shared_tied_targets", "skipped", "tensor_of"]

@@ -156,6 +156,11 @@ class CompressedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, _scratch_decode(self.weight), self.bias)
 
+    def plain_module(self) -> nn.Linear:
+        """An ordinary ``nn.Linear`` holding the decoded weight (and this layer's bias)."""
+        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        return _with_params(plain, self.weight, self.bias)
+
     def extra_repr(self) -> str:
         enc = self.weight.encoded
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, ratio={enc.ratio:.3f}"
@@ -172,6 +177,13 @@ class CompressedConv1D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size_out = x.size()[:-1] + (self.nf,)  # the same op as Conv1D, so results are bit-identical
         return torch.addmm(self.bias, x.view(-1, x.size(-1)), _scratch_decode(self.weight)).view(size_out)
+
+    def plain_module(self) -> nn.Module:
+        """The transformers ``Conv1D`` this layer replaced, holding the decoded weight."""
+        plain = self.plain_type.__new__(self.plain_type)
+        nn.Module.__init__(plain)
+        plain.nf, plain.nx = self.nf, self.nx
+        return _with_params(plain, self.weight, self.bias)
 
 
 class CompressedEmbedding(nn.Module):
@@ -190,6 +202,21 @@ class CompressedEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, ratio={self.weight.encoded.ratio:.3f}"
 
+    def plain_module(self) -> nn.Embedding:
+        """An ordinary ``nn.Embedding`` holding the decoded table."""
+        plain = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, device="meta")
+        return _with_params(plain, self.weight, None)
+
+
+def _with_params(plain: nn.Module, weight: EncodedWeight, bias: torch.Tensor | None) -> nn.Module:
+    """``plain`` with ``weight`` decoded (a fresh tensor on the weight's device) and ``bias`` as parameters."""
+    plain.weight = nn.Parameter(weight.decode(verify=True), requires_grad=False)
+    if bias is not None:
+        plain.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    elif "bias" in plain._parameters:
+        plain.bias = None
+    return plain
+
 
 def compressed_module(module: nn.Module, enc: EncodedTensor | EncodedWeight) -> nn.Module | None:
     """The compressed replacement of a plain Linear/Embedding for its encoded weight, or None.
@@ -201,7 +228,9 @@ def compressed_module(module: nn.Module, enc: EncodedTensor | EncodedWeight) -> 
         bias = None if module.bias is None else module.bias.detach()
         return CompressedLinear(enc, bias, shape=(module.out_features, module.in_features))
     if type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers."):
-        return CompressedConv1D(enc, module.bias.detach(), shape=tuple(module.weight.shape))
+        twin = CompressedConv1D(enc, module.bias.detach(), shape=tuple(module.weight.shape))
+        twin.plain_type = type(module)
+        return twin
     if type(module) is nn.Embedding and module.max_norm is None and not module.sparse:
         return CompressedEmbedding(enc, module.padding_idx, shape=(module.num_embeddings, module.embedding_dim))
     return None
@@ -225,6 +254,22 @@ def keep_compressed(model: nn.Module, encoded: dict[str, EncodedTensor]) -> list
             replacement.to(module.weight.device)
             setattr(parent, child, replacement)
             swapped.append(name)
+    return swapped
+
+
+def decompress_modules(model: nn.Module) -> list[str]:
+    """Swap every compressed layer of ``model`` back for its plain module, its weight decoded (and verified).
+
+    Returns the names of the decoded weights. The inverse of :func:`keep_compressed`.
+    """
+    swapped = []
+    for module_name, module in list(model.named_modules()):
+        if not isinstance(module, (CompressedLinear, CompressedConv1D, CompressedEmbedding)):
+            continue
+        parent_name, _, child = module_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.plain_module())
+        swapped.append(f"{module_name}.weight")
     return swapped
 
 

@@ -19,27 +19,31 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 import warnings
 from typing import Any
 
 import torch
 from transformers.quantizers.base import HfQuantizer
 
+from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf import _save_hooks, loading
 from llmcomp_hf._guard import add_guard, strip_guard
 from llmcomp_hf._placeholders import check_encoded_modules, install_placeholders
 from llmcomp_hf._register import check_transformers_version
-from llmcomp_hf._select import Stamp, select_weights, shared_tied_targets, stamp_of, tensor_of
+from llmcomp_hf._select import Fingerprint, compresses_key, fingerprint, select_weights, shared_tied_targets, tensor_of
 from llmcomp_hf.codec import EncodedTensor, encode
 from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
+from llmcomp_hf.format.inventory import Inventory, inventory
 from llmcomp_hf.format.reader import shard_keys
-from llmcomp_hf.format.shard import PARTS, SHARD_METADATA, pack, part_key, split_key, transform_base
-from llmcomp_hf.modules import keep_compressed
+from llmcomp_hf.format.shard import PARTS, SHARD_METADATA, pack, part_key, transform_base, transform_key
+from llmcomp_hf.modules import EncodedWeight, decompress_modules, keep_compressed
 
 logger = logging.getLogger(__name__)
 _DATA_AND_INDEX = r"\.llmcomp_(data|index)$"  # the keys a headers-only load leaves to the prefetcher
+_PART_SUFFIX = r"\.llmcomp_(data|index|header|transform)$"
 _NOT_SET = object()
 
 
@@ -61,11 +65,14 @@ class LlmcompHfQuantizer(HfQuantizer):
         self._pipeline: Any = None
         self._plan: Any = None  # calibration.CalibratedPlan of a calibrated config
         self.load_error: LlmcompError | None = None  # first decode failure, raised after loading
-        self._stamps: dict[str, Stamp] = {}
+        self._fingerprints: dict[str, Fingerprint] = {}  # content of each weight whose encoding is kept
         self._files: dict[str, str] = {}
         self._targets: set[str] = set()
         self._converters: list[Any] = []
+        self.conversions: list[Any] | None = None  # the model's own conversions (renames, MoE merges), reverted on save
         self.prefetch: Any = None  # _prefetch.Prefetcher while a compressed checkpoint loads
+        self.inventory = Inventory()  # the compressed weights of the checkpoint loading
+        self._consumed: Counter[bytes] = Counter()  # stored headers of the compressed weights decoded so far
         self._part_files: dict[str, str] = {}  # {stored part key: shard} of the checkpoint loading
         self._unexpected_before: Any = _NOT_SET  # the model's own unexpected-key patterns (headers-only loads)
         self.options = loading.current()  # read inside the user's `with load_options(...)` block
@@ -92,22 +99,16 @@ class LlmcompHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None, **kwargs: Any) -> Any:
         self.load_error = None
         if self.pre_quantized:
-            self._files, self._part_files = {}, {}
-            all_keys: list[str] = []
+            keys_by_file: list[tuple[str, list[str]]] = []
             for file in checkpoint_files or []:
                 if not file.endswith(".safetensors"):
                     raise FormatError(f"llmcomp checkpoints are safetensors shards{where(None, file)}; this file is not")
-                keys, _ = shard_keys(file)  # also checks the shard format version
-                all_keys += keys
-                for key in keys:
-                    base, part = split_key(key)
-                    lossy_name = transform_base(key)
-                    if lossy_name is not None:
-                        self._files.setdefault(lossy_name, file)
-                    elif part is not None:
-                        self._files.setdefault(base, file)
-                        self._part_files[key] = file
-            lossy_names = {name for name in map(transform_base, all_keys) if name is not None}
+                keys_by_file.append((file, shard_keys(file)[0]))  # also checks the shard format version
+            all_keys = [key for _, keys in keys_by_file for key in keys]
+            self.inventory = inventory(keys_by_file)  # every encoded tensor has all its parts
+            self._files, self._part_files = dict(self.inventory.bases), dict(self.inventory.part_files)
+            self._consumed = Counter()
+            lossy_names = set(self.inventory.lossy)
             if lossy_names and self.on_the_fly:
                 name = min(lossy_names)
                 raise FormatError(
@@ -241,16 +242,58 @@ class LlmcompHfQuantizer(HfQuantizer):
         ]
         return list(self._converters)
 
+    def note_consumed(self, header: torch.Tensor) -> None:
+        """Record that the compressed weight stored with this header (or lossy transform header) was loaded."""
+        self._consumed[_header_bytes(header)] += 1
+
+    def _check_consumed(self, model: Any) -> None:
+        """Every compressed weight of the checkpoint went into a parameter, else FormatError naming it.
+
+        transformers only logs checkpoint keys that match no parameter (UNEXPECTED) and initialises the
+        parameters they were meant for at random (MISSING); for a compressed weight that is never right.
+        """
+        if sum(self._consumed.values()) == len(self.inventory.weights):
+            return  # the loader routes each checkpoint key to one parameter at most, so counts suffice
+        left = Counter(self._consumed)
+        orphans = []
+        for name, file in sorted(self.inventory.weights.items()):
+            key = transform_key(name) if name in self.inventory.lossy else part_key(name, "header")
+            stored = _header_bytes(read_tensor(file, key))
+            if left[stored] > 0:
+                left[stored] -= 1
+            elif _in_absent_head(model, name):
+                logger.warning("llmcomp: %s (%s) belongs to a part of the checkpoint that %s does not have; "
+                               "not loaded", name, self.inventory.weights[name], type(model).__name__)
+            else:
+                orphans.append(name)
+        if orphans:
+            raise FormatError(
+                f"{len(orphans)} compressed weight(s) of this checkpoint match no parameter of {type(model).__name__}"
+                f"{where(orphans[0], self.inventory.weights[orphans[0]])} (all: {', '.join(orphans[:8])}"
+                f"{', ...' if len(orphans) > 8 else ''}); loading them would leave random weights. Load the "
+                "checkpoint with the model class of its config.json, or restore the shard if a key was edited"
+            )
+
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         self._stop_prefetch(model)
         if self.load_error is not None:
             error, self.load_error = self.load_error, None
             raise error
+        if self.pre_quantized:
+            if self.on_the_fly:
+                for module in model.modules():
+                    if isinstance(module, EncodedWeight) and module.llmcomp_header.device.type != "meta":
+                        self.note_consumed(module.llmcomp_header)
+            self._check_consumed(model)
         _tag(model, self.quantization_config)
         _save_hooks.install(model)  # save_pretrained writes our card; push_to_hub uploads it
-        # Saving must not "reverse" our converters: get_state_dict_and_metadata already writes final names.
-        if getattr(model, "_weight_conversions", None):
-            model._weight_conversions = [c for c in model._weight_conversions if all(c is not o for o in self._converters)]
+        # The quantizer reverts the model's own conversions itself when saving (get_state_dict_and_metadata
+        # compresses the tensors under their checkpoint names), so transformers' revert is left nothing to do.
+        from llmcomp_hf._ops import DecodeOp, EncodeOp
+
+        self.conversions = hf_compat.without_ops(hf_compat.model_conversions(model), self._converters,
+                                                 (DecodeOp, EncodeOp), _PART_SUFFIX)
+        hf_compat.set_model_conversions(model, [])
         if self.on_the_fly:
             if self.pre_quantized:
                 check_encoded_modules(model, self.options.verify, self.file_of)
@@ -258,19 +301,19 @@ class LlmcompHfQuantizer(HfQuantizer):
                 keep_compressed(model, self.encoded)
                 self.encoded.clear()
             return model
-        self._stamps = {}
+        self._fingerprints = {}
         for name in list(self.encoded):
             param = tensor_of(model, name)
             if param is None or param.device.type == "meta":
                 del self.encoded[name]  # offloaded: re-encoded from disk on save
             else:
-                self._stamps[name] = stamp_of(param)
+                self._fingerprints[name] = fingerprint(param)
         for name in list(self.lossy):  # kept even when offloaded: re-applying the stages would compound the loss
             param = tensor_of(model, name)
             if param is None:
                 del self.lossy[name]
             elif param.device.type != "meta":
-                self._stamps[name] = stamp_of(param)
+                self._fingerprints[name] = fingerprint(param)
         return model
 
     def file_of(self, name: str) -> str | None:
@@ -316,40 +359,48 @@ class LlmcompHfQuantizer(HfQuantizer):
         return enc
 
     def get_state_dict_and_metadata(self, model: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The shard tensors: compressed parts for selected weights, everything else as is.
+        """The shard tensors under their checkpoint names: compressed parts for selected weights, the rest as is.
 
-        Encodings kept from compress-on-load are written when their weight is unchanged; the others
-        are encoded now and not kept (memory stays bounded by what the user asked to compress).
+        The model's own conversions are reverted first (renames undone, fused MoE experts split into one
+        tensor per expert), then compressed: a tensor that is a model weight as a whole follows that
+        weight's selection; one made by a conversion (an expert's slice) follows the rule ``llmcomp
+        compress`` applies to checkpoint keys, so both paths store the same checkpoint. Encodings kept
+        from compress-on-load are written when their weight still holds the same bytes; the others are
+        encoded now and not kept (memory stays bounded by what the user asked to compress).
         """
-        from transformers.integrations.accelerate import load_offloaded_parameter
-
         add_guard(model.config)
-        state = model.state_dict()
+        cfg = self.quantization_config
         tied = shared_tied_targets(model)
-        targets = set(select_weights(model, self.quantization_config)) - set(tied)
+        targets = set(select_weights(model, cfg)) - set(tied)
+        state = {name: t for name, t in model.state_dict().items() if not (name in tied and tied[name] in targets)}
+        if self.conversions and any(t.device.type == "meta" for t in state.values()):
+            state = {name: hf_compat.offloaded_parameter(model, name) if t.device.type == "meta" else t
+                     for name, t in state.items()}
+        whole = {_identity(t): name for name, t in state.items()}
         out: dict[str, torch.Tensor] = {}
-        reused = 0
-        for name, tensor in state.items():
-            if name in tied and tied[name] in targets:
-                continue  # re-tied on load; its source is stored compressed
-            if name not in targets:
-                out[name] = tensor
-                continue
-            if not self.quantization_config.is_lossless or name in self.lossy:
-                out.update(self._lossy_for_save(model, name, tensor))
-                continue
-            enc = self.encoded.pop(name, None)
-            param = tensor_of(model, name)
-            if enc is not None and param is not None and self._stamps.get(name) == stamp_of(param):
-                self.encoded[name] = enc
-                reused += 1
+        reused = encoded = 0
+        for key, tensor in hf_compat.revert_conversions(model, state, self.conversions).items():
+            name = whole.get(_identity(tensor))
+            if name is None and compresses_key(key, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), cfg):
+                out.update(pack(key, self.encode_weight(key, tensor, keep=False)))  # a slice of a fused weight
+                encoded += 1
+            elif name is None or name not in targets:
+                out[key] = tensor
+            elif not cfg.is_lossless or name in self.lossy:
+                out.update(_renamed(self._lossy_for_save(model, name, tensor), name, key))
             else:
-                self._stamps.pop(name, None)
-                if tensor.device.type == "meta":
-                    tensor = load_offloaded_parameter(model, name)
-                enc = self.encode_weight(name, tensor, keep=False)
-            out.update(pack(name, enc))
-        logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", len(targets), reused, len(targets) - reused)
+                enc = self.encoded.get(name)
+                if enc is not None and self._fingerprints.get(name) == fingerprint(tensor_of(model, name)):
+                    reused += 1
+                else:
+                    self.encoded.pop(name, None)
+                    self._fingerprints.pop(name, None)
+                    if tensor.device.type == "meta":
+                        tensor = hf_compat.offloaded_parameter(model, name)
+                    enc = self.encode_weight(name, tensor, keep=False)
+                    encoded += 1
+                out.update(pack(key, enc))
+        logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", reused + encoded, reused, encoded)
         return out, dict(SHARD_METADATA)
 
     def _lossy_for_save(self, model: Any, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -358,7 +409,7 @@ class LlmcompHfQuantizer(HfQuantizer):
 
         stored = self.lossy.get(name)
         param = tensor_of(model, name)
-        unchanged = param is not None and (param.device.type == "meta" or self._stamps.get(name) == stamp_of(param))
+        unchanged = param is not None and (param.device.type == "meta" or self._fingerprints.get(name) == fingerprint(param))
         if stored is not None and unchanged:
             return stored.pack()
         if tensor.device.type == "meta":
@@ -419,12 +470,60 @@ class LlmcompHfQuantizer(HfQuantizer):
         return True
 
     def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
-        # Weights are already ordinary tensors in their loaded dtypes: only the encodings go.
+        """A plain model: compressed layers (on the fly) decoded in place; the encodings, card hooks and
+        (through ``remove_quantization_config``) the config's ``quantization_config`` and guard go."""
+        decoded = decompress_modules(model)
+        if decoded:
+            tie = getattr(model, "tie_weights", None)
+            if callable(tie):
+                tie()
+            logger.info("llmcomp: decoded %d compressed layers in place", len(decoded))
         _save_hooks.uninstall(model)
         self.encoded.clear()
         self.lossy.clear()
-        self._stamps.clear()
+        self._fingerprints.clear()
         return model
+
+
+def _in_absent_head(model: Any, name: str) -> bool:
+    """True when checkpoint weight ``name`` lies under a top-level module this model class lacks.
+
+    E.g. ``lm_head.weight`` or ``cls.predictions...`` when a base ``AutoModel`` loads a checkpoint saved
+    with a head: transformers leaves such keys unused by design. A weight under a module the model does
+    have (``model.layers.0.mlp.up_prxj.weight``) is not such a case.
+    """
+    segments = name.split(".")
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    children = dict(model.named_children())
+    if prefix and prefix in children:
+        children.update(dict(children[prefix].named_children()))
+    elif prefix and segments[0] == prefix and len(segments) > 1:
+        segments = segments[1:]  # a base model loading keys saved with its prefix
+    return segments[0] not in children
+
+
+def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """Same storage, offset, shape and dtype: the same tensor (a renamed weight keeps its tensor object)."""
+    if tensor.device.type == "meta":
+        return (id(tensor),)
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+
+
+def _renamed(parts: dict[str, torch.Tensor], name: str, key: str) -> dict[str, torch.Tensor]:
+    """Stored parts of weight ``name`` under checkpoint name ``key`` (their keys start with ``name``)."""
+    return parts if name == key else {key + k[len(name):]: v for k, v in parts.items()}
+
+
+def _header_bytes(header: torch.Tensor) -> bytes:
+    return header.detach().cpu().contiguous().numpy().tobytes()
+
+
+def read_tensor(file: str, key: str) -> torch.Tensor:
+    """One tensor of a shard (small ones: headers), read on its own."""
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as handle:
+        return handle.get_tensor(key)
 
 
 def _serialized_names(lossy_names: set[str], keys: list[str]) -> dict[str, list[str]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmcomp_hf._select import compresses_key
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.config import QUANT_METHOD, CompressionConfig, LosslessConfig
 from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key
@@ -111,14 +112,7 @@ class RunResult:
 
 def is_selected(info: TensorInfo, config: CompressionConfig) -> bool:
     """The module-docstring rule: is this source tensor compressed under ``config``?"""
-    name = info.name
-    if not (name.endswith(".weight") or name == "weight") or len(info.shape) < 2:
-        return False
-    if CODE_TO_NAME.get(info.dtype) not in config.dtypes or info.numel < config.min_numel:
-        return False
-    module = name[: -len(".weight")] if name != "weight" else ""
-    padded = f".{module}."
-    return not any(f".{p}." in padded for p in config.modules_to_not_convert)
+    return compresses_key(info.name, CODE_TO_NAME.get(info.dtype, ""), tuple(info.shape), config)
 
 
 def compress_checkpoint(

@@ -1,0 +1,145 @@
+"""Every place llmcomp-hf relies on a transformers internal, in one module.
+
+Public hooks (``HfQuantizer``, ``register_quantizer``, ``QuantizationConfigMixin``) are used where they
+belong; what follows are the non-public names and attributes. Each has a test in
+``tests/integration/test_hf_compat.py``, so a transformers release that changes one fails that test
+by name. Imported lazily (transformers' loader modules are heavy).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+# -- the loader -----------------------------------------------------------------------------------
+
+
+def conversion_ops_base() -> type:
+    """``transformers.core_model_loading.ConversionOps``: base class of the loader's tensor ops."""
+    from transformers.core_model_loading import ConversionOps
+
+    return ConversionOps
+
+
+def weight_converter_class() -> type:
+    """``transformers.core_model_loading.WeightConverter`` (source patterns -> target, with ops)."""
+    from transformers.core_model_loading import WeightConverter
+
+    return WeightConverter
+
+
+def loader_key_order(key: str) -> Any:
+    """The sort key the loader iterates checkpoint keys by (``dot_natural_key``)."""
+    from transformers.core_model_loading import dot_natural_key
+
+    return dot_natural_key(key)
+
+
+def module_and_attr(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    """``(module, attribute)`` of parameter ``name`` (``get_module_from_name``); AttributeError if absent."""
+    from transformers.quantizers.quantizers_utils import get_module_from_name
+
+    return get_module_from_name(model, name)
+
+
+def ignore_unexpected(model: torch.nn.Module, pattern: str) -> Any:
+    """Add ``pattern`` to the model's unexpected-key patterns; returns what to pass to ``restore_unexpected``."""
+    before = getattr(model, "_keys_to_ignore_on_load_unexpected", None)
+    model._keys_to_ignore_on_load_unexpected = set(before or ()) | {pattern}
+    return before
+
+
+def restore_unexpected(model: torch.nn.Module, before: Any) -> None:
+    model._keys_to_ignore_on_load_unexpected = before
+
+
+# -- weight conversions (key renames, MoE expert merges) ------------------------------------------
+
+
+def model_conversions(model: torch.nn.Module) -> list[Any] | None:
+    """The conversions the loader applied (``model._weight_conversions``); None when never loaded."""
+    return getattr(model, "_weight_conversions", None)
+
+
+def set_model_conversions(model: torch.nn.Module, conversions: list[Any] | None) -> None:
+    """Set what ``save_pretrained`` reverts (an empty list: nothing, the names are already final)."""
+    model._weight_conversions = conversions
+
+
+def without_ops(conversions: Iterable[Any], ours: Iterable[Any], op_types: tuple[type, ...], suffix_pattern: str) -> list[Any]:
+    """The model's own conversions as they were before our quantizer joined them.
+
+    Drops our converters (``ours``); a model converter into which transformers inserted our decode op
+    (``HfQuantizer.update_weight_conversions``, e.g. the MoE expert merge) is copied back without that op
+    and without our part names in its sources, so that reversing it on save splits plain tensors.
+    """
+    out = []
+    ours = list(ours)
+    suffix = re.compile(suffix_pattern)
+    for conv in conversions or []:
+        if any(conv is o for o in ours):
+            continue
+        ops = list(getattr(conv, "operations", []) or [])
+        if ops and any(isinstance(op, op_types) for op in ops):
+            sources = [s for s in conv._original_source_patterns if not suffix.search(s)]
+            copy = conv.copy(sources, list(conv._original_target_patterns),
+                             operations=[op for op in ops if not isinstance(op, op_types)])
+            copy._was_used = conv.was_used()
+            conv = copy
+        out.append(conv)
+    return out
+
+
+def revert_conversions(model: torch.nn.Module, state: dict[str, torch.Tensor], conversions: list[Any] | None) -> dict[str, torch.Tensor]:
+    """``state`` (model names) under the checkpoint names ``conversions`` were loaded from
+    (``revert_weight_conversion``: renames undone, fused experts split back into one tensor each)."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    if not conversions:
+        return dict(state)
+    before = model_conversions(model)
+    set_model_conversions(model, conversions)
+    try:
+        return revert_weight_conversion(model, state)
+    finally:
+        set_model_conversions(model, before)
+
+
+def offloaded_parameter(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """A disk-offloaded parameter read back (``accelerate`` integration's ``load_offloaded_parameter``)."""
+    from transformers.integrations.accelerate import load_offloaded_parameter
+
+    return load_offloaded_parameter(model, name)
+
+
+# -- models and configs ---------------------------------------------------------------------------
+
+
+def tied_weights(model: torch.nn.Module) -> dict[str, str]:
+    """``{tied copy: source}`` of the model (``all_tied_weights_keys``)."""
+    return dict(getattr(model, "all_tied_weights_keys", None) or {})
+
+
+def config_origin(config: Any) -> tuple[str | None, str | None]:
+    """``(name_or_path, commit)`` a config was loaded from (``_name_or_path``, ``_commit_hash``)."""
+    return getattr(config, "_name_or_path", None), getattr(config, "_commit_hash", None)
+
+
+__all__ = [
+    "config_origin",
+    "conversion_ops_base",
+    "ignore_unexpected",
+    "loader_key_order",
+    "model_conversions",
+    "module_and_attr",
+    "offloaded_parameter",
+    "restore_unexpected",
+    "revert_conversions",
+    "set_model_conversions",
+    "tied_weights",
+    "weight_converter_class",
+    "without_ops",
+]
