@@ -11,37 +11,39 @@ from llmcomp_hf.format.shard import part_key
 from llmcomp_hf.modules import EncodedWeight, compressed_module
 
 
-def install_placeholders(model: torch.nn.Module, files: dict[str, str]) -> None:
+def install_placeholders(model: torch.nn.Module, files: dict[str, str]) -> list[str]:
     """Swap each module whose weight is stored compressed for a compressed twin with empty buffers.
 
-    Buffer sizes come from the shard headers, so the loader fills them like any other tensor.
-    Modules without a compressed twin (e.g. a Linear subclass) are left to fail loudly as missing.
+    Buffer sizes come from the shard headers, so the loader fills them like any other tensor. Returns
+    the weights that cannot stay compressed: stored under a name that is not the model's parameter
+    (renamed or merged on load) or held by a module without a compressed twin; the loader decodes those.
     """
     from safetensors import safe_open
 
     handles: dict[str, Any] = {}
+    decoded = []
     try:
         for name, file in files.items():
             module_name, _, attr = name.rpartition(".")
-            if attr != "weight":
-                continue
             try:
-                module = model.get_submodule(module_name)
+                module = model.get_submodule(module_name) if attr == "weight" else None
             except AttributeError:
+                module = None
+            if module is None or not isinstance(module._parameters.get("weight"), torch.nn.Parameter):
+                decoded.append(name)
                 continue
             if file not in handles:
                 handles[file] = safe_open(file, framework="pt")
             sizes = tuple(int(handles[file].get_slice(part_key(name, p)).get_shape()[0]) for p in ("data", "index", "header"))
             twin = compressed_module(module, EncodedWeight.placeholder(name, sizes))
             if twin is None:
-                raise FormatError(
-                    f"cannot keep {type(module).__name__} weights compressed in memory{where(name, file)}; "
-                    "load without llmcomp_hf.load_options(decode='on_the_fly')"
-                )
+                decoded.append(name)
+                continue
             parent_name, _, child = module_name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
     finally:
         handles.clear()
+    return decoded
 
 
 def check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) -> None:

@@ -118,7 +118,13 @@ class LlmcompHfQuantizer(HfQuantizer):
                 )
             self.serialized_names = _serialized_names(lossy_names, all_keys)
             if self.on_the_fly:
-                install_placeholders(model, self._files)
+                tied = hf_compat.tied_weights(model)
+                kept = {name: file for name, file in self.inventory.lossless.items()
+                        if name not in tied and name not in tied.values()}
+                decoded = install_placeholders(model, kept) + sorted(set(self.inventory.weights) - set(kept))
+                if decoded:  # renamed or merged on load (vision towers, MoE experts), tied, or no compressed twin
+                    logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in this model and are "
+                                   "decoded at load (e.g. %s)", len(decoded), len(self.inventory.weights), decoded[0])
             else:
                 self._start_prefetch(lossy_names, kwargs.get("device_map"))
                 if self.prefetch is not None:
@@ -219,15 +225,15 @@ class LlmcompHfQuantizer(HfQuantizer):
         return EncodeOp(self)
 
     def get_load_operations(self) -> dict[str, Any]:
-        if self.pre_quantized and self.on_the_fly:
-            return {}  # encoded parts load straight into the compressed modules' buffers
         from llmcomp_hf._ops import DecodeOp
 
         return {"deserialize": DecodeOp, "dequantize": DecodeOp}
 
     def get_weight_conversions(self) -> list[Any]:
-        if not self.pre_quantized or self.on_the_fly:
+        if not self.pre_quantized:
             return []
+        # On the fly, the parts of weights kept compressed load straight into their modules' buffers (the
+        # loader falls back to a key's own name when the converter's target is not a model parameter).
         from transformers.core_model_loading import WeightConverter
 
         from llmcomp_hf._ops import DecodeOp, fast_copy_converter
@@ -298,7 +304,8 @@ class LlmcompHfQuantizer(HfQuantizer):
             if self.pre_quantized:
                 check_encoded_modules(model, self.options.verify, self.file_of)
             else:
-                keep_compressed(model, self.encoded)
+                tied = hf_compat.tied_weights(model)
+                keep_compressed(model, {n: e for n, e in self.encoded.items() if n not in tied.values()})
                 self.encoded.clear()
             return model
         self._fingerprints = {}

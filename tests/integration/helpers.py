@@ -54,6 +54,31 @@ def tiny_model(kind: str, dtype: torch.dtype = torch.float32, tie: bool | None =
         cfg = tf.T5Config(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4, vocab_size=1000,
                           decoder_start_token_id=0, tie_word_embeddings=True if tie is None else tie)
         model = tf.T5ForConditionalGeneration(cfg)
+    elif kind == "bert":
+        cfg = tf.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                            vocab_size=1000, max_position_embeddings=64)
+        model = tf.BertModel(cfg)
+    elif kind == "whisper":
+        cfg = tf.WhisperConfig(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                               decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=1000,
+                               num_mel_bins=16, max_source_positions=32, max_target_positions=32,
+                               decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+        model = tf.WhisperForConditionalGeneration(cfg)
+    elif kind == "vit":
+        cfg = tf.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                           image_size=32, patch_size=8, num_labels=3)
+        model = tf.ViTForImageClassification(cfg)
+    elif kind == "llava":
+        vision = tf.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                     image_size=32, patch_size=8, projection_dim=64)
+        text = tf.LlamaConfig(**TINY, num_key_value_heads=2)
+        cfg = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_id=999, projector_hidden_act="gelu",
+                             vision_feature_layer=-1, vision_feature_select_strategy="full")
+        model = tf.LlavaForConditionalGeneration(cfg)
+    elif kind == "mixtral":
+        cfg = tf.MixtralConfig(**TINY, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                               tie_word_embeddings=bool(tie))
+        model = tf.MixtralForCausalLM(cfg)
     else:
         raise ValueError(kind)
     return model.to(dtype).eval()

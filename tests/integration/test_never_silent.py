@@ -1,0 +1,132 @@
+"""Paths that once loaded silently wrong weights: each ends bit-identical or in a named FormatError."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import transformers as tf
+from safetensors import safe_open
+
+import llmcomp_hf
+from llmcomp_hf.cli import main
+from llmcomp_hf.config import LosslessConfig
+from llmcomp_hf.errors import FormatError
+from llmcomp_hf.format import load_checkpoint
+from tests.integration.helpers import assert_same_state, raw_bits, rewrite_shard, shard_files, tiny_model
+
+CFG = LosslessConfig(min_numel=256)
+TARGET = "model.layers.0.mlp.up_proj.weight"
+LOADS = {  # how the compressed checkpoint is loaded
+    "prefetch": ("load", "1"),
+    "no-prefetch": ("load", "0"),
+    "on_the_fly": ("on_the_fly", "1"),
+}
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("never-silent")
+    tiny_model("llama", torch.bfloat16).save_pretrained(root / "dense")
+    tf.LlamaForCausalLM.from_pretrained(root / "dense", quantization_config=CFG).save_pretrained(root / "c")
+    return root
+
+
+def _load(folder, how, monkeypatch, cls=tf.LlamaForCausalLM):
+    mode, prefetch = LOADS[how]
+    monkeypatch.setenv("LLMCOMP_PREFETCH", prefetch)
+    with llmcomp_hf.load_options(decode=mode):
+        return cls.from_pretrained(folder)
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("how", sorted(LOADS))
+def test_a_renamed_header_key_is_refused_naming_the_weight(compressed, tmp_path, how, monkeypatch):
+    folder = _copy(compressed / "c", tmp_path / "c")
+    key = f"{TARGET}.llmcomp_header"
+    rewrite_shard(shard_files(folder)[0], lambda t, md: t.__setitem__(key.replace("up_proj", "up_prxj"), t.pop(key)))
+    with pytest.raises(FormatError, match=rf"{TARGET}.*missing '{TARGET}.llmcomp_header'.*model.safetensors"):
+        _load(folder, how, monkeypatch)
+
+
+@pytest.mark.parametrize("how", sorted(LOADS))
+def test_a_weight_whose_parts_match_no_parameter_is_refused(compressed, tmp_path, how, monkeypatch):
+    folder = _copy(compressed / "c", tmp_path / "c")
+
+    def rename(tensors, metadata):
+        for part in ("data", "index", "header"):
+            key = f"{TARGET}.llmcomp_{part}"
+            tensors[key.replace("up_proj", "up_prxj")] = tensors.pop(key)
+
+    rewrite_shard(shard_files(folder)[0], rename)
+    with pytest.raises(FormatError, match=r"match no parameter of LlamaForCausalLM.*up_prxj.*model.safetensors"):
+        _load(folder, how, monkeypatch)
+
+
+@pytest.mark.parametrize("how", sorted(LOADS))
+def test_a_head_the_model_class_lacks_is_left_out_with_a_warning(compressed, how, monkeypatch, caplog):
+    """A base model from a checkpoint saved with a head: transformers leaves the head's keys unused by design."""
+    dense = tf.LlamaModel.from_pretrained(compressed / "dense")
+    with caplog.at_level(logging.WARNING, logger="llmcomp_hf.quantizer"):
+        model = _load(compressed / "c", how, monkeypatch, cls=tf.LlamaModel)
+    assert "lm_head.weight" in caplog.text
+    if how != "on_the_fly":
+        assert_same_state(dense.state_dict(), model.state_dict())
+    ids = torch.tensor([[3, 5, 7]])
+    with torch.no_grad():
+        assert torch.equal(raw_bits(dense(ids).last_hidden_state), raw_bits(model(ids).last_hidden_state))
+
+
+def test_on_the_fly_dequantize_gives_a_plain_model_that_saves_plain(compressed, tmp_path):
+    with llmcomp_hf.load_options(decode="on_the_fly"):
+        model = tf.LlamaForCausalLM.from_pretrained(compressed / "c")
+    plain = model.dequantize()
+    assert type(plain.model.layers[0].mlp.up_proj) is torch.nn.Linear
+    plain.save_pretrained(tmp_path / "plain")
+    reloaded = tf.LlamaForCausalLM.from_pretrained(tmp_path / "plain")
+    assert getattr(reloaded.config, "quantization_config", None) is None
+    assert_same_state(tf.LlamaForCausalLM.from_pretrained(compressed / "dense").state_dict(), reloaded.state_dict())
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixtral")
+    tiny_model("mixtral", torch.bfloat16).save_pretrained(root / "dense")
+    return root
+
+
+def test_moe_experts_compressed_from_python_exactly_as_the_cli_does(mixtral, tmp_path):
+    tf.MixtralForCausalLM.from_pretrained(mixtral / "dense", quantization_config=CFG).save_pretrained(tmp_path / "py")
+    assert main(["compress", str(mixtral / "dense"), str(tmp_path / "cli"), "-q", "--min-numel", "256"]) == 0
+
+    def stored(folder):
+        out = {}
+        for file in shard_files(folder):
+            with safe_open(str(file), "pt") as handle:
+                out.update({k: handle.get_tensor(k) for k in handle.keys()})
+        return out
+
+    py, cli = stored(tmp_path / "py"), stored(tmp_path / "cli")
+    experts = sorted(k for k in cli if ".experts." in k)
+    assert experts and all(k.rpartition(".")[2].startswith("llmcomp_") for k in experts)
+    assert experts == sorted(k for k in py if ".experts." in k)
+    for key in experts:  # same encoder, same bytes
+        assert torch.equal(raw_bits(py[key]), raw_bits(cli[key])), key
+    # (the router's 4 x 64 weight is a Linear only by name: the CLI's name rule takes it, module types do not)
+    assert_same_state(load_checkpoint(mixtral / "dense"), load_checkpoint(tmp_path / "py"))
+
+
+@pytest.mark.parametrize("mode", ["load", "on_the_fly"])
+def test_a_reloaded_moe_model_saves_again_bit_exactly(mixtral, tmp_path, mode):
+    tf.MixtralForCausalLM.from_pretrained(mixtral / "dense", quantization_config=CFG).save_pretrained(tmp_path / "c")
+    with llmcomp_hf.load_options(decode=mode):
+        model = tf.MixtralForCausalLM.from_pretrained(tmp_path / "c")
+    model.save_pretrained(tmp_path / "again")
+    assert_same_state(load_checkpoint(mixtral / "dense"), load_checkpoint(tmp_path / "again"))
