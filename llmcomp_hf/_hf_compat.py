@@ -14,6 +14,31 @@ from typing import Any
 
 import torch
 
+from llmcomp_hf.errors import LlmcompError
+
+SUPPORTED_TRANSFORMERS = ">=5.21,<6"  # 5.20 leaves per-expert (MoE) weights out of the model's merge converters
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Raise LlmcompError unless ``version`` (default: the installed one) is in SUPPORTED_TRANSFORMERS."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    try:
+        parsed = Version(version)
+    except InvalidVersion as exc:
+        raise LlmcompError(f"cannot parse the transformers version {version!r}") from exc
+    if not SpecifierSet(SUPPORTED_TRANSFORMERS).contains(parsed, prereleases=True):
+        raise LlmcompError(
+            f"llmcomp-hf supports transformers {SUPPORTED_TRANSFORMERS}, found {version}: install a supported "
+            f'version (pip install "transformers{SUPPORTED_TRANSFORMERS}") or upgrade llmcomp-hf'
+        )
+
+
 # -- the loader -----------------------------------------------------------------------------------
 
 
@@ -129,6 +154,8 @@ def config_origin(config: Any) -> tuple[str | None, str | None]:
 
 
 __all__ = [
+    "SUPPORTED_TRANSFORMERS",
+    "check_transformers_version",
     "config_origin",
     "conversion_ops_base",
     "ignore_unexpected",

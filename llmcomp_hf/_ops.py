@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.core_model_loading import ConversionOps
-from transformers.quantizers.quantizers_utils import get_module_from_name
 
+from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
 from llmcomp_hf.format.reader import decode_parts
@@ -20,6 +19,8 @@ from llmcomp_hf.format.shard import split_key, transform_base
 
 if TYPE_CHECKING:
     from llmcomp_hf.quantizer import LlmcompHfQuantizer
+
+ConversionOps = hf_compat.conversion_ops_base()
 
 
 class _IdentityOp(ConversionOps):
@@ -194,7 +195,7 @@ def _param_dtype(model: torch.nn.Module | None, name: str | None) -> torch.dtype
     if model is None or not name or "*" in name:
         return None
     try:
-        module, attr = get_module_from_name(model, name)
+        module, attr = hf_compat.module_and_attr(model, name)
     except AttributeError:
         return None
     ref = getattr(module, attr, None)

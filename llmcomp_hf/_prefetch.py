@@ -70,12 +70,12 @@ class Prefetcher:
                  part_files: Mapping[str, str] | None = None) -> None:
         """``weights``: ``(name, shard file)``; ``part_files``: the file of a part key stored elsewhere
         (transformers may put the parts of one weight in different shards)."""
-        from transformers.core_model_loading import dot_natural_key  # the loader's own order
+        from llmcomp_hf._hf_compat import loader_key_order  # the loader's own order
 
         ensure_consistent()  # before any cached kernel runs
         self.verify, self.max_ahead = verify, max_ahead
         self._part_files = dict(part_files or {})
-        named = sorted(dict(weights).items(), key=lambda item: dot_natural_key(item[0]))
+        named = sorted(dict(weights).items(), key=lambda item: loader_key_order(item[0]))
         self._jobs = [_Job(i, name, file) for i, (name, file) in enumerate(named)]
         self._cond = threading.Condition()
         self._closed = False
@@ -274,58 +274,19 @@ class _MappedShard:
         return self.raw[lo:hi].view(self._DTYPES[entry["dtype"]])
 
 
-def prefetch_checkpoint(name: str | None, revision: str | None, verify: bool) -> Prefetcher | None:
-    """A started prefetcher for the lossless checkpoint ``name`` (a local folder, or a Hub repo id
-    found in the local cache at ``revision``: never the network), or None when there is none
-    (not found, lossy weights, unreadable files: the loader reports those, with names)."""
-    from llmcomp_hf.format.reader import checkpoint_files
+def prefetch_checkpoint(folder: str, verify: bool) -> Prefetcher | None:
+    """A started prefetcher for the lossless checkpoint in ``folder``, or None when there is none
+    (lossy weights, unreadable or incomplete files: the loader reports those, with names)."""
+    from llmcomp_hf.format.inventory import inventory
+    from llmcomp_hf.format.reader import checkpoint_files, shard_keys
 
-    folder = _local_folder(name, revision)
-    if folder is None:
-        return None
     try:
-        weights, part_files, lossy = compressed_weights(checkpoint_files(folder))
-        return Prefetcher(weights.items(), verify, part_files=part_files).start() if weights and not lossy else None
+        found = inventory((file, shard_keys(file)[0]) for file in checkpoint_files(folder))
+        if not found.weights or found.lossy:
+            return None
+        return Prefetcher(found.bases.items(), verify, part_files=found.part_files).start()
     except Exception as exc:
         logger.debug("llmcomp: no early prefetch (%s)", exc)
-        return None
-
-
-def compressed_weights(files: list[str]) -> tuple[dict[str, str], dict[str, str], bool]:
-    """({compressed weight: its first shard}, {part key: shard}, whether any weight is lossy) of these shards."""
-    from llmcomp_hf.format.reader import shard_keys
-    from llmcomp_hf.format.shard import split_key, transform_base
-
-    weights: dict[str, str] = {}
-    part_files: dict[str, str] = {}
-    lossy = False
-    for file in files:
-        keys, _ = shard_keys(file)
-        for key in keys:
-            base, part = split_key(key)
-            lossy = lossy or transform_base(key) is not None
-            if part is not None:
-                weights.setdefault(base, file)
-                part_files[key] = file
-    return weights, part_files, lossy
-
-
-def _local_folder(name: str | None, revision: str | None) -> str | None:
-    """The folder holding checkpoint ``name``: a local folder as is, a Hub repo id's cached snapshot
-    (``local_files_only``: never the network), else None."""
-    if not name:
-        return None
-    if os.path.isdir(name):
-        return name
-    from llmcomp_hf.hub import looks_like_repo_id
-
-    if not looks_like_repo_id(name):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, revision=revision, local_files_only=True)
-    except Exception:  # not cached (or no huggingface_hub): the prefetcher starts once the files are known
         return None
 
 

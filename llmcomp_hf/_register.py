@@ -2,9 +2,10 @@
 
 ``install()`` (called by ``import llmcomp_hf``) registers at once when ``transformers.quantizers.auto``
 is already imported, and otherwise adds a post-import hook to ``sys.meta_path`` that registers right
-after transformers imports that module. So ``import llmcomp_hf`` stays cheap, and any later
+after transformers imports that module (or, when ``llmcomp_hf.quantizer`` is what imported it, right
+after our quantizer module finishes). So ``import llmcomp_hf`` stays cheap, and any later
 ``from_pretrained`` of an llmcomp checkpoint finds the quantizer. Nothing in transformers is patched:
-the hook only wraps the loader of that one module to call the public ``register_*`` functions.
+the hook only wraps the loaders of those two modules to call the public ``register_*`` functions.
 """
 
 from __future__ import annotations
@@ -16,31 +17,12 @@ import threading
 import warnings
 from types import ModuleType
 
+from llmcomp_hf._hf_compat import SUPPORTED_TRANSFORMERS, check_transformers_version
 from llmcomp_hf.errors import LlmcompError
 
-SUPPORTED_TRANSFORMERS = ">=5.21,<6"  # 5.20 leaves per-expert (MoE) weights out of the model's merge converters
 _TARGET = "transformers.quantizers.auto"
+_OURS = "llmcomp_hf.quantizer"
 _LOCK = threading.RLock()
-
-
-def check_transformers_version(version: str | None = None) -> None:
-    """Raise LlmcompError unless ``version`` (default: the installed one) is in SUPPORTED_TRANSFORMERS."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
-
-    if version is None:
-        import transformers
-
-        version = transformers.__version__
-    try:
-        parsed = Version(version)
-    except InvalidVersion as exc:
-        raise LlmcompError(f"cannot parse the transformers version {version!r}") from exc
-    if not SpecifierSet(SUPPORTED_TRANSFORMERS).contains(parsed, prereleases=True):
-        raise LlmcompError(
-            f"llmcomp-hf supports transformers {SUPPORTED_TRANSFORMERS}, found {version}: install a supported "
-            f'version (pip install "transformers{SUPPORTED_TRANSFORMERS}") or upgrade llmcomp-hf'
-        )
 
 
 def register() -> None:
@@ -76,9 +58,13 @@ def register() -> None:
 
 
 def install() -> None:
-    """Register now if transformers' quantizer registry is loaded, else when it gets imported."""
+    """Register now if transformers' quantizer registry is loaded, else once it and our quantizer are.
+
+    The hook watches both modules: importing ``llmcomp_hf.quantizer`` first imports transformers'
+    registry while our class is still undefined, so registration then waits for our module to finish.
+    """
     with _LOCK:
-        if _TARGET in sys.modules:
+        if _TARGET in sys.modules and not _initializing(sys.modules[_TARGET]):
             register()
         elif not any(isinstance(f, _PostImportHook) for f in sys.meta_path):
             sys.meta_path.insert(0, _PostImportHook())
@@ -88,11 +74,22 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _initializing(module: ModuleType | None) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _ready(just_executed: str) -> bool:
+    """Whether registering can run now that ``just_executed`` (one of the watched modules) has executed."""
+    if just_executed == _TARGET:  # our quantizer is imported by register() unless it is half-imported now
+        return not _initializing(sys.modules.get(_OURS))
+    return _TARGET in sys.modules and not _initializing(sys.modules[_TARGET])
+
+
 class _PostImportHook(importlib.abc.MetaPathFinder):
-    """Finds ``transformers.quantizers.auto`` with the other finders and registers after it executes."""
+    """Finds the two watched modules with the other finders and registers once both have executed."""
 
     def find_spec(self, fullname: str, path, target=None):  # noqa: ANN001 (importlib signature)
-        if fullname != _TARGET:
+        if fullname not in (_TARGET, _OURS):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -117,22 +114,13 @@ class _RegisteringLoader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._inner.exec_module(module)
+        if not _ready(module.__name__):
+            return  # the other watched module registers once it has executed
+        try:
+            register()
+        except (ImportError, LlmcompError) as exc:  # never break `import transformers` itself
+            warnings.warn(f"llmcomp-hf could not register with transformers: {exc}", stacklevel=2)
+            return
         with _LOCK:
             if self._hook in sys.meta_path:
                 sys.meta_path.remove(self._hook)
-        try:
-            register()
-        except ImportError as exc:
-            if not _llmcomp_initializing():  # else llmcomp_hf.quantizer registers when its import ends
-                warnings.warn(f"llmcomp-hf could not register with transformers: {exc}", stacklevel=2)
-        except LlmcompError as exc:  # never break `import transformers` itself
-            warnings.warn(f"llmcomp-hf could not register with transformers: {exc}", stacklevel=2)
-
-
-def _llmcomp_initializing() -> bool:
-    """True while one of our modules is half-imported (it imported transformers.quantizers first)."""
-    return any(
-        getattr(getattr(module, "__spec__", None), "_initializing", False)
-        for name, module in list(sys.modules.items())
-        if name.startswith("llmcomp_hf.")
-    )

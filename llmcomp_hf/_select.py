@@ -84,7 +84,9 @@ def fingerprint(tensor: torch.Tensor) -> Fingerprint:
 def shared_tied_targets(model: torch.nn.Module) -> dict[str, str]:
     """``{target: source}`` for tied weights that really share their tensor (so one copy is saved)."""
     out = {}
-    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+    from llmcomp_hf._hf_compat import tied_weights
+
+    for target, source in tied_weights(model).items():
         a, b = tensor_of(model, target), tensor_of(model, source)
         if a is None or b is None:
             continue

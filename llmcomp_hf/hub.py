@@ -80,6 +80,23 @@ def resolve_source(
         raise HubError(f"cannot download {src!r} from the Hub: {exc}") from exc
 
 
+def local_checkpoint(name: str | None, revision: str | None) -> str | None:
+    """The folder holding checkpoint ``name``: a local folder as is, a Hub repo id's cached snapshot at
+    ``revision`` (``local_files_only``: never the network), else None."""
+    if not name:
+        return None
+    if os.path.isdir(name):
+        return name
+    if not looks_like_repo_id(name):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception:  # not cached (or no huggingface_hub)
+        return None
+
+
 def repo_id_of_cache_path(path: Path) -> str | None:
     """``"org/name"`` for a folder ``.../models--org--name/snapshots/<rev>``, else None."""
     match = _CACHE_DIR_RE.search(path.resolve().as_posix())

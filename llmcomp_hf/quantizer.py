@@ -30,7 +30,6 @@ from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf import _save_hooks, loading
 from llmcomp_hf._guard import add_guard, strip_guard
 from llmcomp_hf._placeholders import check_encoded_modules, install_placeholders
-from llmcomp_hf._register import check_transformers_version
 from llmcomp_hf._select import Fingerprint, compresses_key, fingerprint, select_weights, shared_tied_targets, tensor_of
 from llmcomp_hf.codec import EncodedTensor, encode
 from llmcomp_hf.config import CompressionConfig
@@ -83,7 +82,7 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     # -- environment and config ---------------------------------------------------------------
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
-        check_transformers_version()
+        hf_compat.check_transformers_version()
 
     def update_attn_implementation(self, config: Any) -> Any:
         # The only hook that sees the model config before `from_pretrained` validates `fusion_config`.
@@ -137,7 +136,7 @@ class LlmcompHfQuantizer(HfQuantizer):
                 )
             self._pipeline = self.quantization_config.pipeline()
             # a tied copy (lm_head of tied embeddings) is not encoded: only its source is stored
-            tied = getattr(model, "all_tied_weights_keys", None) or {}
+            tied = hf_compat.tied_weights(model)
             self._targets = set(select_weights(model, self.quantization_config)) - set(tied)
             self._plan = self.quantization_config.calibrated_plan(self._targets)
         return model
@@ -157,9 +156,10 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.prefetch = None
         if self._prefetch_wanted():
             from llmcomp_hf._prefetch import prefetch_checkpoint
+            from llmcomp_hf.hub import local_checkpoint
 
-            self.prefetch = prefetch_checkpoint(getattr(config, "_name_or_path", None),
-                                                getattr(config, "_commit_hash", None), self.options.verify)
+            folder = local_checkpoint(*hf_compat.config_origin(config))
+            self.prefetch = prefetch_checkpoint(folder, self.options.verify) if folder is not None else None
 
     def _start_prefetch(self, lossy_names: set[str], device_map: Any) -> None:
         """Decode the lossless weights in the background while transformers loads (see _prefetch)."""
@@ -190,8 +190,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         weight the prefetcher does not hand out is decoded from parts read by ``read_parts``.
         """
         self.serialized_names = {"weight": ["weight", part_key("weight", "header")]}
-        self._unexpected_before = getattr(model, "_keys_to_ignore_on_load_unexpected", None)
-        model._keys_to_ignore_on_load_unexpected = set(self._unexpected_before or ()) | {_DATA_AND_INDEX}
+        self._unexpected_before = hf_compat.ignore_unexpected(model, _DATA_AND_INDEX)
 
     def read_parts(self, header: torch.Tensor, parts: dict[str, Any]) -> dict[str, Any]:
         """``parts`` completed with the stored parts of the weight whose header this is (headers-only loads)."""
@@ -213,7 +212,7 @@ class LlmcompHfQuantizer(HfQuantizer):
             self.prefetch.close()
             self.prefetch = None
         if model is not None and self._unexpected_before is not _NOT_SET:
-            model._keys_to_ignore_on_load_unexpected = self._unexpected_before
+            hf_compat.restore_unexpected(model, self._unexpected_before)
             self._unexpected_before = _NOT_SET
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
@@ -234,14 +233,12 @@ class LlmcompHfQuantizer(HfQuantizer):
             return []
         # On the fly, the parts of weights kept compressed load straight into their modules' buffers (the
         # loader falls back to a key's own name when the converter's target is not a model parameter).
-        from transformers.core_model_loading import WeightConverter
-
         from llmcomp_hf._ops import DecodeOp, fast_copy_converter
 
         # Longest pattern first: transformers < 5.24 tries the patterns in order with no name boundary,
         # so `weight` would also match inside `weight.llmcomp_data`. force_cpu: the compressed bytes
         # stay on the CPU where the decoder runs; the loader moves the decoded weight.
-        converter = fast_copy_converter(WeightConverter)
+        converter = fast_copy_converter(hf_compat.weight_converter_class())
         self._converters = [
             converter(sorted(names, key=len, reverse=True), param, [DecodeOp(self)], force_cpu=True)
             for param, names in self.serialized_names.items()
@@ -412,15 +409,13 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     def _lossy_for_save(self, model: Any, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         """Shard tensors of lossy weight ``name``: the kept form while the weight is unchanged, else re-applied."""
-        from transformers.integrations.accelerate import load_offloaded_parameter
-
         stored = self.lossy.get(name)
         param = tensor_of(model, name)
         unchanged = param is not None and (param.device.type == "meta" or self._fingerprints.get(name) == fingerprint(param))
         if stored is not None and unchanged:
             return stored.pack()
         if tensor.device.type == "meta":
-            tensor = load_offloaded_parameter(model, name)
+            tensor = hf_compat.offloaded_parameter(model, name)
         if stored is not None:
             warnings.warn(
                 f"weight {name!r} changed since it was compressed; saving re-applies the lossy stages to it, so the "
@@ -560,9 +555,3 @@ def _tag(model: Any, config: Any) -> None:
     if hasattr(model, "add_model_tags"):
         model.add_model_tags(tags)
 
-
-# Imported before transformers' quantizer registry, this module triggered that registry's import
-# (through HfQuantizer) while half-initialised; register now that the class exists.
-from llmcomp_hf._register import install as _install_registration  # noqa: E402
-
-_install_registration()

@@ -138,13 +138,17 @@ def test_cell(arch, mode, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("edit", ["data_add", "data_copy", "no_grad_add"])
+@pytest.mark.parametrize("source", ["compress_on_load", "compressed"])
 @pytest.mark.parametrize("mode", MODES)
-def test_edit_then_save(arch, mode, edit, tmp_path):
-    """Whatever route changes a weight, the save holds what the parameter holds at save time."""
+def test_edit_then_save(arch, mode, source, edit, tmp_path):
+    """Whatever route changes a weight (PEFT's merge_and_unload writes through ``.data``), the save holds
+    what the parameter holds at save time."""
     family, cls, dense, root = arch
-    model = load(cls, root / "dense", "load", quantization_config=CFG)
-    model.save_pretrained(tmp_path / "c")
-    model = load(cls, tmp_path / "c", mode)
+    if source == "compressed":
+        load(cls, root / "dense", "load", quantization_config=CFG).save_pretrained(tmp_path / "c")
+        model = load(cls, tmp_path / "c", mode)
+    else:
+        model = load(cls, root / "dense", mode, quantization_config=CFG)
     if mode == "on_the_fly":  # compressed layers are read-only; edit a plain parameter (a norm or bias)
         name = next(n for n, p in model.named_parameters() if p.dim() == 1)
     else:
