@@ -118,6 +118,32 @@ def without_ops(conversions: Iterable[Any], ours: Iterable[Any], op_types: tuple
     return out
 
 
+def loaded_names(keys: Iterable[str], conversions: list[Any] | None, model: torch.nn.Module) -> dict[str, tuple[str, str, bool]]:
+    """Where the loader puts each checkpoint key: ``{key: (renamed, final, merged)}``.
+
+    ``renamed``: after the model's renamings (what converter patterns see); ``final``: the model's name
+    once the base-model prefix is added or stripped; ``merged``: a converter (e.g. an MoE expert merge)
+    takes the key, so it ends in a fused parameter, not one of its own. (``rename_source_key``.)
+    """
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, apply_converters, apply_renamings
+
+    renamings = [c for c in conversions or [] if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions or [] if isinstance(c, WeightConverter)]
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    meta_state = model.state_dict()
+    out = {}
+    for key in keys:
+        renamed = apply_renamings(key, renamings)
+        _, pattern = apply_converters(renamed, converters)
+        final = renamed
+        if prefix and renamed.startswith(prefix + ".") and renamed[len(prefix) + 1:] in meta_state:
+            final = renamed[len(prefix) + 1:]
+        elif prefix and f"{prefix}.{renamed}" in meta_state:
+            final = f"{prefix}.{renamed}"
+        out[key] = (renamed, final, pattern is not None)
+    return out
+
+
 def revert_conversions(model: torch.nn.Module, state: dict[str, torch.Tensor], conversions: list[Any] | None) -> dict[str, torch.Tensor]:
     """``state`` (model names) under the checkpoint names ``conversions`` were loaded from
     (``revert_weight_conversion``: renames undone, fused experts split back into one tensor each)."""
@@ -159,6 +185,7 @@ __all__ = [
     "config_origin",
     "conversion_ops_base",
     "ignore_unexpected",
+    "loaded_names",
     "loader_key_order",
     "model_conversions",
     "module_and_attr",

@@ -70,6 +70,8 @@ class DecodeOp(ConversionOps):
                 continue
             base, part = split_key(key)
             groups.setdefault(base, {})[part or "plain"] = values
+        if full_layer_name and len(groups) == 1 and next(iter(groups)).startswith("^"):
+            groups = {full_layer_name: groups.popitem()[1]}  # on the fly: one converter for the listed names
         lossy_parts = claim_parts(groups, transforms)
         out: dict[str, Any] = {}
         try:

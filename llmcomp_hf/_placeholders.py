@@ -11,19 +11,20 @@ from llmcomp_hf.format.shard import part_key
 from llmcomp_hf.modules import EncodedWeight, compressed_module
 
 
-def install_placeholders(model: torch.nn.Module, files: dict[str, str]) -> list[str]:
-    """Swap each module whose weight is stored compressed for a compressed twin with empty buffers.
+def install_placeholders(model: torch.nn.Module, placement: dict[str, tuple[str, str]]) -> list[str]:
+    """Swap modules for compressed twins with empty buffers: ``placement`` maps each model weight name
+    to ``(its checkpoint name, shard)``.
 
     Buffer sizes come from the shard headers, so the loader fills them like any other tensor. Returns
-    the weights that cannot stay compressed: stored under a name that is not the model's parameter
-    (renamed or merged on load) or held by a module without a compressed twin; the loader decodes those.
+    the model weight names that cannot stay compressed (no such parameter, or a module without a
+    compressed twin); the loader decodes those.
     """
     from safetensors import safe_open
 
     handles: dict[str, Any] = {}
     decoded = []
     try:
-        for name, file in files.items():
+        for name, (stored, file) in placement.items():
             module_name, _, attr = name.rpartition(".")
             try:
                 module = model.get_submodule(module_name) if attr == "weight" else None
@@ -34,8 +35,8 @@ def install_placeholders(model: torch.nn.Module, files: dict[str, str]) -> list[
                 continue
             if file not in handles:
                 handles[file] = safe_open(file, framework="pt")
-            sizes = tuple(int(handles[file].get_slice(part_key(name, p)).get_shape()[0]) for p in ("data", "index", "header"))
-            twin = compressed_module(module, EncodedWeight.placeholder(name, sizes))
+            sizes = tuple(int(handles[file].get_slice(part_key(stored, p)).get_shape()[0]) for p in ("data", "index", "header"))
+            twin = compressed_module(module, EncodedWeight.placeholder(stored, sizes))
             if twin is None:
                 decoded.append(name)
                 continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 import warnings
 from typing import Any
@@ -68,6 +69,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         self._files: dict[str, str] = {}
         self._targets: set[str] = set()
         self._converters: list[Any] = []
+        self._decode_names: list[str] = []  # on the fly: weights decoded at load (names as the converters see them)
         self.conversions: list[Any] | None = None  # the model's own conversions (renames, MoE merges), reverted on save
         self.prefetch: Any = None  # _prefetch.Prefetcher while a compressed checkpoint loads
         self.inventory = Inventory()  # the compressed weights of the checkpoint loading
@@ -116,15 +118,7 @@ class LlmcompHfQuantizer(HfQuantizer):
                     "llmcomp_hf.load_options(decode='on_the_fly')"
                 )
             self.serialized_names = _serialized_names(lossy_names, all_keys)
-            if self.on_the_fly:
-                tied = hf_compat.tied_weights(model)
-                kept = {name: file for name, file in self.inventory.lossless.items()
-                        if name not in tied and name not in tied.values()}
-                decoded = install_placeholders(model, kept) + sorted(set(self.inventory.weights) - set(kept))
-                if decoded:  # renamed or merged on load (vision towers, MoE experts), tied, or no compressed twin
-                    logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in this model and are "
-                                   "decoded at load (e.g. %s)", len(decoded), len(self.inventory.weights), decoded[0])
-            else:
+            if not self.on_the_fly:  # on the fly, update_weight_conversions swaps the modules
                 self._start_prefetch(lossy_names, kwargs.get("device_map"))
                 if self.prefetch is not None:
                     self._headers_only(model)
@@ -228,17 +222,59 @@ class LlmcompHfQuantizer(HfQuantizer):
 
         return {"deserialize": DecodeOp, "dequantize": DecodeOp}
 
+    def update_weight_conversions(self, weight_conversions: list[Any], model: Any) -> list[Any]:
+        if self.pre_quantized and self.on_the_fly:
+            self._place_compressed(model, weight_conversions)
+        return super().update_weight_conversions(weight_conversions, model)
+
+    def _place_compressed(self, model: Any, conversions: list[Any]) -> None:
+        """On the fly: swap in a compressed twin wherever transformers will load a compressed weight.
+
+        Each weight's parts follow transformers' own renaming (vision towers, multimodal wrappers) to
+        the module that receives them. Weights a model converter merges (MoE experts), tied weights
+        and modules without a compressed twin are decoded at load instead, and counted in one log line.
+        """
+        tied = hf_compat.tied_weights(model)
+        tied_names = set(tied) | set(tied.values())
+        suffix = len(part_key("", "data"))
+        lossless = self.inventory.lossless
+        placement = hf_compat.loaded_names([part_key(name, "data") for name in lossless], conversions, model)
+        keep: dict[str, tuple[str, str]] = {}
+        renamed_of: dict[str, str] = {}
+        merged = 0
+        for name, file in lossless.items():
+            renamed, final, by_converter = placement[part_key(name, "data")]
+            renamed, final = renamed[:-suffix], final[:-suffix]
+            if by_converter:
+                merged += 1  # the model's converter, with our decode op inserted, decodes it
+            elif final in tied_names:
+                self._decode_names.append(renamed)
+            else:
+                keep[final] = (name, file)
+                renamed_of[final] = renamed
+        self._decode_names += [renamed_of[final] for final in install_placeholders(model, keep)]
+        decoded = merged + len(self._decode_names)
+        if decoded:
+            logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in %s (merged on load, "
+                           "tied, or no compressed twin) and are decoded at load", decoded, len(lossless),
+                           type(model).__name__)
+
     def get_weight_conversions(self) -> list[Any]:
         if not self.pre_quantized:
             return []
-        # On the fly, the parts of weights kept compressed load straight into their modules' buffers (the
-        # loader falls back to a key's own name when the converter's target is not a model parameter).
         from llmcomp_hf._ops import DecodeOp, fast_copy_converter
 
-        # Longest pattern first: transformers < 5.24 tries the patterns in order with no name boundary,
-        # so `weight` would also match inside `weight.llmcomp_data`. force_cpu: the compressed bytes
-        # stay on the CPU where the decoder runs; the loader moves the decoded weight.
+        # force_cpu: the compressed bytes stay on the CPU where the decoder runs; the loader moves the result.
         converter = fast_copy_converter(hf_compat.weight_converter_class())
+        if self.on_the_fly:  # only the weights decoded at load; the others load into their twins' buffers
+            if not self._decode_names:
+                return []
+            names = "|".join(re.escape(name) for name in self._decode_names)
+            sources = [f"^({names})\\.{part_key('', part)[1:]}" for part in PARTS]
+            self._converters = [converter(sources, r"\1", [DecodeOp(self)], force_cpu=True)]
+            return list(self._converters)
+        # Longest pattern first: transformers < 5.24 tries the patterns in order with no name boundary,
+        # so `weight` would also match inside `weight.llmcomp_data`.
         self._converters = [
             converter(sorted(names, key=len, reverse=True), param, [DecodeOp(self)], force_cpu=True)
             for param, names in self.serialized_names.items()
