@@ -41,6 +41,7 @@ from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
 from llmcomp_hf.codec.encoded import EncodedTensor
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
 from llmcomp_hf.format.shard import part_key
+from llmcomp_hf.paths import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +260,8 @@ class _MappedShard:
     _DTYPES = {"U8": np.uint8, "I64": np.int64}
 
     def __init__(self, file: str) -> None:
-        mapped = np.memmap(file, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
+        with os.fdopen(open_regular(file), "rb") as handle:  # a FIFO is refused, never waited on
+            mapped = np.memmap(handle, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
         (length,) = struct.unpack("<Q", bytes(mapped[:8]))
         self._entries = json.loads(bytes(mapped[8 : 8 + length]))
         self.raw = mapped.view(np.ndarray)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ from llmcomp_hf.codec import decode
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
 from llmcomp_hf.format.shard import check_metadata, split_key, transform_base, unpack, with_file
+from llmcomp_hf.paths import check_regular, index_shards, single_shard
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -24,6 +24,7 @@ def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
 
     Raises FormatError naming the file when it is truncated, not safetensors, or of another version.
     """
+    check_regular(file)  # a FIFO named *.safetensors would block safe_open
     try:
         with safe_open(os.fspath(file), framework="pt") as handle:
             keys, metadata = list(handle.keys()), handle.metadata() or {}
@@ -37,16 +38,19 @@ def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
 
 
 def checkpoint_files(path: str | os.PathLike) -> list[str]:
-    """The shard files of a checkpoint folder (via its index when sharded), or ``[path]`` for a file."""
+    """The shard files of a checkpoint folder (via its index when sharded), or ``[path]`` for a file.
+
+    Index names are confined to the folder and every file must be a regular file (``llmcomp_hf.paths``).
+    """
     path = Path(path)
-    if path.is_file():
+    if os.path.isfile(path):
+        check_regular(path)
         return [os.fspath(path)]
-    index = path / INDEX_NAME
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return [os.fspath(path / name) for name in sorted(set(weight_map.values()))]
-    if (path / SINGLE_NAME).is_file():
-        return [os.fspath(path / SINGLE_NAME)]
+    if os.path.lexists(path / INDEX_NAME):
+        return [os.fspath(f) for f in index_shards(path, INDEX_NAME)]
+    single = single_shard(path, SINGLE_NAME) if path.is_dir() else None
+    if single is not None:
+        return [os.fspath(single)]
     raise FileNotFoundError(f"no {SINGLE_NAME} or {INDEX_NAME} in {os.fspath(path)!r}")
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from llmcomp_hf.paths import walk_files
 from llmcomp_hf.stream.source import CheckpointError
 
 # Weight files in other formats: never copied (they would ship the uncompressed weights again).
@@ -67,23 +68,24 @@ def is_weight_file(rel: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES) or name.endswith(WEIGHT_INDEXES)
 
 
-def copy_side_files(src: Path, dst: Path, skip: set[str] | None = None) -> list[str]:
-    """Copy every file of ``src`` except weights, hidden files and ``skip`` (relative POSIX paths).
+def side_files(src: Path, skip: set[str] | None = None) -> list[tuple[Path, str]]:
+    """(path, relative POSIX path) of every file of ``src`` except weights, hidden files and ``skip``.
 
-    Symlinks (as in a Hugging Face cache snapshot) are followed: the content is copied.
-    Returns the copied relative paths.
+    Symlinks are followed only when they stay inside the source (or, for a Hugging Face cache
+    snapshot, inside its repo's cache folder, where the blobs are). A link leading anywhere else, or
+    a file that is not a regular file, is refused (``UnsafePathError`` naming it).
     """
     skip = skip or set()
-    copied = []
-    for root, dirs, files in os.walk(src, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(root) / name
-            rel = path.relative_to(src).as_posix()
-            if name.startswith(".") or rel in skip or is_weight_file(rel):
-                continue
-            target = dst / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            copied.append(rel)
-    return copied
+    return [(path, rel) for path, rel in walk_files(src) if rel not in skip and not is_weight_file(rel)]
+
+
+def copy_side_files(src: Path, dst: Path, skip: set[str] | None = None,
+                    files: list[tuple[Path, str]] | None = None) -> list[str]:
+    """Copy the ``side_files`` of ``src`` (or ``files``, listed earlier) into ``dst``: the content, never a
+    link. Returns the copied relative paths."""
+    chosen = side_files(src, skip) if files is None else files
+    for path, rel in chosen:
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return [rel for _, rel in chosen]
