@@ -40,7 +40,7 @@ from llmcomp_hf.codec.api import _decode_scratch, torch_dtype
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
 from llmcomp_hf.codec.encoded import EncodedTensor
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
-from llmcomp_hf.format.shard import part_key
+from llmcomp_hf.format.shard import part_key, unpack
 from llmcomp_hf.paths import open_regular
 
 logger = logging.getLogger(__name__)
@@ -213,11 +213,13 @@ class Prefetcher:
         at = 0
         for job in self._jobs:
             try:
-                job.header = self._part(job, "header").tobytes()
+                header = self._part(job, "header")
+                job.header = header.tobytes()
                 self._by_header.setdefault(job.header, []).append(job)
                 index, data = self._part(job, "index"), self._part(job, "data")
-                enc = EncodedTensor(json.loads(job.header), data, index, job.name)
-                enc.validate(check_index=False)  # the kernel checks the index
+                # the loader's own validation (header tensor dtype, size, JSON, fields, index): same verdicts
+                checked = unpack(job.name, {"header": torch.from_numpy(header), "data": data, "index": index}, job.file)
+                enc = EncodedTensor(checked.header, data, index, job.name)  # the kernel reads the mapping itself
             except Exception as exc:  # left to the loader, which names the problem
                 logger.debug("llmcomp prefetch skips %s: %s", job.name, exc)
                 self._state[job.i] = CLAIMED
@@ -295,14 +297,15 @@ def prefetch_checkpoint(name: str | None, revision: str | None, verify: bool) ->
 
 def compressed_weights(files: list[str]) -> tuple[dict[str, str], dict[str, str], bool]:
     """({compressed weight: its first shard}, {part key: shard}, whether any weight is lossy) of these shards."""
-    from llmcomp_hf.format.reader import shard_keys
+    from llmcomp_hf.format.reader import check_keys, shard_keys
     from llmcomp_hf.format.shard import split_key, transform_base
 
     weights: dict[str, str] = {}
     part_files: dict[str, str] = {}
     lossy = False
-    for file in files:
-        keys, _ = shard_keys(file)
+    listed = [(file, shard_keys(file)[0]) for file in files]
+    check_keys(listed)  # the loaders' key-set rule
+    for file, keys in listed:
         for key in keys:
             base, part = split_key(key)
             lossy = lossy or transform_base(key) is not None

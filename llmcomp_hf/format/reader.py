@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -17,6 +19,23 @@ from llmcomp_hf.paths import check_regular, index_shards, single_shard
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+_KINDS = ("plain", "compressed", "lossy")  # how a weight is stored, in the order messages name them
+
+
+@contextmanager
+def _open(file: str | os.PathLike) -> Iterator[Any]:
+    """``safe_open`` of a regular file (a FIFO would block it); SafetensorError, also from reading a tensor,
+    becomes a FormatError naming the file."""
+    file = os.fspath(file)
+    check_regular(file)
+    try:
+        with safe_open(file, framework="pt") as handle:
+            yield handle
+    except SafetensorError as exc:
+        raise FormatError(
+            f"cannot read safetensors shard{where(None, file)}: {exc}. The file is truncated or "
+            "corrupted: re-download it or re-save the model."
+        ) from exc
 
 
 def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
@@ -24,17 +43,40 @@ def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
 
     Raises FormatError naming the file when it is truncated, not safetensors, or of another version.
     """
-    check_regular(file)  # a FIFO named *.safetensors would block safe_open
-    try:
-        with safe_open(os.fspath(file), framework="pt") as handle:
-            keys, metadata = list(handle.keys()), handle.metadata() or {}
-    except SafetensorError as exc:
-        raise FormatError(
-            f"cannot read safetensors shard{where(None, os.fspath(file))}: {exc}. The file is truncated or "
-            "corrupted: re-download it or re-save the model."
-        ) from exc
+    with _open(file) as handle:
+        keys, metadata = list(handle.keys()), handle.metadata() or {}
     check_metadata(metadata, os.fspath(file))
     return keys, metadata
+
+
+def check_keys(files: Iterable[tuple[str, Iterable[str]]]) -> None:
+    """Reject a checkpoint key set that loaders cannot read one way: ``(file, its keys)`` for every shard.
+
+    A key must be in one shard only, and a weight is stored one way: plain, compressed (its
+    ``llmcomp_*`` parts) or lossy (its ``llmcomp_transform``), never two. FormatError naming the tensor
+    and the files. Every reader of a whole checkpoint calls this (``load_checkpoint``, ``stream``'s
+    ``read_checkpoint`` behind verify/inspect/compress/decompress, the prefetcher's discovery).
+    """
+    home: dict[str, str] = {}
+    how: dict[str, tuple[str, str]] = {}  # weight -> (how it is stored, file)
+    for file, keys in files:
+        for key in keys:
+            if key in home:
+                raise FormatError(
+                    f"tensor {key!r} is stored in two shards, {home[key]!r} and {file!r}; the checkpoint is "
+                    "inconsistent (shards mixed from two saves?): re-download or re-save it"
+                )
+            home[key] = file
+            lossy = transform_base(key)
+            base, part = split_key(key)
+            name, kind = (lossy, "lossy") if lossy is not None else (base, "plain" if part is None else "compressed")
+            seen = how.setdefault(name, (kind, file))
+            if seen[0] != kind:
+                raise FormatError(
+                    f"weight stored both {' and '.join(sorted({seen[0], kind}, key=_KINDS.index))}"
+                    f"{where(name, file)}; the checkpoint is inconsistent: "
+                    "re-save it with llmcomp-hf"
+                )
 
 
 def checkpoint_files(path: str | os.PathLike) -> list[str]:
@@ -106,13 +148,14 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, t
     """
     raw: dict[str, torch.Tensor] = {}
     files: dict[str, str] = {}
-    for file in checkpoint_files(path):
-        keys, _ = shard_keys(file)
-        with safe_open(file, framework="pt") as handle:
+    listed = [(file, shard_keys(file)[0]) for file in checkpoint_files(path)]
+    check_keys(listed)
+    for file, keys in listed:
+        with _open(file) as handle:
             for key in keys:
                 raw[key] = handle.get_tensor(key)
                 files.setdefault(transform_base(key) or split_key(key)[0], file)
     return decode_tensors(raw, files, verify)
 
 
-__all__ = ["checkpoint_files", "decode_parts", "decode_tensors", "load_checkpoint", "shard_keys"]
+__all__ = ["check_keys", "checkpoint_files", "decode_parts", "decode_tensors", "load_checkpoint", "shard_keys"]

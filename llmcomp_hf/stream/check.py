@@ -222,8 +222,9 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
         total, done = sum(r.original_bytes for r in rows.values() if r.compressed), 0
         with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
             handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
-            for shard in shards:
-                for name, _, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False):
+            for shard in shards:  # lossy weights reconstructed with format.lossy.decode_lossy, as from_pretrained does
+                for name, _, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False,
+                                               reconstruct=True):
                     done += rows[name].original_bytes if name in rows else 0
                     if progress is not None:
                         progress("verify", done, total)

@@ -125,8 +125,12 @@ def read_checkpoint(folder: Path, variant: str | None = None) -> tuple[list[Shar
     """Headers of every shard of a checkpoint folder, and whether it is sharded (has an index)."""
     if not folder.is_dir():
         raise CheckpointError(f"{os.fspath(folder)!r} is not a folder")
+    from llmcomp_hf.format.reader import check_keys  # the loaders' key-set rule
+
     files, sharded = shard_files(folder, variant)
-    return [read_shard(f, folder) for f in files], sharded
+    shards = [read_shard(f, folder) for f in files]
+    check_keys((os.fspath(s.path), (t.name for t in s.tensors)) for s in shards)
+    return shards, sharded
 
 
 def read_config(folder: Path) -> dict[str, Any] | None:
