@@ -236,9 +236,9 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
 
 
 def _check_index(path: Path, shards: list[ShardInfo]) -> None:
-    import json
+    from llmcomp_hf.paths import read_weight_map
 
-    weight_map = json.loads((path / INDEX_NAME).read_text(encoding="utf-8"))["weight_map"]
+    weight_map = read_weight_map(path / INDEX_NAME)
     actual = {t.name: s.rel for s in shards for t in s.tensors}
     for key, rel in weight_map.items():
         if actual.get(key) != rel:

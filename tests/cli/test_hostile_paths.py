@@ -212,3 +212,20 @@ def test_push_refuses_a_folder_with_a_link_leading_out(ckpt, tmp_path, monkeypat
     os.symlink(secret, ckpt / "notes.txt")
     with pytest.raises(FormatError, match="notes.txt"):
         push_folder(ckpt, "me/x", card=False)
+
+
+def test_a_model_card_linked_out_is_refused(ckpt, tmp_path, capsys):
+    secret = tmp_path / "secret.md"
+    secret.write_text("---\nlicense: mit\n---\nsecret\n")
+    (ckpt / "README.md").unlink(missing_ok=True)
+    os.symlink(secret, ckpt / "README.md")
+    rc, _, err = run_cli(capsys, "compress", ckpt, tmp_path / "out", "-q")
+    assert rc == 1 and "README.md" in err and "outside" in err, err
+    (ckpt / "README.md").unlink()
+    rc, _, err = run_cli(capsys, "compress", ckpt, tmp_path / "out", "-q")
+    assert rc == 0, err
+    (tmp_path / "out" / "README.md").unlink()
+    os.symlink(secret, tmp_path / "out" / "README.md")  # decompress would copy a foreign card as is
+    rc, _, err = run_cli(capsys, "decompress", tmp_path / "out", tmp_path / "plain", "-q")
+    assert rc == 1 and "README.md" in err and "outside" in err, err
+    assert not (tmp_path / "plain").exists()
