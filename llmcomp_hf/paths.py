@@ -37,12 +37,14 @@ class UnsafePathError(FormatError):
 
 
 def link_root(folder: str | os.PathLike) -> Path:
-    """Where links inside ``folder`` may lead: the folder, or the cache repo folder of a Hub snapshot."""
+    """Where links inside ``folder`` may lead: the folder, or the cache repo folder of a Hub snapshot
+    (``folder`` being the snapshot or a folder inside it)."""
     absolute = Path(os.path.abspath(folder))
     real = absolute.resolve()
     for path in (absolute, real):
-        if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-            return path.parent.parent.resolve()
+        for snapshot in (path, *path.parents):  # a subfolder of a snapshot too (``subfolder=`` loads)
+            if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith("models--"):
+                return snapshot.parent.parent.resolve()
     return real
 
 

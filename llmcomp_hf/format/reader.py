@@ -15,7 +15,7 @@ from llmcomp_hf.codec import decode
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
 from llmcomp_hf.format.shard import check_metadata, split_key, transform_base, unpack, with_file
-from llmcomp_hf.paths import check_regular, index_shards, single_shard
+from llmcomp_hf.paths import check_link, check_regular, index_shards, link_root, single_shard
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -27,6 +27,7 @@ def _open(file: str | os.PathLike) -> Iterator[Any]:
     """``safe_open`` of a regular file (a FIFO would block it); SafetensorError, also from reading a tensor,
     becomes a FormatError naming the file."""
     file = os.fspath(file)
+    check_link(Path(file), link_root(os.path.dirname(file) or "."))  # also guards files transformers lists
     check_regular(file)
     try:
         with safe_open(file, framework="pt") as handle:

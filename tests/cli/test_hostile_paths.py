@@ -229,3 +229,21 @@ def test_a_model_card_linked_out_is_refused(ckpt, tmp_path, capsys):
     rc, _, err = run_cli(capsys, "decompress", tmp_path / "out", tmp_path / "plain", "-q")
     assert rc == 1 and "README.md" in err and "outside" in err, err
     assert not (tmp_path / "plain").exists()
+
+
+def test_shard_keys_refuses_a_shard_linked_out_of_the_folder(tmp_path):
+    """transformers refuses absolute and `..` names itself; a link leading out is caught by shard_keys,
+    which the quantizer runs on every file before loading."""
+    from llmcomp_hf.format.reader import shard_keys
+
+    src = small_checkpoint(tmp_path / "src")
+    from llmcomp_hf.cli import main
+
+    assert main(["compress", str(src), str(tmp_path / "c"), "-q"]) == 0
+    shard = tmp_path / "c" / "model-00002-of-00002.safetensors"
+    shutil.move(shard, tmp_path / "elsewhere.safetensors")
+    os.symlink(tmp_path / "elsewhere.safetensors", shard)
+    with pytest.raises(FormatError, match="outside"):
+        shard_keys(shard)
+    snapshot = hub_cache(tmp_path / "hub", "org/sub", src)  # links into the repo's blobs stay fine
+    assert shard_keys(snapshot / "model-00002-of-00002.safetensors")[0] == ["b.weight", "norm.weight"]
