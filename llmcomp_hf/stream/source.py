@@ -125,7 +125,7 @@ def read_checkpoint(folder: Path, variant: str | None = None) -> tuple[list[Shar
     """Headers of every shard of a checkpoint folder, and whether it is sharded (has an index)."""
     if not folder.is_dir():
         raise CheckpointError(f"{os.fspath(folder)!r} is not a folder")
-    from llmcomp_hf.format.reader import check_keys  # the loaders' key-set rule
+    from llmcomp_hf.format.reader import check_keys  # the loaders' key-set rule (imports torch: not at module import)
 
     files, sharded = shard_files(folder, variant)
     shards = [read_shard(f, folder) for f in files]
