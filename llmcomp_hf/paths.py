@@ -142,7 +142,7 @@ def read_weight_map(index: str | os.PathLike) -> dict[str, str]:
 
 def index_shards(folder: str | os.PathLike, index_name: str) -> list[Path]:
     """The shard files named by ``folder/index_name``, sorted, each confined and a regular file."""
-    index = Path(folder) / index_name
+    index = confine(folder, index_name)
     files = [confine(folder, name, index) for name in sorted(set(read_weight_map(index).values()))]
     missing = [os.fspath(f) for f in files if not os.path.lexists(f) or not os.path.exists(f)]
     if missing:
