@@ -51,7 +51,8 @@ def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
 
 
 def check_keys(files: Iterable[tuple[str, Iterable[str]]]) -> None:
-    """Reject a checkpoint key set that loaders cannot read one way: ``(file, its keys)`` for every shard.
+    """Reject a checkpoint key set that loaders cannot read one way: ``(file, its keys)`` for every shard
+    (an empty file name when unknown).
 
     A key must be in one shard only, and a weight is stored one way: plain, compressed (its
     ``llmcomp_*`` parts) or lossy (its ``llmcomp_transform``), never two. FormatError naming the tensor
@@ -75,7 +76,7 @@ def check_keys(files: Iterable[tuple[str, Iterable[str]]]) -> None:
             if seen[0] != kind:
                 raise FormatError(
                     f"weight stored both {' and '.join(sorted({seen[0], kind}, key=_KINDS.index))}"
-                    f"{where(name, file)}; the checkpoint is inconsistent: "
+                    f"{where(name, file or seen[1] or None)}; the checkpoint is inconsistent: "
                     "re-save it with llmcomp-hf"
                 )
 
@@ -107,6 +108,10 @@ def decode_tensors(
     ``files`` maps a compressed tensor's name to its shard, for error messages only.
     """
     files = files or {}
+    by_file: dict[str, list[str]] = {}
+    for key in tensors:
+        by_file.setdefault(files.get(transform_base(key) or split_key(key)[0], ""), []).append(key)
+    check_keys(by_file.items())  # a weight stored two ways
     out: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[str, torch.Tensor]] = {}
     transforms: dict[str, torch.Tensor] = {}
@@ -121,14 +126,9 @@ def decode_tensors(
             groups.setdefault(base, {})[part] = tensor
     lossy_parts = claim_parts(groups, transforms)
     for name, parts in groups.items():
-        file = files.get(name)
-        if name in out:
-            raise FormatError(f"tensor stored both plain and compressed{where(name, file)}; the checkpoint is inconsistent")
-        out[name] = decode_parts(name, parts, file, verify)
+        out[name] = decode_parts(name, parts, files.get(name), verify)
     for name, header in transforms.items():
         file = files.get(name)
-        if name in out:
-            raise FormatError(f"tensor stored both plain and lossy{where(name, file)}; the checkpoint is inconsistent")
         out[name] = decode_lossy(name, header, lossy_parts.get(name, {}), file, verify)[0]
     return out
 

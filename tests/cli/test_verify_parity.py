@@ -132,3 +132,17 @@ def test_verify_refuses_a_key_in_two_shards(lossless, tmp_path, capsys):
     assert rc == 1 and "norm.weight" in err and first.name in err and last.name in err, err
     rc, _, err = run_cli(capsys, "inspect", folder, "-q", "--no-bound")
     assert rc == 1 and "norm.weight" in err
+
+
+def test_decode_tensors_uses_the_same_key_set_rule():
+    from llmcomp_hf.codec import encode
+    from llmcomp_hf.format.reader import decode_tensors
+    from llmcomp_hf.format.shard import pack
+
+    w = torch.randn(64, 64)
+    tensors = {**pack("a.weight", encode(w)), "a.weight": w}
+    with pytest.raises(FormatError, match="both plain and compressed.*a.weight.*f.safetensors"):
+        decode_tensors(tensors, {"a.weight": "f.safetensors"})
+    tensors = {**pack("a.weight", encode(w)), "a.weight.llmcomp_transform": torch.zeros(3, dtype=torch.uint8)}
+    with pytest.raises(FormatError, match="both compressed and lossy"):
+        decode_tensors(tensors)
