@@ -141,9 +141,15 @@ def read_weight_map(index: str | os.PathLike) -> dict[str, str]:
 
 
 def index_shards(folder: str | os.PathLike, index_name: str) -> list[Path]:
-    """The shard files named by ``folder/index_name``, sorted, each confined and a regular file."""
+    """The shard files named by ``folder/index_name``, sorted, each a ``*.safetensors`` name confined to the
+    folder and a regular file."""
     index = confine(folder, index_name)
-    files = [confine(folder, name, index) for name in sorted(set(read_weight_map(index).values()))]
+    names = sorted(set(read_weight_map(index).values()))
+    foreign = [name for name in names if not name.endswith(".safetensors")]
+    if foreign:  # the quantizer refuses them too: verify must not pass what from_pretrained refuses
+        raise FormatError(f"{os.fspath(index)!r} names shards that are not .safetensors files: {foreign[:3]}; "
+                          "restore or re-download it")
+    files = [confine(folder, name, index) for name in names]
     missing = [os.fspath(f) for f in files if not os.path.lexists(f) or not os.path.exists(f)]
     if missing:
         raise FormatError(f"shards named in {index_name} are missing: {missing[:3]}; re-download the checkpoint")

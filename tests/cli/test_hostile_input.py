@@ -26,6 +26,7 @@ BAD_JSON = {
     "not-utf8": b'{"weight_map": {"a.weight": "\xff\xfe.safetensors"}}',
     "empty": b"",
     "nul-in-name": json.dumps({"weight_map": {"a.weight": "x\u0000.safetensors"}}).encode(),
+    "not-safetensors": json.dumps({"weight_map": {"a.weight": "pytorch_model.bin"}}).encode(),
 }
 
 

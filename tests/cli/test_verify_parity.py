@@ -146,3 +146,15 @@ def test_decode_tensors_uses_the_same_key_set_rule():
     tensors = {**pack("a.weight", encode(w)), "a.weight.llmcomp_transform": torch.zeros(3, dtype=torch.uint8)}
     with pytest.raises(FormatError, match="both compressed and lossy"):
         decode_tensors(tensors)
+
+
+def test_verify_refuses_an_index_naming_a_non_safetensors_file(lossless, tmp_path, capsys):
+    """The quantizer refuses shards not named *.safetensors; verify must too, even when the file is one."""
+    folder = shutil.copytree(lossless, tmp_path / "c")
+    first = shard_files(folder)[0]
+    first.rename(folder / "model-00001.bin")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: "model-00001.bin" if v == first.name else v for k, v in index["weight_map"].items()}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    rc, _, err = run_cli(capsys, "verify", folder, "-q")
+    assert rc == 1 and "model-00001.bin" in err, err
