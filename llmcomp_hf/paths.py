@@ -173,20 +173,19 @@ def single_shard(folder: str | os.PathLike, name: str) -> Path | None:
 def walk_files(folder: str | os.PathLike, hidden: bool = False) -> Iterator[tuple[Path, str]]:
     """(path, POSIX path relative to ``folder``) of every file under ``folder``, sorted, checked.
 
-    Folder links are followed when they stay inside ``link_root(folder)`` (each real folder once,
-    so a link loop ends); a file or folder leading outside raises UnsafePathError naming the link,
+    Folder links are followed when they stay inside ``link_root(folder)`` (not into a folder being
+    walked, so a link loop ends); a file or folder leading outside raises UnsafePathError naming the link,
     and so does anything that is not a regular file (FIFO, socket, device). Names starting with a
     dot are skipped unless ``hidden``.
     """
     folder = Path(folder)
     root = link_root(folder)
-    seen: set[str] = set()
 
-    def walk(path: Path, rel: str) -> Iterator[tuple[Path, str]]:
+    def walk(path: Path, rel: str, above: frozenset[str] = frozenset()) -> Iterator[tuple[Path, str]]:
         real = os.path.realpath(path)
-        if real in seen:
+        if real in above:  # a link back to a folder being walked: a loop
             return
-        seen.add(real)
+        above = above | {real}
         for entry in sorted(os.scandir(path), key=lambda e: e.name):
             if entry.name.startswith(".") and not hidden:
                 continue
@@ -195,7 +194,7 @@ def walk_files(folder: str | os.PathLike, hidden: bool = False) -> Iterator[tupl
             if not os.path.exists(child):
                 raise UnsafePathError(f"{os.fspath(child)!r} is a broken symbolic link; remove it or restore its target")
             if child.is_dir():
-                yield from walk(child, child_rel + "/")
+                yield from walk(child, child_rel + "/", above)
                 continue
             check_regular(child)
             yield child, child_rel

@@ -173,6 +173,8 @@ def test_links_inside_the_source_are_copied_as_files(ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     assert (out / "vocab.txt").read_text() == "a\nb\n" and not (out / "vocab.txt").is_symlink()
     assert (out / "linked" / "vocab.txt").read_text() == "a\nb\n"
+    assert (out / "sub" / "vocab.txt").read_text() == "a\nb\n"  # the real folder too, not only its link
+    assert not (out / "sub" / "loop").exists()
 
 
 def test_a_special_file_among_the_side_files_is_refused(ckpt, tmp_path, capsys):
