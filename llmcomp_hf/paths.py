@@ -29,6 +29,7 @@ from typing import Any
 
 from llmcomp_hf.errors import FormatError
 
+MAX_ENTRIES = 1_000_000  # files and folders one walk of a model folder may visit
 MAX_JSON_BYTES = 256 << 20  # an index of a 1T-parameter model is a few MB; config.json a few KB
 
 
@@ -180,6 +181,7 @@ def walk_files(folder: str | os.PathLike, hidden: bool = False) -> Iterator[tupl
     """
     folder = Path(folder)
     root = link_root(folder)
+    count = [0]
 
     def walk(path: Path, rel: str, above: frozenset[str] = frozenset()) -> Iterator[tuple[Path, str]]:
         real = os.path.realpath(path)
@@ -189,6 +191,10 @@ def walk_files(folder: str | os.PathLike, hidden: bool = False) -> Iterator[tupl
         for entry in sorted(os.scandir(path), key=lambda e: e.name):
             if entry.name.startswith(".") and not hidden:
                 continue
+            count[0] += 1
+            if count[0] > MAX_ENTRIES:  # folder links that fan out: each level doubles the walk
+                raise UnsafePathError(f"{os.fspath(folder)!r} holds more than {MAX_ENTRIES} entries (folder links "
+                                      "leading into each other?); a model folder is far smaller: remove the links")
             child, child_rel = path / entry.name, f"{rel}{entry.name}"
             check_link(child, root)
             if not os.path.exists(child):

@@ -252,3 +252,18 @@ def test_shard_keys_refuses_a_shard_linked_out_of_the_folder(tmp_path):
         shard_keys(shard)
     snapshot = hub_cache(tmp_path / "hub", "org/sub", src)  # links into the repo's blobs stay fine
     assert shard_keys(snapshot / "model-00002-of-00002.safetensors")[0] == ["b.weight", "norm.weight"]
+
+
+def test_folder_links_fanning_out_are_bounded(tmp_path, monkeypatch):
+    from llmcomp_hf import paths
+
+    folder = tmp_path / "fan"
+    (folder / "d0").mkdir(parents=True)
+    for i in range(1, 12):  # d_i holds two links to d_{i-1}: 2^11 paths to the one file in d0
+        (folder / f"d{i}").mkdir()
+        for name in ("x", "y"):
+            os.symlink(f"../d{i - 1}", folder / f"d{i}" / name)
+    (folder / "d0" / "f.txt").write_text("x")
+    monkeypatch.setattr(paths, "MAX_ENTRIES", 1000)
+    with pytest.raises(FormatError, match="more than 1000 entries"):
+        list(paths.walk_files(folder))
