@@ -3,18 +3,19 @@
 Public hooks (``HfQuantizer``, ``register_quantizer``, ``QuantizationConfigMixin``) are used where they
 belong; what follows are the non-public names and attributes. Each has a test in
 ``tests/integration/test_hf_compat.py``, so a transformers release that changes one fails that test
-by name. Imported lazily (transformers' loader modules are heavy).
+by name. Cheap to import: torch and transformers load inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from llmcomp_hf.errors import LlmcompError
+
+if TYPE_CHECKING:
+    import torch
 
 SUPPORTED_TRANSFORMERS = ">=5.21,<6"  # 5.20 leaves per-expert (MoE) weights out of the model's merge converters
 

@@ -40,7 +40,9 @@ from llmcomp_hf.codec.api import _decode_scratch, torch_dtype
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
 from llmcomp_hf.codec.encoded import EncodedTensor
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
-from llmcomp_hf.format.shard import part_key
+from llmcomp_hf.format.inventory import Inventory, inventory
+from llmcomp_hf.format.shard import part_key, unpack
+from llmcomp_hf.paths import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -212,11 +214,13 @@ class Prefetcher:
         at = 0
         for job in self._jobs:
             try:
-                job.header = self._part(job, "header").tobytes()
+                header = self._part(job, "header")
+                job.header = header.tobytes()
                 self._by_header.setdefault(job.header, []).append(job)
                 index, data = self._part(job, "index"), self._part(job, "data")
-                enc = EncodedTensor(json.loads(job.header), data, index, job.name)
-                enc.validate(check_index=False)  # the kernel checks the index
+                # the loader's own validation (header tensor dtype, size, JSON, fields, index): same verdicts
+                checked = unpack(job.name, {"header": torch.from_numpy(header), "data": data, "index": index}, job.file)
+                enc = EncodedTensor(checked.header, data, index, job.name)  # the kernel reads the mapping itself
             except Exception as exc:  # left to the loader, which names the problem
                 logger.debug("llmcomp prefetch skips %s: %s", job.name, exc)
                 self._state[job.i] = CLAIMED
@@ -259,7 +263,8 @@ class _MappedShard:
     _DTYPES = {"U8": np.uint8, "I64": np.int64}
 
     def __init__(self, file: str) -> None:
-        mapped = np.memmap(file, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
+        with os.fdopen(open_regular(file), "rb") as handle:  # a FIFO is refused, never waited on
+            mapped = np.memmap(handle, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
         (length,) = struct.unpack("<Q", bytes(mapped[:8]))
         self._entries = json.loads(bytes(mapped[8 : 8 + length]))
         self.raw = mapped.view(np.ndarray)
@@ -277,17 +282,23 @@ class _MappedShard:
 def prefetch_checkpoint(folder: str, verify: bool) -> Prefetcher | None:
     """A started prefetcher for the lossless checkpoint in ``folder``, or None when there is none
     (lossy weights, unreadable or incomplete files: the loader reports those, with names)."""
-    from llmcomp_hf.format.inventory import inventory
-    from llmcomp_hf.format.reader import checkpoint_files, shard_keys
+    from llmcomp_hf.format.reader import checkpoint_files
 
     try:
-        found = inventory((file, shard_keys(file)[0]) for file in checkpoint_files(folder))
+        found = discover(checkpoint_files(folder))
         if not found.weights or found.lossy:
             return None
         return Prefetcher(found.bases.items(), verify, part_files=found.part_files).start()
     except Exception as exc:
         logger.debug("llmcomp: no early prefetch (%s)", exc)
         return None
+
+
+def discover(files: list[str]) -> Inventory:
+    """The compressed weights of these shards and where their parts are (the loaders' key-set rules checked)."""
+    from llmcomp_hf.format.reader import shard_keys
+
+    return inventory((file, shard_keys(file)[0]) for file in files)
 
 
 def _same_files(a: Mapping[str, str], b: Mapping[str, str]) -> bool:

@@ -217,12 +217,15 @@ def read_card(folder: str | os.PathLike) -> Any | None:
     """The ModelCard in ``folder/README.md``, or None if there is none or it does not parse."""
     from huggingface_hub import ModelCard
 
+    from llmcomp_hf.paths import confine, read_bytes
+
     path = Path(folder) / CARD_NAME
     if not path.is_file():
         return None
+    path = confine(folder, CARD_NAME)  # a link leading out of the folder is refused: it is copied and uploaded
     try:
-        return ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=True)
-    except ValueError:
+        return ModelCard(read_bytes(path).decode("utf-8"), ignore_metadata_errors=True)
+    except ValueError:  # also UnicodeDecodeError
         return None
 
 

@@ -140,9 +140,13 @@ def push_folder(
     """
     from huggingface_hub import HfApi
 
+    from llmcomp_hf.paths import walk_files
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HubError(f"{os.fspath(folder)!r} has no config.json: give the folder written by `llmcomp compress`")
+    for _ in walk_files(folder):  # refuses a link leading out of the folder (it would upload its target)
+        pass
     if card:
         ensure_card(folder, repo_id)
     api = HfApi(token=token)

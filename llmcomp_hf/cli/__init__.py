@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="compress a safetensors checkpoint (folder or Hub repo id)",
                        description="Compress SRC (a model folder or a Hub repo id in the local cache) into the new "
-                       "folder DST, shard by shard with bounded memory. DST appears only when complete.")
+                       "folder DST, shard by shard with bounded memory. DST appears only when complete; the "
+                       "folder .DST.partial-HOST-PID-* a killed run leaves is removed by the next run for DST once "
+                       "that process is gone (from another host: once a day old).")
     p.add_argument("src", metavar="SRC", help="model folder, or Hub repo id (e.g. org/name)")
     p.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
     g = p.add_mutually_exclusive_group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,11 @@ from llmcomp_hf.errors import FormatError, LlmcompError
 
 
 def run(args: argparse.Namespace, progress: Progress) -> int:
-    """Dispatch one parsed command; map exceptions to exit codes with a one-line message."""
+    """Dispatch one parsed command; map exceptions to exit codes with a one-line message.
+
+    Damaged input (FormatError, CorruptStreamError, a failed verification) exits 1; usage and config
+    errors (CheckpointError, HubError, ValueError) 2; I/O and anything unexpected 3.
+    """
     from llmcomp_hf.hub import HubError
     from llmcomp_hf.stream.source import CheckpointError, VerificationError
 
@@ -30,6 +35,11 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
         return EXIT_USAGE
     except (LlmcompError, OSError) as exc:
         _error(str(exc))
+        return EXIT_ERROR
+    except Exception as exc:  # a bug of ours, or a foreign error not mapped yet: one line, not a traceback
+        if os.environ.get("LLMCOMP_DEBUG"):
+            raise
+        _error(f"unexpected {type(exc).__name__}: {exc}; please report this bug (LLMCOMP_DEBUG=1 shows the traceback)")
         return EXIT_ERROR
 
 

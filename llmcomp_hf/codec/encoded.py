@@ -143,12 +143,9 @@ class EncodedTensor:
         if not isinstance(bs, int) or isinstance(bs, bool) or not (MIN_BLOCK <= bs <= MAX_BLOCK) or bs % 64:
             raise FormatError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}]{at}, got {bs!r}")
         checksum = h.get("checksum")
-        if not isinstance(checksum, str) or len(checksum) != 16:
+        # int(x, 16) alone would take "+", "0x", "_" and spaces; the decoders compare the text itself
+        if not isinstance(checksum, str) or len(checksum) != 16 or not all(c in _HEX for c in checksum):
             raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}")
-        try:
-            int(checksum, 16)
-        except ValueError as exc:
-            raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}") from exc
         for arr, what, dtype in ((self.data, "data", _UINT8), (self.index, "index", _INT64)):
             # numpy on the host; device arrays (numba/torch CUDA) are checked by dtype name and rank.
             if isinstance(arr, np.ndarray):
@@ -187,6 +184,7 @@ class EncodedTensor:
 
 
 _UINT8, _INT64 = np.dtype(np.uint8), np.dtype(np.int64)
+_HEX = frozenset("0123456789abcdefABCDEF")
 _NO_DATA = np.zeros(0, np.uint8)
 _NOT_COVERED, _SHORT_BLOCK, _MODE4_IN_V1 = 1, 2, 3
 

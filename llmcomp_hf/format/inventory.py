@@ -14,6 +14,9 @@ from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base
 
 
+_KINDS = ("plain", "compressed", "lossy")  # how a weight is stored, in the order messages name them
+
+
 @dataclass
 class Inventory:
     weights: dict[str, str] = field(default_factory=dict)  # compressed weight (lossless or lossy) -> its shard
@@ -30,11 +33,14 @@ def inventory(keys_by_file: Iterable[tuple[str, Iterable[str]]]) -> Inventory:
     """The compressed weights of a checkpoint given ``(shard file, its tensor names)`` pairs.
 
     Raises FormatError naming the weight and file when an encoded tensor lacks one of its parts (e.g. a
-    renamed or dropped ``.llmcomp_header`` key): such a weight could only load as random values.
+    renamed or dropped ``.llmcomp_header`` key): such a weight could only load as random values; and
+    when the key set breaks :func:`check_keys`.
     """
+    listed = [(file, list(keys)) for file, keys in keys_by_file]
+    check_keys(listed)
     inv = Inventory()
     parts: dict[str, dict[str, str]] = {}
-    for file, keys in keys_by_file:
+    for file, keys in listed:
         for key in keys:
             lossy_name = transform_base(key)
             if lossy_name is not None:
@@ -61,6 +67,37 @@ def inventory(keys_by_file: Iterable[tuple[str, Iterable[str]]]) -> Inventory:
     return inv
 
 
+def check_keys(files: Iterable[tuple[str, Iterable[str]]]) -> None:
+    """Reject a checkpoint key set that loaders cannot read one way: ``(file, its keys)`` for every shard
+    (an empty file name when unknown).
+
+    A key must be in one shard only, and a weight is stored one way: plain, compressed (its
+    ``llmcomp_*`` parts) or lossy (its ``llmcomp_transform``), never two. FormatError naming the tensor
+    and the files. Every reader of a whole checkpoint calls this (``load_checkpoint``, ``stream``'s
+    ``read_checkpoint`` behind verify/inspect/compress/decompress, the prefetcher's discovery).
+    """
+    home: dict[str, str] = {}
+    how: dict[str, tuple[str, str]] = {}  # weight -> (how it is stored, file)
+    for file, keys in files:
+        for key in keys:
+            if key in home:
+                raise FormatError(
+                    f"tensor {key!r} is stored in two shards, {home[key]!r} and {file!r}; the checkpoint is "
+                    "inconsistent (shards mixed from two saves?): re-download or re-save it"
+                )
+            home[key] = file
+            lossy = transform_base(key)
+            base, part = split_key(key)
+            name, kind = (lossy, "lossy") if lossy is not None else (base, "plain" if part is None else "compressed")
+            seen = how.setdefault(name, (kind, file))
+            if seen[0] != kind:
+                raise FormatError(
+                    f"weight stored both {' and '.join(sorted({seen[0], kind}, key=_KINDS.index))}"
+                    f"{where(name, file or seen[1] or None)}; the checkpoint is inconsistent: "
+                    "re-save it with llmcomp-hf"
+                )
+
+
 def _owner(base: str, lossy: set[str]) -> str | None:
     """The lossy weight whose encoded part ``base`` is (``W.<part>`` for lossy weight ``W``), or None."""
     pos = base.rfind(".")
@@ -71,4 +108,4 @@ def _owner(base: str, lossy: set[str]) -> str | None:
     return None
 
 
-__all__ = ["Inventory", "inventory"]
+__all__ = ["Inventory", "check_keys", "inventory"]

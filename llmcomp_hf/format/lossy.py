@@ -189,7 +189,7 @@ def _reconstruct(name: str, tensors: dict[str, torch.Tensor], meta: dict[str, An
 
     try:
         return reconstruct(tensors, meta)
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError, AttributeError, ArithmeticError) as exc:
         raise FormatError(
             f"cannot reconstruct lossy weight{where(name, file)}: {type(exc).__name__}: {exc}. The transform "
             "header or parts are corrupted, or were written by a newer llmcomp-hf (pip install -U llmcomp-hf)"

@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from llmcomp_hf.codec import decode
 from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.inventory import check_keys
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
 from llmcomp_hf.format.shard import check_metadata, split_key, transform_base, unpack, with_file
+from llmcomp_hf.paths import check_link, check_regular, index_shards, link_root, single_shard
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+
+
+@contextmanager
+def _open(file: str | os.PathLike) -> Iterator[Any]:
+    """``safe_open`` of a regular file (a FIFO would block it); SafetensorError, also from reading a tensor,
+    becomes a FormatError naming the file."""
+    file = os.fspath(file)
+    check_link(Path(file), link_root(os.path.dirname(file) or "."))  # also guards files transformers lists
+    check_regular(file)
+    try:
+        with safe_open(file, framework="pt") as handle:
+            yield handle
+    except SafetensorError as exc:
+        raise FormatError(
+            f"cannot read safetensors shard{where(None, file)}: {exc}. The file is truncated or "
+            "corrupted: re-download it or re-save the model."
+        ) from exc
 
 
 def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
@@ -24,29 +44,26 @@ def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
 
     Raises FormatError naming the file when it is truncated, not safetensors, or of another version.
     """
-    try:
-        with safe_open(os.fspath(file), framework="pt") as handle:
-            keys, metadata = list(handle.keys()), handle.metadata() or {}
-    except SafetensorError as exc:
-        raise FormatError(
-            f"cannot read safetensors shard{where(None, os.fspath(file))}: {exc}. The file is truncated or "
-            "corrupted: re-download it or re-save the model."
-        ) from exc
+    with _open(file) as handle:
+        keys, metadata = list(handle.keys()), handle.metadata() or {}
     check_metadata(metadata, os.fspath(file))
     return keys, metadata
 
 
 def checkpoint_files(path: str | os.PathLike) -> list[str]:
-    """The shard files of a checkpoint folder (via its index when sharded), or ``[path]`` for a file."""
+    """The shard files of a checkpoint folder (via its index when sharded), or ``[path]`` for a file.
+
+    Index names are confined to the folder and every file must be a regular file (``llmcomp_hf.paths``).
+    """
     path = Path(path)
-    if path.is_file():
+    if os.path.isfile(path):
+        check_regular(path)
         return [os.fspath(path)]
-    index = path / INDEX_NAME
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return [os.fspath(path / name) for name in sorted(set(weight_map.values()))]
-    if (path / SINGLE_NAME).is_file():
-        return [os.fspath(path / SINGLE_NAME)]
+    if os.path.lexists(path / INDEX_NAME):
+        return [os.fspath(f) for f in index_shards(path, INDEX_NAME)]
+    single = single_shard(path, SINGLE_NAME) if path.is_dir() else None
+    if single is not None:
+        return [os.fspath(single)]
     raise FileNotFoundError(f"no {SINGLE_NAME} or {INDEX_NAME} in {os.fspath(path)!r}")
 
 
@@ -60,6 +77,10 @@ def decode_tensors(
     ``files`` maps a compressed tensor's name to its shard, for error messages only.
     """
     files = files or {}
+    by_file: dict[str, list[str]] = {}
+    for key in tensors:
+        by_file.setdefault(files.get(transform_base(key) or split_key(key)[0], ""), []).append(key)
+    check_keys(by_file.items())  # a weight stored two ways
     out: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[str, torch.Tensor]] = {}
     transforms: dict[str, torch.Tensor] = {}
@@ -74,14 +95,9 @@ def decode_tensors(
             groups.setdefault(base, {})[part] = tensor
     lossy_parts = claim_parts(groups, transforms)
     for name, parts in groups.items():
-        file = files.get(name)
-        if name in out:
-            raise FormatError(f"tensor stored both plain and compressed{where(name, file)}; the checkpoint is inconsistent")
-        out[name] = decode_parts(name, parts, file, verify)
+        out[name] = decode_parts(name, parts, files.get(name), verify)
     for name, header in transforms.items():
         file = files.get(name)
-        if name in out:
-            raise FormatError(f"tensor stored both plain and lossy{where(name, file)}; the checkpoint is inconsistent")
         out[name] = decode_lossy(name, header, lossy_parts.get(name, {}), file, verify)[0]
     return out
 
@@ -102,13 +118,14 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, t
     """
     raw: dict[str, torch.Tensor] = {}
     files: dict[str, str] = {}
-    for file in checkpoint_files(path):
-        keys, _ = shard_keys(file)
-        with safe_open(file, framework="pt") as handle:
+    listed = [(file, shard_keys(file)[0]) for file in checkpoint_files(path)]
+    check_keys(listed)
+    for file, keys in listed:
+        with _open(file) as handle:
             for key in keys:
                 raw[key] = handle.get_tensor(key)
                 files.setdefault(transform_base(key) or split_key(key)[0], file)
     return decode_tensors(raw, files, verify)
 
 
-__all__ = ["checkpoint_files", "decode_parts", "decode_tensors", "load_checkpoint", "shard_keys"]
+__all__ = ["check_keys", "checkpoint_files", "decode_parts", "decode_tensors", "load_checkpoint", "shard_keys"]

@@ -222,8 +222,9 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
         total, done = sum(r.original_bytes for r in rows.values() if r.compressed), 0
         with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
             handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
-            for shard in shards:
-                for name, _, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False):
+            for shard in shards:  # lossy weights reconstructed with format.lossy.decode_lossy, as from_pretrained does
+                for name, _, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False,
+                                               reconstruct=True):
                     done += rows[name].original_bytes if name in rows else 0
                     if progress is not None:
                         progress("verify", done, total)
@@ -235,9 +236,9 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
 
 
 def _check_index(path: Path, shards: list[ShardInfo]) -> None:
-    import json
+    from llmcomp_hf.paths import read_weight_map
 
-    weight_map = json.loads((path / INDEX_NAME).read_text(encoding="utf-8"))["weight_map"]
+    weight_map = read_weight_map(path / INDEX_NAME)
     actual = {t.name: s.rel for s in shards for t in s.tensors}
     for key, rel in weight_map.items():
         if actual.get(key) != rel:

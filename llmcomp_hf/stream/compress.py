@@ -37,6 +37,7 @@ from llmcomp_hf.stream.files import (
     CARD_NAME,
     check_paths,
     copy_side_files,
+    side_files,
     staged_output,
 )
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
@@ -156,6 +157,7 @@ def compress_checkpoint(
     check_paths(src, dst)
     shards, sharded = read_checkpoint(src)
     src_config = read_config(src)
+    extra_files = side_files(src, skip={CONFIG_NAME, CARD_NAME})  # refuses links leading out before any work
     existing = (src_config or {}).get("quantization_config")
     if isinstance(existing, dict):
         method = existing.get("quant_method")
@@ -202,7 +204,7 @@ def compress_checkpoint(
         bufs.clear()
         if sharded:
             write_json(tmp / INDEX_NAME, {"metadata": {"total_size": result.stored_bytes}, "weight_map": weight_map})
-        copy_side_files(src, tmp, skip={CONFIG_NAME, CARD_NAME})
+        copy_side_files(src, tmp, files=extra_files)
         cfg = dict(src_config or {})
         cfg["quantization_config"] = config.to_dict()
         cfg["fusion_config"] = {**(cfg.get("fusion_config") or {}), GUARD_KEY: False}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.paths import open_regular
 from llmcomp_hf.stream.source import CODE_TO_NAME, ShardInfo
 
 SMALL = 1 << 16  # smaller buffers are not pooled: cheap to allocate, and they would crowd out big ones
@@ -72,7 +73,7 @@ class ShardReader:
 
     def __init__(self, info: ShardInfo) -> None:
         self.path = os.fspath(info.path)
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = open_regular(self.path)  # a FIFO is refused, never waited on
         try:
             size = os.fstat(self._fd).st_size
             (n,) = struct.unpack("<Q", self._pread_exact(8, 0, "header length"))
@@ -89,7 +90,7 @@ class ShardReader:
                 if not 0 <= start <= end or self._start + end > size:
                     raise FormatError(f"tensor bytes lie outside the file{where(t.name, self.path)}; re-download it")
                 self.ranges[t.name] = (start, end)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             os.close(self._fd)
             if isinstance(exc, FormatError):
                 raise

@@ -18,6 +18,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from llmcomp_hf.errors import FormatError, LlmcompError, where
+from llmcomp_hf.paths import check_regular, confine, index_shards, read_json, single_shard
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -78,21 +79,11 @@ def shard_files(folder: Path, variant: str | None = None) -> tuple[list[Path], b
     """(shard paths, sharded?) of a checkpoint folder: via its index, else ``model.safetensors``
     (the names of ``save_pretrained(variant=...)`` with ``variant``)."""
     index_name, single_name = with_variant(INDEX_NAME, variant), with_variant(SINGLE_NAME, variant)
-    index = folder / index_name
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise FormatError(
-                f"{os.fspath(index)!r} is not a valid safetensors index ({exc}); restore the file"
-            ) from exc
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [os.fspath(f) for f in files if not f.is_file()]
-        if missing:
-            raise FormatError(f"shards named in {index_name} are missing: {missing[:3]}; re-download the checkpoint")
-        return files, True
-    if (folder / single_name).is_file():
-        return [folder / single_name], False
+    if os.path.lexists(folder / index_name):
+        return index_shards(folder, index_name), True
+    single = single_shard(folder, single_name)
+    if single is not None:
+        return [single], False
     others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.safetensors"))
     hint = (
         f"; found {others[:3]}: convert to safetensors first (load with transformers and save_pretrained)"
@@ -103,8 +94,9 @@ def shard_files(folder: Path, variant: str | None = None) -> tuple[list[Path], b
 
 @contextmanager
 def open_shard(path: Path | str) -> Iterator[Any]:
-    """``safe_open`` of a shard for torch, reading tensors with pread when supported."""
+    """``safe_open`` of a shard for torch, reading tensors with pread when supported (regular files only)."""
     path = os.fspath(path)
+    check_regular(path)
     try:
         try:
             handle = safe_open(path, framework="pt", backend="pread")
@@ -133,21 +125,22 @@ def read_checkpoint(folder: Path, variant: str | None = None) -> tuple[list[Shar
     """Headers of every shard of a checkpoint folder, and whether it is sharded (has an index)."""
     if not folder.is_dir():
         raise CheckpointError(f"{os.fspath(folder)!r} is not a folder")
+    from llmcomp_hf.format.inventory import check_keys  # the loaders' key-set rule
+
     files, sharded = shard_files(folder, variant)
-    return [read_shard(f, folder) for f in files], sharded
+    shards = [read_shard(f, folder) for f in files]
+    check_keys((os.fspath(s.path), (t.name for t in s.tensors)) for s in shards)
+    return shards, sharded
 
 
 def read_config(folder: Path) -> dict[str, Any] | None:
     """``config.json`` of a folder as a dict, or None when there is none."""
     path = folder / CONFIG_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{os.fspath(path)!r} is not valid JSON ({exc}); restore it") from exc
+    data = read_json(confine(folder, CONFIG_NAME), "config.json")
     if not isinstance(data, dict):
-        raise FormatError(f"{os.fspath(path)!r} must hold a JSON object")
+        raise FormatError(f"{os.fspath(path)!r} must hold a JSON object; restore it")
     return data
 
 

@@ -72,3 +72,27 @@ def hub_cache(cache: Path, repo_id: str, folder: Path, revision: str = "0" * 39 
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def small_checkpoint(folder: Path, outside: Path | None = None) -> Path:
+    """A plain sharded checkpoint written with safetensors alone (fast, no model): two shards, an index and a
+    config. Two weights are large enough to be compressed; ``norm.weight`` stays plain."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    shards = {
+        "model-00001-of-00002.safetensors": {"a.weight": torch.randn(64, 64).to(torch.bfloat16)},
+        "model-00002-of-00002.safetensors": {"b.weight": torch.randn(64, 64).to(torch.bfloat16),
+                                             "norm.weight": torch.ones(64, dtype=torch.bfloat16)},
+    }
+    weight_map = {}
+    for name, tensors in shards.items():
+        save_file(tensors, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (folder / "tokenizer_config.json").write_text("{}\n")
+    return folder
