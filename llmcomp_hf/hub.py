@@ -90,17 +90,42 @@ def ensure_card(folder: Path, repo_id: str | None = None) -> Path:
     """Make ``folder/README.md`` an up-to-date llmcomp card (figures from the shard headers).
 
     A card written by llmcomp-hf (or none) is (re)rendered with ``repo_id`` in its usage snippet,
-    keeping its base_model and carried metadata; a card written by someone else is left alone.
+    keeping its base_model and carried metadata; a card written by someone else keeps its text and
+    gets our facts merged in (``card.restore_card``).
     """
-    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card, read_card, write_card
-    from llmcomp_hf.stream.check import stats_from_checkpoint
+    from llmcomp_hf.card import restore_card
 
-    card = read_card(folder)
-    if card is not None and not is_llmcomp_card(card):
-        return folder / CARD_NAME
-    metadata = card.data.to_dict() if card is not None else {}
-    return write_card(folder, stats_from_checkpoint(folder), base_model=metadata.get("base_model"),
-                      repo_id=repo_id, metadata=metadata)
+    return restore_card(folder, repo_id=repo_id)
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of ``repo_id``'s main revision in the Hugging Face cache (no download), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "config.json")
+    return Path(path).parent if isinstance(path, str) else None
+
+
+def folder_repo_id(folder: Path) -> str | None:
+    """The Hub repo a local model folder came from: its Hub-cache repo, else config.json ``_name_or_path``.
+
+    ``_name_or_path`` counts only as ``org/name`` that is not an existing path (transformers 4.x wrote
+    it on save; 5.x does not). A plain local path gives None: no base model is made up.
+    """
+    import json
+
+    repo_id = repo_id_of_cache_path(folder)
+    if repo_id is not None:
+        return repo_id
+    try:
+        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or name.count("/") != 1 or not looks_like_repo_id(name):
+        return None
+    if Path(name).expanduser().exists() or (folder / name).exists():
+        return None
+    return name
 
 
 def push_folder(
@@ -174,10 +199,10 @@ def push_model(
     Saves with ``save_pretrained`` into a temp folder, writes the card (figures from the saved shards,
     ``base_model`` defaulting to where the model came from) and uploads the folder in one commit. A
     card already on the Hub that llmcomp-hf did not write is kept (with ``tags`` added, as
-    transformers does); an llmcomp card there is re-rendered with fresh figures.
+    transformers does) and gets our facts merged in; an llmcomp card there is re-rendered with fresh figures.
     """
     from llmcomp_hf._save_hooks import model_origin
-    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card, read_card
+    from llmcomp_hf.card import CARD_NAME, read_card
     from llmcomp_hf.stream.check import stats_from_checkpoint, write_checkpoint_card
 
     local, origin = model_origin(model)
@@ -187,13 +212,10 @@ def push_model(
     with tempfile.TemporaryDirectory(prefix="llmcomp-push-") as tmp:
         folder = Path(tmp)
         model.save_pretrained(folder, max_shard_size=max_shard_size, **save_kwargs)
-        if current is not None and not is_llmcomp_card(current):
-            card = current
-        else:
-            if base_model is None and current is not None:
-                base_model = current.data.to_dict().get("base_model")
-            write_checkpoint_card(folder, stats_from_checkpoint(folder), base_model, src=local, repo_id=repo_id)
-            card = read_card(folder)
+        if current is not None:  # the Hub's card: an llmcomp one is refreshed, another gets our facts merged in
+            (folder / CARD_NAME).write_text(str(current), encoding="utf-8")
+        write_checkpoint_card(folder, stats_from_checkpoint(folder), base_model, src=local, repo_id=repo_id)
+        card = read_card(folder)
         card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *extra_tags]))
         card.save(folder / CARD_NAME)
         return push_folder(folder, repo_id, private=private, token=token, revision=revision,
