@@ -27,6 +27,10 @@ from llmcomp_hf.errors import LlmcompError
 
 logger = logging.getLogger(__name__)
 
+
+class CardError(LlmcompError, ValueError):
+    """A card cannot be written for this folder (not an llmcomp checkpoint)."""
+
 CARD_NAME = "README.md"
 TEMPLATE_DIR = resource_dir("model_cards")
 CARD_KEY = "llmcomp"  # the YAML key holding the figures; marks a card written by llmcomp-hf
@@ -251,9 +255,19 @@ def restore_card(
     compressed model: that card and its text stay, our YAML facts and section are merged in. The same as
     ``llmcomp card FOLDER``. ``base_model`` defaults to the one already in the card.
     """
+    import json
+
     from llmcomp_hf.stream.check import stats_from_checkpoint
 
     folder = Path(folder)
+    config = folder / "config.json"
+    try:
+        method = (json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}).get("quant_method")
+    except (OSError, ValueError, AttributeError):
+        method = None
+    if method != "llmcomp":
+        raise CardError(f"{os.fspath(config)!r} does not name an llmcomp checkpoint (quantization_config.quant_method "
+                        "'llmcomp'): give the folder written by `llmcomp compress` or save_pretrained")
     return write_card(folder, stats_from_checkpoint(folder, variant), base_model=base_model, repo_id=repo_id)
 
 

@@ -10,17 +10,20 @@ sentence-transformers' ``save()`` writes over ours) is kept: its text stays as w
 - Text: our card's body, headings one level down, goes at the end between :data:`BEGIN` and
   :data:`END`. Merging again replaces that section, so it never appears twice.
 
-:func:`unmerge_card` takes all of it out again (``llmcomp decompress`` of a merged folder).
+Their values of keys we replaced are noted in an HTML comment inside our section, so
+:func:`unmerge_card` can take all of it out again (``llmcomp decompress`` of a merged folder).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 BEGIN = "<!-- llmcomp-hf: begin (this section is rewritten by llmcomp-hf) -->"
 END = "<!-- llmcomp-hf: end -->"
 OWNED_KEYS = ("llmcomp", "base_model", "base_model_relation")  # ours win; the rest only fills gaps
+_KEPT = re.compile(r"<!-- llmcomp-hf: theirs (\{.*?\}) -->")  # their values of OWNED_KEYS that ours replaced
 _SECTION = re.compile(r"\n?" + re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
 
 
@@ -46,16 +49,21 @@ def merge_card(theirs: str, ours: str) -> str:
     """``theirs`` (any card text) with the YAML facts and body of ``ours`` (an llmcomp card) merged in."""
     card, mine = parse(theirs), parse(ours)
     data, new = card.data, mine.data.to_dict()
-    earlier = data.get("llmcomp") if is_merged(theirs) else None
+    merged = is_merged(theirs)
+    earlier = data.get("llmcomp") if merged else None
+    kept = _kept(card.text) if merged else {}
     for key, value in new.items():
         if key == "tags":
             data.tags = list(dict.fromkeys([*_our_tags_removed(data.tags, earlier), *value]))
         elif key in OWNED_KEYS or data.get(key) in (None, "", []):
+            if key in OWNED_KEYS and not merged and data.get(key) not in (None, value):
+                kept[key] = data.get(key)
             data[key] = value
     body = _SECTION.sub("", card.text)
     if body and not body.endswith("\n"):
         body += "\n"
-    card.text = f"{body}\n{BEGIN}\n\n{_demote(mine.text.strip())}\n\n{END}\n"
+    note = f"<!-- llmcomp-hf: theirs {json.dumps(kept)} -->\n" if kept else ""
+    card.text = f"{body}\n{BEGIN}\n{note}\n{_demote(mine.text.strip())}\n\n{END}\n"
     return str(card)
 
 
@@ -66,9 +74,20 @@ def unmerge_card(text: str) -> str:
     if card.data.get("base_model_relation") == "quantized":
         card.data.pop("base_model_relation")
         card.data.pop("base_model")
+    for key, value in _kept(card.text).items():
+        card.data[key] = value
     card.data.tags = _our_tags_removed(card.data.tags, figures) or None
     card.text = _SECTION.sub("", card.text)
     return str(card)
+
+
+def _kept(text: str) -> dict[str, Any]:
+    match = _KEPT.search(text)
+    try:
+        kept = json.loads(match.group(1)) if match else {}
+    except ValueError:
+        return {}
+    return {k: v for k, v in kept.items() if k in OWNED_KEYS} if isinstance(kept, dict) else {}
 
 
 def _our_tags_removed(tags: list[str] | None, figures: Any) -> list[str]:

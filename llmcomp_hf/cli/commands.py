@@ -16,7 +16,8 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     from llmcomp_hf.hub import HubError
     from llmcomp_hf.stream.source import CheckpointError, VerificationError
 
-    handler = {"compress": compress, "calibrate": calibrate, "decompress": decompress, "inspect": inspect, "verify": verify, "push": push}
+    handler = {"compress": compress, "calibrate": calibrate, "decompress": decompress, "inspect": inspect,
+               "verify": verify, "card": card, "push": push}
     try:
         return handler[args.command](args, progress)
     except KeyboardInterrupt:
@@ -173,6 +174,21 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
     n = sum(r.compressed for r in report.rows)
     print(f"ok: {n} compressed tensors decoded with valid checksums, {len(report.rows) - n} plain tensors, "
           f"format fields and index consistent ({report.seconds:.1f} s)")
+    return EXIT_OK
+
+
+def card(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.card import read_card, restore_card
+    from llmcomp_hf.card_merge import is_merged
+
+    folder = Path(args.path)
+    path = restore_card(folder, base_model=args.base_model, repo_id=args.repo_id)
+    written = read_card(folder)
+    if written is None or "llmcomp" not in written.data.to_dict():
+        _error(f"{path} was left as it is: fix its YAML front matter and run `llmcomp card {args.path}` again")
+        return EXIT_USAGE
+    how = "merged the llmcomp facts into the existing card" if is_merged(written.text) else "wrote the llmcomp card"
+    print(f"{how}: {path}")
     return EXIT_OK
 
 
