@@ -67,14 +67,20 @@ def compress(args: argparse.Namespace, progress: Progress) -> int:
     import math
 
     from llmcomp_hf.card import stage_names
-    from llmcomp_hf.hub import resolve_source
+    from llmcomp_hf.hub import folder_repo_id, resolve_source
     from llmcomp_hf.stream.compress import compress_checkpoint
 
     config = load_config(args)
     src, repo_id = resolve_source(args.src, revision=args.revision, cache_dir=args.cache_dir, token=args.token)
+    base_model = args.base_model or repo_id
+    if base_model is None:
+        base_model = folder_repo_id(src)
+        if base_model is not None:
+            print(f"llmcomp: the card's base_model is {base_model}, from _name_or_path in {src / 'config.json'}; "
+                  "--base-model sets another", file=sys.stderr)
     result = compress_checkpoint(
         src, Path(args.dst), config, workers=args.workers, verify=args.verify, overwrite=args.overwrite,
-        base_model=args.base_model or repo_id, progress=progress,
+        base_model=base_model, progress=progress,
     )
     n = sum(r.compressed for r in result.records)
     rate = result.original_bytes / max(result.seconds, 1e-9) / 1e6
