@@ -47,6 +47,8 @@ def conflict_error(stored: Any, requested: Any) -> QuantizationConflictError | N
     from llmcomp_hf.config import CompressionConfig
 
     ours, theirs = type(stored).__name__, type(requested).__name__
+    if isinstance(requested, dict):
+        theirs = f"quantization_config dict (quant_method {requested.get('quant_method')!r})"
     head = (f"this checkpoint is already compressed by llmcomp-hf ({ours}, quant_method 'llmcomp'), so "
             f"from_pretrained cannot apply a {theirs} to it")
     if isinstance(requested, CompressionConfig):
@@ -55,7 +57,7 @@ def conflict_error(stored: Any, requested: Any) -> QuantizationConflictError | N
             "SRC DST` and compress DST with the new config"
         )
     return QuantizationConflictError(
-        f"{head}. To quantize it with {theirs}: run `llmcomp decompress SRC DST` and load DST with "
-        f"quantization_config={theirs}(...); or load it without quantization_config, call model.dequantize(), "
+        f"{head}. To quantize it: run `llmcomp decompress SRC DST` (plain safetensors) and load DST with your "
+        "quantization_config; or load it without quantization_config, call model.dequantize(), "
         "model.save_pretrained(DST) and load DST with your config"
     )

@@ -104,7 +104,8 @@ def test_save_pretrained_from_a_snapshot_folder_or_name_or_path(cache, base, tmp
     src = shutil.copytree(base, tmp_path / "src")
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**cfg, "_name_or_path": "other-org/other"}))
-    AutoModelForCausalLM.from_pretrained(src, quantization_config=LosslessConfig(min_numel=0)).save_pretrained(tmp_path / "b")
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=LosslessConfig(min_numel=0))
+    model.save_pretrained(tmp_path / "b")
     assert read_card(tmp_path / "b").data.base_model == "other-org/other" and _facts(tmp_path / "b") == FACTS
     # loaded back from the compressed folder and saved again: same base model and facts
     AutoModelForCausalLM.from_pretrained(tmp_path / "b", dtype=torch.bfloat16).save_pretrained(tmp_path / "b2")

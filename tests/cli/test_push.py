@@ -149,7 +149,7 @@ def test_transformers_push_to_hub_refreshes_an_llmcomp_card_already_on_the_hub(m
     assert "llmcomp" in card.data.to_dict() and f'from_pretrained("{REPO}")' in card.text
 
 
-def test_transformers_push_to_hub_keeps_a_hand_written_card_on_the_hub_with_our_facts(model, monkeypatch, tmp_path):
+def test_transformers_push_to_hub_merges_our_facts_into_a_hand_written_hub_card(model, monkeypatch, tmp_path):
     mine = "---\nlicense: mit\n---\n# my own words\n"
     hub = FakeHub(monkeypatch, remote_card=mine, tmp=tmp_path)
     model.push_to_hub(REPO, tags="extra")

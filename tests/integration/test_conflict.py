@@ -33,6 +33,12 @@ def test_bitsandbytes_on_a_compressed_checkpoint_names_the_two_ways(compressed, 
     assert "llmcomp decompress SRC DST" in message and "model.dequantize()" in message
 
 
+def test_a_config_dict_gets_the_hint_too(compressed):
+    with pytest.raises(QuantizationConflictError, match="quant_method 'bitsandbytes'.*llmcomp decompress"):
+        AutoModelForCausalLM.from_pretrained(compressed, quantization_config={"quant_method": "bitsandbytes",
+                                                                              "load_in_8bit": True})
+
+
 def test_another_llmcomp_config_says_load_it_as_it_is(compressed):
     lossy = CompressionConfig.from_preset("int8")
     with pytest.raises(QuantizationConflictError, match="without quantization_config"):

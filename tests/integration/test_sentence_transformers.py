@@ -12,7 +12,8 @@ st = pytest.importorskip("sentence_transformers")  # an optional third-party lib
 
 
 def test_restore_card_after_sentence_transformers_save(minilm_dir, tmp_path):
-    model = st.SentenceTransformer(str(minilm_dir), device="cpu", model_kwargs={"quantization_config": LosslessConfig()})
+    options = {"quantization_config": LosslessConfig()}
+    model = st.SentenceTransformer(str(minilm_dir), device="cpu", model_kwargs=options)
     model.save(str(tmp_path / "st"))
     theirs = (tmp_path / "st" / "README.md").read_text(encoding="utf-8")
     assert "llmcomp" not in ModelCard(theirs).data.to_dict()  # what save() leaves: our card is gone
