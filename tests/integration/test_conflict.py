@@ -54,3 +54,16 @@ def test_the_same_config_class_still_loads(compressed):
 
 def test_from_dict_outside_from_pretrained_is_unaffected():
     assert isinstance(CompressionConfig.from_dict({"quant_method": "llmcomp"}), LosslessConfig)
+
+
+def test_both_ways_the_hint_names_work(compressed, tmp_path):
+    from llmcomp_hf.cli import main
+
+    assert main(["decompress", str(compressed), str(tmp_path / "plain"), "-q"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(compressed)
+    model.dequantize()
+    model.save_pretrained(tmp_path / "dequantized")
+    for folder in ("plain", "dequantized"):
+        int8 = BitsAndBytesConfig(load_in_8bit=True)
+        bnb = AutoModelForCausalLM.from_pretrained(tmp_path / folder, quantization_config=int8)
+        assert type(bnb.model.layers[0].mlp.down_proj).__name__ == "Linear8bitLt"
