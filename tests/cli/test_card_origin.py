@@ -118,3 +118,20 @@ def test_save_pretrained_from_a_plain_local_folder_names_no_base_model(base, tmp
     card = read_card(tmp_path / "out")
     assert card.data.base_model is None and "base_model_relation" not in card.data.to_dict()
     assert _facts(tmp_path / "out") == FACTS
+
+
+def test_an_llmcomp_repo_loaded_by_id_keeps_its_cards_base_model_or_names_none(base, tmp_path, monkeypatch, capsys):
+    rc, _, err = run_cli(capsys, "compress", base, tmp_path / "c", "-q", "--workers", "1", "--base-model", REPO)
+    assert rc == 0, err
+    root = tmp_path / "hub"
+    hub_cache(root, "me/tiny-llmcomp", tmp_path / "c")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    AutoModelForCausalLM.from_pretrained("me/tiny-llmcomp").save_pretrained(tmp_path / "again")
+    assert read_card(tmp_path / "again").data.base_model == REPO and _facts(tmp_path / "again") == FACTS
+    shutil.rmtree(root)
+    (tmp_path / "c" / "README.md").unlink()  # as transformers' download leaves the cache: no README
+    hub_cache(root, "me/tiny-llmcomp", tmp_path / "c")
+    AutoModelForCausalLM.from_pretrained("me/tiny-llmcomp").save_pretrained(tmp_path / "bare")
+    assert read_card(tmp_path / "bare").data.base_model is None  # not the compressed repo itself
