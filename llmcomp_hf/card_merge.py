@@ -90,12 +90,13 @@ def _kept(text: str) -> dict[str, Any]:
     return {k: v for k, v in kept.items() if k in OWNED_KEYS} if isinstance(kept, dict) else {}
 
 
-def _our_tags_removed(tags: list[str] | None, figures: Any) -> list[str]:
+def _our_tags_removed(tags: list[str] | str | None, figures: Any) -> list[str]:
     """``tags`` without the ones an earlier merge added (``figures``: its ``llmcomp`` mapping, None if none)."""
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
     if not isinstance(figures, dict):
-        return list(tags or [])
+        return tags
     ours = {"llmcomp", "lossless", "lossy", *(figures.get("stages") or [])}
-    return [t for t in tags or [] if t not in ours]
+    return [t for t in tags if t not in ours]
 
 
 def _demote(markdown: str) -> str:

@@ -76,6 +76,10 @@ def test_unmerge_gives_their_card_back():
     assert not is_merged(str(back))
 
 
+def test_a_single_tag_string_stays_one_tag():
+    assert ModelCard(merge_card("---\ntags: mine\n---\nx\n", _ours())).data.tags == ["mine", "llmcomp", "lossless"]
+
+
 def test_a_card_without_yaml_gets_a_yaml_block():
     merged = ModelCard(merge_card("# notes\nmine\n", _ours("org/base")))
     assert merged.text.startswith("# notes\nmine\n\n" + BEGIN) and merged.data.base_model == "org/base"
