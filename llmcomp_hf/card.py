@@ -231,10 +231,9 @@ def write_card(
     old = _parse_or_none(theirs, path)
     if theirs is not None and old is None:
         return path
+    base_model = base_model or card_base_model(old)  # ours, or the one an earlier merge put in
     if old is not None and is_llmcomp_card(old):
-        previous = old.data.to_dict()
-        base_model = base_model or previous.get("base_model")
-        metadata = {**previous, **{k: v for k, v in (metadata or {}).items() if v}}
+        metadata = {**old.data.to_dict(), **{k: v for k, v in (metadata or {}).items() if v}}
     text = render_card(stats, base_model=base_model, repo_id=repo_id, metadata=metadata) + appendix
     if old is not None and not is_llmcomp_card(old):
         text = merge_card(theirs, text)

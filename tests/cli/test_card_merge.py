@@ -103,6 +103,10 @@ def test_restore_card_after_a_foreign_card_was_written_over_ours(compressed, tmp
     card = read_card(folder)
     assert card.text.startswith(ModelCard(ST_CARD).text) and card.data.to_dict()["llmcomp"] == figures
     assert card.data.base_model == "org/tiny" and card.data.library_name == "sentence-transformers"
+    restore_card(folder)  # again, without naming it: the merged base_model stays, in YAML and words
+    card = read_card(folder)
+    assert card.data.base_model == "org/tiny" and "This is [org/tiny]" in card.text
+    assert card.text.count(BEGIN) == 1
 
 
 def test_cli_card_merges_and_refuses_a_plain_folder(compressed, tmp_path, capsys):
