@@ -170,6 +170,25 @@ def offloaded_parameter(model: torch.nn.Module, name: str) -> torch.Tensor:
 # -- models and configs ---------------------------------------------------------------------------
 
 
+def quantization_config_being_merged() -> Any | None:
+    """The ``quantization_config=`` that ``from_pretrained`` is merging with a checkpoint's own, if any.
+
+    Read (never changed) from the argument ``quantization_config_from_args`` of transformers'
+    ``AutoHfQuantizer.merge_quantization_configs``, a few frames up while it builds the checkpoint's
+    config with ``from_dict``. None when called from anywhere else.
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    for _ in range(6):  # from_dict <- AutoQuantizationConfig.from_dict <- merge_quantization_configs, with slack
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "merge_quantization_configs":
+            return frame.f_locals.get("quantization_config_from_args")
+        frame = frame.f_back
+    return None
+
+
 def tied_weights(model: torch.nn.Module) -> dict[str, str]:
     """``{tied copy: source}`` of the model (``all_tied_weights_keys``)."""
     return dict(getattr(model, "all_tied_weights_keys", None) or {})
@@ -192,6 +211,7 @@ __all__ = [
     "module_and_attr",
     "offloaded_parameter",
     "restore_unexpected",
+    "quantization_config_being_merged",
     "revert_conversions",
     "set_model_conversions",
     "tied_weights",

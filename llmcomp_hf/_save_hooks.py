@@ -115,39 +115,13 @@ def _new_instance(cls: type, *args: Any) -> Any:
 
 
 def write_save_card(model: Any, folder: Path, variant: str | None = None) -> Path | None:
-    """Write the llmcomp card into ``folder`` after a save; a card written by someone else stays.
+    """Write the llmcomp card into ``folder`` after a save; a card written by someone else gets our facts merged in.
 
     Figures come from the saved shards' headers; ``base_model`` and the carried metadata (license,
-    language, ...) from where the model was loaded.
+    language, datasets, pipeline_tag, library_name) from where the model was loaded.
     """
-    from llmcomp_hf.card import is_llmcomp_card, read_card
+    from llmcomp_hf.hub import model_origin
     from llmcomp_hf.stream.check import stats_from_checkpoint, write_checkpoint_card
 
-    existing = read_card(folder)
-    if existing is not None and not is_llmcomp_card(existing):
-        logger.warning("llmcomp: %s holds a model card written by someone else; it was left as it is",
-                       os.fspath(folder / "README.md"))
-        return None
     source, base_model = model_origin(model)
-    if base_model is None and existing is not None:
-        base_model = existing.data.to_dict().get("base_model")
     return write_checkpoint_card(folder, stats_from_checkpoint(folder, variant), base_model, src=source)
-
-
-def model_origin(model: Any) -> tuple[Path | None, str | None]:
-    """(local folder the model came from, the base model's repo id) from ``name_or_path``.
-
-    The repo id is the folder's Hub-cache repo, the ``base_model`` of an llmcomp card in the folder
-    (a compressed checkpoint loaded back), or ``name_or_path`` itself when it is a repo id.
-    """
-    from llmcomp_hf.card import is_llmcomp_card, read_card
-    from llmcomp_hf.hub import looks_like_repo_id, repo_id_of_cache_path
-
-    name = str(getattr(model, "name_or_path", "") or "")
-    local = Path(name) if name and Path(name).is_dir() else None
-    if local is None:
-        return None, name if name and looks_like_repo_id(name) else None
-    card = read_card(local)
-    if is_llmcomp_card(card) and card.data.to_dict().get("base_model"):
-        return local, str(card.data.to_dict()["base_model"])
-    return local, repo_id_of_cache_path(local)

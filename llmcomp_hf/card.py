@@ -6,11 +6,15 @@ names: a lossy model is never tagged or described as lossless) and an ``llmcomp`
 figures (original/stored bytes, ratio, bits per weight, coder, format version, stages).
 
 ``write_card(save_dir, stats, base_model=...)`` is the entry point for ``llmcomp compress`` and for
-the quantizer's save hook; ``stats_from_encoded`` builds the stats from a quantizer's encodings.
+the quantizer's save hook; ``stats_from_encoded`` builds the stats from a quantizer's encodings. A card
+someone else wrote in that folder is never replaced: our facts are merged into it (``card_merge``).
+``stream.restore_card(folder)`` re-derives the card from the shards, e.g. after sentence-transformers'
+``save()`` wrote its own card over ours.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,12 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from llmcomp_hf._resources import resource_dir
+from llmcomp_hf.card_merge import is_merged, merge_card, parse
 from llmcomp_hf.errors import LlmcompError
+
+logger = logging.getLogger(__name__)
+
+
+class CardError(LlmcompError, ValueError):
+    """A card cannot be written for this folder (not an llmcomp checkpoint)."""
 
 CARD_NAME = "README.md"
 TEMPLATE_DIR = resource_dir("model_cards")
 CARD_KEY = "llmcomp"  # the YAML key holding the figures; marks a card written by llmcomp-hf
-CARRIED_KEYS = ("license", "license_name", "license_link", "language", "pipeline_tag", "datasets")
+CARRIED_KEYS = ("license", "license_name", "license_link", "language", "pipeline_tag", "datasets", "library_name")
+# a base card's library_name that still loads our folder (through transformers' from_pretrained); others -> transformers
+LIBRARIES = ("transformers", "sentence-transformers")
 
 
 @dataclass
@@ -154,12 +167,13 @@ def render_card(
     if not path.is_file():
         raise LlmcompError(f"model card template {os.fspath(path)!r} not found; reinstall llmcomp-hf")
     extra = {k: v for k, v in (metadata or {}).items() if k in CARRIED_KEYS and v}
+    if extra.pop("library_name", None) in LIBRARIES:
+        extra["library_name"] = metadata["library_name"]
     data = ModelCardData(
         base_model=base_model or None,
         base_model_relation="quantized" if base_model else None,
-        library_name="transformers",
+        **{"library_name": "transformers", **extra},
         tags=card_tags(stats),
-        **extra,
         **{CARD_KEY: stats.figures()},
     )
     name = repo_id or (base_model.split("/")[-1] if base_model else "model")
@@ -199,24 +213,48 @@ def write_card(
     base_model: str | None = None,
     repo_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    appendix: str = "",
 ) -> Path:
-    """Write ``README.md`` into ``save_dir`` (replacing any card there) and return its path.
+    """Write the llmcomp card into ``save_dir/README.md`` and return its path.
 
-    ``stats`` is a CardStats or a mapping of its fields (``stored_bytes`` is accepted for
-    ``compressed_bytes``, as in ``LlmcompHfQuantizer.compression_stats()``).
+    No card there, or an llmcomp card: ours is written (an old llmcomp card's ``base_model`` and
+    carried metadata fill what the arguments leave out). A card someone else wrote: our facts are
+    merged into it and their text stays (``card_merge``); one whose YAML does not parse is left alone
+    with a warning. ``stats`` is a CardStats or a mapping of its fields (``stored_bytes`` is accepted
+    for ``compressed_bytes``, as in ``LlmcompHfQuantizer.compression_stats()``); ``appendix`` is
+    Markdown added to our card's body.
     """
     if not isinstance(stats, CardStats):
         stats = _stats_from_mapping(stats)
     path = Path(save_dir) / CARD_NAME
-    text = render_card(stats, base_model=base_model, repo_id=repo_id, metadata=metadata)
+    theirs = path.read_text(encoding="utf-8") if path.is_file() else None
+    old = _parse_or_none(theirs, path)
+    if theirs is not None and old is None:
+        return path
+    base_model = base_model or card_base_model(old)  # ours, or the one an earlier merge put in
+    if old is not None and is_llmcomp_card(old):
+        metadata = {**old.data.to_dict(), **{k: v for k, v in (metadata or {}).items() if v}}
+    text = render_card(stats, base_model=base_model, repo_id=repo_id, metadata=metadata) + appendix
+    if old is not None and not is_llmcomp_card(old):
+        text = merge_card(theirs, text)
+        logger.info("llmcomp: merged the llmcomp facts into the model card in %s; its text was kept", os.fspath(path))
     path.write_text(text, encoding="utf-8")
     return path
 
 
+def _parse_or_none(text: str | None, path: Path) -> Any | None:
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        logger.warning("llmcomp: the model card %s was left as it is and holds no llmcomp facts (%s); fix its "
+                       "YAML front matter, then run `llmcomp card %s`", os.fspath(path), exc, os.fspath(path.parent))
+        return None
+
+
 def read_card(folder: str | os.PathLike) -> Any | None:
     """The ModelCard in ``folder/README.md``, or None if there is none or it does not parse."""
-    from huggingface_hub import ModelCard
-
     from llmcomp_hf.paths import confine, read_bytes
 
     path = Path(folder) / CARD_NAME
@@ -224,14 +262,25 @@ def read_card(folder: str | os.PathLike) -> Any | None:
         return None
     path = confine(folder, CARD_NAME)  # a link leading out of the folder is refused: it is copied and uploaded
     try:
-        return ModelCard(read_bytes(path).decode("utf-8"), ignore_metadata_errors=True)
+        return parse(read_bytes(path).decode("utf-8"))
     except ValueError:  # also UnicodeDecodeError
         return None
 
 
 def is_llmcomp_card(card: Any) -> bool:
-    """True for a card written by llmcomp-hf (its YAML holds the ``llmcomp`` figures)."""
-    return card is not None and isinstance(card.data.to_dict().get(CARD_KEY), Mapping)
+    """True for a card written by llmcomp-hf (its YAML holds the ``llmcomp`` figures and it is not
+    someone else's card with our facts merged in)."""
+    return card is not None and isinstance(card.data.get(CARD_KEY), Mapping) and not is_merged(card.text)
+
+
+def card_base_model(card: Any) -> str | None:
+    """The ``base_model`` that llmcomp-hf set in ``card`` (ours, or merged with ``base_model_relation: quantized``)."""
+    if card is None or not isinstance(card.data.get(CARD_KEY), Mapping):
+        return None
+    if is_merged(card.text) and card.data.get("base_model_relation") != "quantized":
+        return None
+    value = card.data.get("base_model")
+    return str(value) if isinstance(value, str) and value else None
 
 
 def human_bytes(n: int) -> str:

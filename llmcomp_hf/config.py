@@ -21,6 +21,8 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from llmcomp_hf._conflict import conflict_error
+from llmcomp_hf._hf_compat import quantization_config_being_merged
 from llmcomp_hf.codec.encoded import DTYPES, MAX_BLOCK, MIN_BLOCK
 from llmcomp_hf.errors import FormatError
 from llmcomp_hf.format.shard import SHARD_VERSION
@@ -193,6 +195,9 @@ class CompressionConfig(QuantizationConfigMixin):
         """Build from ``to_dict`` output; on ``CompressionConfig`` empty stages give a ``LosslessConfig``."""
         target = LosslessConfig if cls is CompressionConfig and not config_dict.get("stages") else cls
         config = target(**config_dict)
+        error = conflict_error(config, quantization_config_being_merged())
+        if error is not None:  # from_pretrained(llmcomp checkpoint, quantization_config=<another class>)
+            raise error
         unused = {}
         for key, value in kwargs.items():  # transformers' convention: known attributes are overridden
             if hasattr(config, key):

@@ -107,17 +107,42 @@ def ensure_card(folder: Path, repo_id: str | None = None) -> Path:
     """Make ``folder/README.md`` an up-to-date llmcomp card (figures from the shard headers).
 
     A card written by llmcomp-hf (or none) is (re)rendered with ``repo_id`` in its usage snippet,
-    keeping its base_model and carried metadata; a card written by someone else is left alone.
+    keeping its base_model and carried metadata; a card written by someone else keeps its text and
+    gets our facts merged in (``stream.restore_card``).
     """
-    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card, read_card, write_card
-    from llmcomp_hf.stream.check import stats_from_checkpoint
+    from llmcomp_hf.stream import restore_card
 
-    card = read_card(folder)
-    if card is not None and not is_llmcomp_card(card):
-        return folder / CARD_NAME
-    metadata = card.data.to_dict() if card is not None else {}
-    return write_card(folder, stats_from_checkpoint(folder), base_model=metadata.get("base_model"),
-                      repo_id=repo_id, metadata=metadata)
+    return restore_card(folder, repo_id=repo_id)
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of ``repo_id``'s main revision in the Hugging Face cache (no download), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "config.json")
+    return Path(path).parent if isinstance(path, str) else None
+
+
+def folder_repo_id(folder: Path) -> str | None:
+    """The Hub repo a local model folder came from: its Hub-cache repo, else config.json ``_name_or_path``.
+
+    ``_name_or_path`` counts only as ``org/name`` that is not an existing path (transformers 4.x wrote
+    it on save; 5.x does not). A plain local path gives None: no base model is made up.
+    """
+    import json
+
+    repo_id = repo_id_of_cache_path(folder)
+    if repo_id is not None:
+        return repo_id
+    try:
+        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or name.count("/") != 1 or not looks_like_repo_id(name):
+        return None
+    if Path(name).expanduser().exists() or (folder / name).exists():
+        return None
+    return name
 
 
 def push_folder(
@@ -195,10 +220,9 @@ def push_model(
     Saves with ``save_pretrained`` into a temp folder, writes the card (figures from the saved shards,
     ``base_model`` defaulting to where the model came from) and uploads the folder in one commit. A
     card already on the Hub that llmcomp-hf did not write is kept (with ``tags`` added, as
-    transformers does); an llmcomp card there is re-rendered with fresh figures.
+    transformers does) and gets our facts merged in; an llmcomp card there is re-rendered with fresh figures.
     """
-    from llmcomp_hf._save_hooks import model_origin
-    from llmcomp_hf.card import CARD_NAME, is_llmcomp_card, read_card
+    from llmcomp_hf.card import CARD_NAME, read_card
     from llmcomp_hf.stream.check import stats_from_checkpoint, write_checkpoint_card
 
     local, origin = model_origin(model)
@@ -208,16 +232,36 @@ def push_model(
     with tempfile.TemporaryDirectory(prefix="llmcomp-push-") as tmp:
         folder = Path(tmp)
         model.save_pretrained(folder, max_shard_size=max_shard_size, **save_kwargs)
-        if current is not None and not is_llmcomp_card(current):
-            card = current
-        else:
-            if base_model is None and current is not None:
-                base_model = current.data.to_dict().get("base_model")
-            write_checkpoint_card(folder, stats_from_checkpoint(folder), base_model, src=local, repo_id=repo_id)
-            card = read_card(folder)
+        if current is not None:  # the Hub's card: an llmcomp one is refreshed, another gets our facts merged in
+            (folder / CARD_NAME).write_text(str(current), encoding="utf-8")
+        write_checkpoint_card(folder, stats_from_checkpoint(folder), base_model, src=local, repo_id=repo_id)
+        card = read_card(folder)
         card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *extra_tags]))
         card.save(folder / CARD_NAME)
         return push_folder(folder, repo_id, private=private, token=token, revision=revision,
                            commit_message=commit_message, commit_description=commit_description,
                            create_pr=create_pr, card=False)
 
+
+def model_origin(model: Any) -> tuple[Path | None, str | None]:
+    """(local folder the model came from, the base model's repo id) from ``name_or_path``.
+
+    A local folder's repo id is the ``base_model`` of an llmcomp card in it (a compressed checkpoint
+    loaded back), its Hub-cache repo, or its config.json ``_name_or_path`` when that is a repo id
+    (see ``hub.folder_repo_id``); never the path itself. A repo id's folder is its snapshot in the
+    Hugging Face cache, when there (so the base card's license etc. are carried); the repo id is the
+    base model unless the repo is itself an llmcomp checkpoint.
+    """
+    from llmcomp_hf.card import card_base_model, read_card
+
+    name = str(getattr(model, "name_or_path", "") or "")
+    local = Path(name) if name and Path(name).is_dir() else None
+    if local is None:
+        if not (name and looks_like_repo_id(name)):
+            return None, None
+        snapshot = cached_snapshot(name)
+        base = card_base_model(read_card(snapshot)) if snapshot is not None else None
+        if base is None and getattr(getattr(model, "hf_quantizer", None), "pre_quantized", False):
+            return snapshot, None  # an llmcomp repo whose card is not cached: its base model is unknown here
+        return snapshot, base or name
+    return local, card_base_model(read_card(local)) or folder_repo_id(local)

@@ -1,4 +1,4 @@
-"""``llmcomp``: compress, decompress, inspect, verify and push llmcomp checkpoints from the shell.
+"""``llmcomp``: compress, decompress, inspect, verify, card and push llmcomp checkpoints from the shell.
 
 Exit codes: 0 success; 1 verification or corruption failure (a tensor does not decode, a checksum
 or a format field is wrong, a round trip differs); 2 usage error (bad arguments or config, missing
@@ -166,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "shard metadata, index and config. Exit 1 naming the first bad tensor and file.")
     p.add_argument("path", metavar="PATH", help="checkpoint folder")
     _add_common(p)
+
+    p = sub.add_parser("card", help="write or refresh the model card of a compressed folder",
+                       description="Re-derive the llmcomp card of PATH from its shards into README.md. A card "
+                       "written by another tool (e.g. sentence-transformers' save()) keeps its text: the llmcomp "
+                       "facts (figures, base_model, tags) and a section are merged into it.")
+    p.add_argument("path", metavar="PATH", help="llmcomp checkpoint folder")
+    p.add_argument("--base-model", metavar="REPO_ID", help="Hub id of the original model (default: the card's)")
+    p.add_argument("--repo-id", metavar="REPO_ID", help="Hub id this folder will have, for the usage snippet")
+    _add_common(p, workers=False)
 
     p = sub.add_parser("push", help="upload a compressed folder with its model card to the Hub",
                        description="Create REPO_ID if needed and upload PATH (shards, index, config, tokenizer, "

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     from llmcomp_hf.hub import HubError
     from llmcomp_hf.stream.source import CheckpointError, VerificationError
 
-    handler = {"compress": compress, "calibrate": calibrate, "decompress": decompress, "inspect": inspect, "verify": verify, "push": push}
+    handler = {"compress": compress, "calibrate": calibrate, "decompress": decompress, "inspect": inspect,
+               "verify": verify, "card": card, "push": push}
     try:
         return handler[args.command](args, progress)
     except KeyboardInterrupt:
@@ -76,14 +77,20 @@ def compress(args: argparse.Namespace, progress: Progress) -> int:
     import math
 
     from llmcomp_hf.card import stage_names
-    from llmcomp_hf.hub import resolve_source
+    from llmcomp_hf.hub import folder_repo_id, resolve_source
     from llmcomp_hf.stream.compress import compress_checkpoint
 
     config = load_config(args)
     src, repo_id = resolve_source(args.src, revision=args.revision, cache_dir=args.cache_dir, token=args.token)
+    base_model = args.base_model or repo_id
+    if base_model is None:
+        base_model = folder_repo_id(src)
+        if base_model is not None:
+            print(f"llmcomp: the card's base_model is {base_model}, from _name_or_path in {src / 'config.json'}; "
+                  "--base-model sets another", file=sys.stderr)
     result = compress_checkpoint(
         src, Path(args.dst), config, workers=args.workers, verify=args.verify, overwrite=args.overwrite,
-        base_model=args.base_model or repo_id, progress=progress,
+        base_model=base_model, progress=progress,
     )
     n = sum(r.compressed for r in result.records)
     rate = result.original_bytes / max(result.seconds, 1e-9) / 1e6
@@ -183,6 +190,22 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
     n = sum(r.compressed for r in report.rows)
     print(f"ok: {n} compressed tensors decoded with valid checksums, {len(report.rows) - n} plain tensors, "
           f"format fields and index consistent ({report.seconds:.1f} s)")
+    return EXIT_OK
+
+
+def card(args: argparse.Namespace, progress: Progress) -> int:
+    from llmcomp_hf.card import read_card
+    from llmcomp_hf.stream import restore_card
+    from llmcomp_hf.card_merge import is_merged
+
+    folder = Path(args.path)
+    path = restore_card(folder, base_model=args.base_model, repo_id=args.repo_id)
+    written = read_card(folder)
+    if written is None or "llmcomp" not in written.data.to_dict():
+        _error(f"{path} was left as it is: fix its YAML front matter and run `llmcomp card {args.path}` again")
+        return EXIT_USAGE
+    how = "merged the llmcomp facts into the existing card" if is_merged(written.text) else "wrote the llmcomp card"
+    print(f"{how}: {path}")
     return EXIT_OK
 
 

@@ -35,6 +35,7 @@ _WHERE = {
     "inspect_checkpoint": "check",
     "stats_from_checkpoint": "check",
     "verify_checkpoint": "check",
+    "restore_card": "check",
 }
 
 

@@ -353,7 +353,7 @@ def stats_from_checkpoint(path: str | Path, variant: str | None = None) -> Any:
 
 def write_checkpoint_card(folder: Path, stats: Any, base_model: str | None, src: Path | None = None,
                           repo_id: str | None = None, records: list[Any] | None = None) -> Path:
-    """Write the card into ``folder``, carrying license/language/pipeline_tag over from ``src``'s card.
+    """Write the card into ``folder``, carrying license/language/pipeline_tag/datasets over from ``src``'s card.
 
     ``records`` (compress records) adds a table of the effective bits/weight of every compressed tensor.
     """
@@ -361,14 +361,41 @@ def write_checkpoint_card(folder: Path, stats: Any, base_model: str | None, src:
 
     base_card = read_card(src) if src is not None else None
     metadata = base_card.data.to_dict() if base_card is not None else {}
-    path = write_card(folder, stats, base_model=base_model, repo_id=repo_id, metadata=metadata)
     comp = [r for r in records or [] if r.compressed]
+    table = ""
     if comp:
         rows = [f"| {r.name} | {'x'.join(map(str, r.shape))} | {8.0 * r.stored_bytes / max(math.prod(r.shape), 1):.3f} |"
                 for r in comp]
-        table = ["", "## Bits per weight by tensor", "",
-                 "Effective bits/weight of each compressed tensor, everything stored counted.", "",
-                 "| tensor | shape | bits/weight |", "|---|---|---:|", *rows, ""]
-        with path.open("a", encoding="utf-8") as f:
-            f.write("\n".join(table))
-    return path
+        table = "\n".join(["", "## Bits per weight by tensor", "",
+                           "Effective bits/weight of each compressed tensor, everything stored counted.", "",
+                           "| tensor | shape | bits/weight |", "|---|---|---:|", *rows, ""])
+    return write_card(folder, stats, base_model=base_model, repo_id=repo_id, metadata=metadata, appendix=table)
+
+
+def restore_card(
+    folder: str | os.PathLike,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+    variant: str | None = None,
+) -> Path:
+    """Re-derive the llmcomp card of the checkpoint in ``folder`` from its shards and put it in ``README.md``.
+
+    Call it after a tool wrote its own card over ours, e.g. ``SentenceTransformer.save(folder)`` of a
+    compressed model: that card and its text stay, our YAML facts and section are merged in. The same as
+    ``llmcomp card FOLDER``. ``base_model`` defaults to the one already in the card.
+    """
+    import json
+    import os
+
+    from llmcomp_hf.card import CardError, write_card
+
+    folder = Path(folder)
+    config = folder / "config.json"
+    try:
+        method = (json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}).get("quant_method")
+    except (OSError, ValueError, AttributeError):
+        method = None
+    if method != "llmcomp":
+        raise CardError(f"{os.fspath(config)!r} does not name an llmcomp checkpoint (quantization_config.quant_method "
+                        "'llmcomp'): give the folder written by `llmcomp compress` or save_pretrained")
+    return write_card(folder, stats_from_checkpoint(folder, variant), base_model=base_model, repo_id=repo_id)

@@ -224,6 +224,7 @@ def decompress_into(
 ) -> list:
     """Write the plain checkpoint of ``src`` into the (empty) folder ``out``; return TensorRecords."""
     from llmcomp_hf.card import is_llmcomp_card, read_card
+    from llmcomp_hf.card_merge import is_merged, unmerge_card
     from llmcomp_hf.stream.compress import TensorRecord
 
     shards, sharded = read_checkpoint(src)
@@ -287,8 +288,12 @@ def decompress_into(
         return records
     if cfg is not None:
         write_json(out / CONFIG_NAME, plain_config(cfg))
-    if card is not None and not is_llmcomp_card(card):
-        shutil.copyfile(src / CARD_NAME, out / CARD_NAME)
+    if card is not None and not is_llmcomp_card(card):  # someone else's card: theirs without our merged facts
+        text = (src / CARD_NAME).read_text(encoding="utf-8")
+        if is_merged(text):
+            (out / CARD_NAME).write_text(unmerge_card(text), encoding="utf-8")
+        else:
+            shutil.copyfile(src / CARD_NAME, out / CARD_NAME)
     return records
 
 

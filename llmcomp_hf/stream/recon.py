@@ -57,9 +57,9 @@ def render_reconstruction_card(figures: dict[str, Any], headers: dict[str, dict[
     extra = {k: v for k, v in meta.items() if k in CARRIED_KEYS and v}
     stages = list(figures["stages"])
     data = ModelCardData(
-        base_model=base or None, library_name="transformers",
+        base_model=base or None,
         tags=["llmcomp", "lossy", "reconstruction", *dict.fromkeys(stages)],
-        **extra, **{RECON_KEY: {k: v for k, v in figures.items() if k != "quantization_config"}},
+        **{"library_name": "transformers", **extra}, **{RECON_KEY: {k: v for k, v in figures.items() if k != "quantization_config"}},
     )
     origin = f"[{base}](https://huggingface.co/{base})" if isinstance(base, str) and base else "the original model"
     bpw = figures["bits_per_weight"]

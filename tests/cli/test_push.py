@@ -92,14 +92,26 @@ def test_cli_push_uploads_the_checkpoint_and_our_card(compressed, tmp_path, monk
     assert card.data.to_dict()["llmcomp"] == ModelCard((compressed / "README.md").read_text()).data.to_dict()["llmcomp"]
 
 
-def test_cli_push_keeps_a_hand_written_card(compressed, tmp_path, monkeypatch, capsys):
+def test_cli_push_keeps_a_hand_written_card_and_merges_our_facts(compressed, tmp_path, monkeypatch, capsys):
     folder = shutil.copytree(compressed, tmp_path / "c")
     (folder / "README.md").write_text("---\nlicense: mit\n---\n# my own words\n")
     hub = FakeHub(monkeypatch)
     rc, _, err = run_cli(capsys, "push", folder, REPO, "-q")
     assert rc == 0, err
-    assert hub.commits[0]["README.md"] == b"---\nlicense: mit\n---\n# my own words\n"
+    card = hub.card()
+    assert card.text.startswith("# my own words\n") and f'from_pretrained("{REPO}")' in card.text
+    assert card.data.license == "mit" and card.data.base_model is None  # the folder no longer says it: not made up
+    assert card.data.tags == ["llmcomp", "lossless"] and "llmcomp" in card.data.to_dict()
     assert hub.repos[0]["private"] is None
+
+
+def test_cli_push_no_card_uploads_the_card_as_it_is(compressed, tmp_path, monkeypatch, capsys):
+    folder = shutil.copytree(compressed, tmp_path / "c")
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# my own words\n")
+    hub = FakeHub(monkeypatch)
+    rc, _, err = run_cli(capsys, "push", folder, REPO, "-q", "--no-card")
+    assert rc == 0, err
+    assert hub.commits[0]["README.md"] == b"---\nlicense: mit\n---\n# my own words\n"
 
 
 def test_cli_push_refuses_a_folder_without_config(tmp_path, monkeypatch, capsys):
@@ -137,12 +149,14 @@ def test_transformers_push_to_hub_refreshes_an_llmcomp_card_already_on_the_hub(m
     assert "llmcomp" in card.data.to_dict() and f'from_pretrained("{REPO}")' in card.text
 
 
-def test_transformers_push_to_hub_keeps_a_hand_written_card_on_the_hub(model, monkeypatch, tmp_path):
+def test_transformers_push_to_hub_merges_our_facts_into_a_hand_written_hub_card(model, monkeypatch, tmp_path):
     mine = "---\nlicense: mit\n---\n# my own words\n"
     hub = FakeHub(monkeypatch, remote_card=mine, tmp=tmp_path)
     model.push_to_hub(REPO, tags="extra")
     card = hub.card()
-    assert "my own words" in card.text and card.data.tags == ["extra"] and "llmcomp" not in card.data.to_dict()
+    assert card.text.startswith("# my own words\n") and card.text.count("llmcomp-hf: begin") == 1
+    assert card.data.tags == ["llmcomp", "lossless", "extra"] and card.data.base_model == "org/tiny"
+    assert card.data.license == "mit" and "llmcomp" in card.data.to_dict()
 
 
 def test_save_pretrained_push_to_hub_uploads_our_card(model, monkeypatch, tmp_path):

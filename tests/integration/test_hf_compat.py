@@ -119,3 +119,25 @@ def test_unknown_fusion_config_names_make_from_pretrained_raise(tmp_path):
     (tmp_path / "config.json").write_text(config.replace("{", '{"fusion_config": {"no-such-fusion": false},', 1))
     with pytest.raises(ValueError, match="no-such-fusion"):
         tf.LlamaForCausalLM.from_pretrained(tmp_path)
+
+
+def test_the_quantization_config_being_merged_is_read_from_transformers_merge(tmp_path):
+    """from_pretrained(checkpoint with a quantization_config, quantization_config=other) passes ``other`` to
+    ``merge_quantization_configs``; outside of it there is none (test_conflict.py checks the message)."""
+    assert hf_compat.quantization_config_being_merged() is None
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    seen = []
+
+    class Probe:
+        @classmethod
+        def from_dict(cls, d):
+            seen.append(hf_compat.quantization_config_being_merged())
+            return cls()
+
+    assert "quantization_config_from_args" in inspect.signature(AutoHfQuantizer.merge_quantization_configs).parameters
+    def merge_quantization_configs(quantization_config_from_args):  # the frame shape transformers has
+        return Probe.from_dict({})
+
+    merge_quantization_configs("theirs")
+    assert seen == ["theirs"]

@@ -71,15 +71,32 @@ def test_lossy_save_card_never_says_lossless(dense, tmp_path) -> None:
     assert "measured weight error" in card.text
 
 
-def test_a_hand_written_card_in_the_target_stays(dense, tmp_path, caplog) -> None:
+def test_a_hand_written_card_in_the_target_keeps_its_text_and_gets_our_facts(dense, tmp_path, caplog) -> None:
     model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "README.md").write_bytes(b"# my notes\n")
+    (out / "README.md").write_text("---\nlicense: other\ntags: [mine]\n---\n# my notes\n")
+    with caplog.at_level(logging.INFO, logger="llmcomp_hf"):
+        model.save_pretrained(out)
+        model.save_pretrained(out)  # twice: our section is replaced, not repeated
+    card = _card(out)
+    assert card.text.startswith("# my notes\n") and card.text.count("llmcomp-hf: begin") == 1
+    assert card.data.license == "other"  # theirs wins over the source's apache-2.0
+    assert card.data.tags == ["mine", "llmcomp", "lossless"] and card.data.language == "en"
+    assert card.data.to_dict()["llmcomp"]["compressed_bytes"] == _tensor_bytes(out)
+    assert "## Compression" not in card.text.split("# my notes")[0] and "### Compression" in card.text
+    assert "merged the llmcomp facts" in caplog.text and "README.md" in caplog.text
+
+
+def test_a_card_with_broken_yaml_is_left_alone_with_a_warning(dense, tmp_path, caplog) -> None:
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=llmcomp_hf.LosslessConfig(min_numel=0))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_bytes(b"---\nlicense: [mit\n---\n# notes\n")
     with caplog.at_level(logging.WARNING, logger="llmcomp_hf"):
         model.save_pretrained(out)
-    assert (out / "README.md").read_bytes() == b"# my notes\n"
-    assert "left as it is" in caplog.text
+    assert (out / "README.md").read_bytes() == b"---\nlicense: [mit\n---\n# notes\n"
+    assert "llmcomp card" in caplog.text and "YAML" in caplog.text
 
 
 def test_no_card_on_other_ranks_or_after_dequantize(dense, tmp_path) -> None:
