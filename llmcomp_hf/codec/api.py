@@ -373,11 +373,13 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     """Decode only the given rows of a 2-D encoded tensor (e.g. the token ids of an embedding).
 
     Only the blocks covering those rows are decoded. The whole-tensor checksum cannot be checked
-    on a partial decode: verify the tensor once with ``decode`` when loading it.
+    on a partial decode: verify the tensor once with ``decode`` when loading it. The header and
+    index are validated first, as by every decode entry point (an index pass, no allocation).
     """
     ensure_consistent()
     from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_block_list
 
+    enc.validate()
     if len(enc.shape) != 2:
         raise ValueError(f"decode_rows needs a 2-D tensor{where(enc.name)}, got shape {list(enc.shape)}")
     n_rows, width = enc.shape
