@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,10 +103,7 @@ class EncodedTensor:
     ) -> "EncodedTensor":
         """Build from a header (dict or JSON text) and arrays (numpy or CPU torch tensors), validated."""
         if isinstance(header, (str, bytes)):
-            try:
-                header = json.loads(header)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise FormatError(f"encoded-tensor header is not valid JSON{where(name)}: {exc}") from exc
+            header = load_json_object(header, "encoded-tensor header", where(name))
         if not isinstance(header, dict):
             raise FormatError(f"encoded-tensor header must be a JSON object{where(name)}, got {type(header).__name__}")
         enc = cls(dict(header), _as_numpy(data, np.uint8, "data", name), _as_numpy(index, np.int64, "index", name), name)
@@ -119,36 +117,8 @@ class EncodedTensor:
         kernel runs the same check (``_index_fault``) itself before decoding.
         """
         h, at = self.header, where(self.name)
-        if not isinstance(h, dict) or h.get("format") != FORMAT_NAME:
-            fmt = h.get("format") if isinstance(h, dict) else h
-            raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {fmt!r}")
-        version = h.get("version")
-        if type(version) is not int or version not in FORMAT_VERSIONS:
-            raise FormatError(
-                f"unsupported llmcomp format version {version!r}{at}; this llmcomp-hf reads versions "
-                f"{', '.join(map(str, FORMAT_VERSIONS))}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
-            )
-        if h.get("dtype") not in DTYPES:
-            raise FormatError(f"unsupported dtype {h.get('dtype')!r}{at}; known: {sorted(DTYPES)}")
-        if h.get("coder") not in CODERS:
-            raise FormatError(f"unknown coder {h.get('coder')!r}{at}; known: {list(CODERS)}")
-        if version < format_version(h["coder"]):
-            raise FormatError(f"coder {h['coder']!r} needs format version {format_version(h['coder'])}{at}, header says {version}")
-        shape = h.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise FormatError(f"shape must be a list of non-negative ints{at}, got {shape!r}")
-        if len(shape) > 16 or math.prod(shape) > MAX_NUMEL:
-            raise FormatError(f"absurd shape {shape}{at}: more than 16 dims or 2^40 elements")
-        bs = h.get("block_size")
-        if not isinstance(bs, int) or isinstance(bs, bool) or not (MIN_BLOCK <= bs <= MAX_BLOCK) or bs % 64:
-            raise FormatError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}]{at}, got {bs!r}")
-        checksum = h.get("checksum")
-        if not isinstance(checksum, str) or len(checksum) != 16:
-            raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}")
-        try:
-            int(checksum, 16)
-        except ValueError as exc:
-            raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}") from exc
+        validate_header(h, self.name)
+        version, bs = h["version"], h["block_size"]
         for arr, what, dtype in ((self.data, "data", _UINT8), (self.index, "index", _INT64)):
             # numpy on the host; device arrays (numba/torch CUDA) are checked by dtype name and rank.
             if isinstance(arr, np.ndarray):
@@ -186,6 +156,61 @@ class EncodedTensor:
             raise CorruptStreamError(f"a version-1 stream holds a mode-4 section{at}; the file is corrupted: re-download or re-compress it")
 
 
+def load_json_object(raw: bytes | str, what: str, at: str) -> dict[str, Any]:
+    """Parse stored JSON (UTF-8 bytes or text) that must be an object; FormatError otherwise.
+
+    ``what`` names the object in the message, ``at`` is a ``where(...)`` suffix. Invalid UTF-8,
+    invalid JSON, numbers Python refuses and nesting deep enough to exhaust the recursion limit are
+    all reported as damage, never as the parser's own exception types.
+    """
+    try:
+        obj = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise FormatError(f"{what} is not valid UTF-8 JSON{at}: {reason}. The file is damaged: re-download "
+                          "it or re-compress the model.") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} must be a JSON object{at}, got {type(obj).__name__}. The file is damaged: "
+                          "re-download it or re-compress the model.")
+    return obj
+
+
+def validate_header(h: Any, name: str | None = None) -> None:
+    """Check an encoded-tensor header alone (docs/format.md part 1); FormatError naming ``name``.
+
+    The one check of the header object: ``EncodedTensor.validate`` and every reader that looks at a
+    header before the arrays (``llmcomp_hf.format.check_declared``) call it.
+    """
+    at = where(name)
+    if not isinstance(h, dict) or h.get("format") != FORMAT_NAME:
+        fmt = h.get("format") if isinstance(h, dict) else h
+        raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {fmt!r}")
+    version = h.get("version")
+    if type(version) is not int or version not in FORMAT_VERSIONS:
+        raise FormatError(
+            f"unsupported llmcomp format version {version!r}{at}; this llmcomp-hf reads versions "
+            f"{', '.join(map(str, FORMAT_VERSIONS))}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
+        )
+    if not isinstance(h.get("dtype"), str) or h["dtype"] not in DTYPES:
+        raise FormatError(f"unsupported dtype {h.get('dtype')!r}{at}; known: {sorted(DTYPES)}")
+    if not isinstance(h.get("coder"), str) or h["coder"] not in CODERS:
+        raise FormatError(f"unknown coder {h.get('coder')!r}{at}; known: {list(CODERS)}")
+    if version < format_version(h["coder"]):
+        raise FormatError(f"coder {h['coder']!r} needs format version {format_version(h['coder'])}{at}, header says {version}")
+    shape = h.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise FormatError(f"shape must be a list of non-negative ints{at}, got {shape!r}")
+    if len(shape) > 16 or math.prod(shape) > MAX_NUMEL:
+        raise FormatError(f"absurd shape {shape}{at}: more than 16 dims or 2^40 elements")
+    bs = h.get("block_size")
+    if not isinstance(bs, int) or isinstance(bs, bool) or not (MIN_BLOCK <= bs <= MAX_BLOCK) or bs % 64:
+        raise FormatError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}]{at}, got {bs!r}")
+    checksum = h.get("checksum")
+    if not isinstance(checksum, str) or not _HEX16.fullmatch(checksum):
+        raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}")
+
+
+_HEX16 = re.compile("[0-9a-fA-F]{16}")
 _UINT8, _INT64 = np.dtype(np.uint8), np.dtype(np.int64)
 _NO_DATA = np.zeros(0, np.uint8)
 _NOT_COVERED, _SHORT_BLOCK, _MODE4_IN_V1 = 1, 2, 3

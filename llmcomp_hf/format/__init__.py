@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llmcomp_hf.format.declared import check_declared
 from llmcomp_hf.format.reader import checkpoint_files, decode_tensors, load_checkpoint, shard_keys
 from llmcomp_hf.format.lossy import LossyWeight, compress_lossy, decode_lossy
 from llmcomp_hf.format.shard import (
@@ -19,6 +20,7 @@ __all__ = [
     "SHARD_METADATA",
     "SHARD_VERSION",
     "LossyWeight",
+    "check_declared",
     "compress_lossy",
     "decode_lossy",
     "checkpoint_files",

@@ -15,7 +15,6 @@ This module only maps names and bytes; it never imports transformers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec import EncodedTensor
+from llmcomp_hf.codec.encoded import load_json_object, validate_header
 from llmcomp_hf.errors import FormatError, where
 
 SHARD_FORMAT = "llmcomp.shard"
@@ -88,26 +88,36 @@ def unpack(name: str, parts: Mapping[str, Any], file: str | None = None) -> Enco
             f"compressed tensor is incomplete: missing {missing}{where(name, file)}. A shard is missing or "
             "truncated: re-download the checkpoint or re-save it with llmcomp-hf."
         )
-    header_t = parts["header"]
-    if header_t.dtype != torch.uint8 or header_t.dim() != 1 or header_t.numel() > MAX_HEADER_BYTES:
-        raise FormatError(
-            f"{part_key(name, 'header')} must be 1-D uint8 JSON of at most {MAX_HEADER_BYTES} bytes, got "
-            f"{header_t.dtype} {list(header_t.shape)}{where(name, file)}; the shard is corrupted: re-download it."
-        )
-    raw = header_t.detach().cpu().contiguous().numpy().tobytes()
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(
-            f"header of compressed tensor is not valid JSON{where(name, file)}: {exc}. The shard is corrupted: "
-            "re-download it."
-        ) from exc
-    if not isinstance(header, dict):
-        raise FormatError(f"header of compressed tensor is not a JSON object{where(name, file)}")
+    header = read_tensor_header(name, parts["header"], file)
     try:
         return EncodedTensor.from_parts(header, parts["data"], parts["index"], name=name)
     except FormatError as exc:
         raise with_file(exc, name, file) from exc
+
+
+def read_tensor_header(name: str, tensor: Any, file: str | None = None) -> dict[str, Any]:
+    """Parse and validate the ``X.weight.llmcomp_header`` tensor alone (no data or index needed).
+
+    The one reader of a stored encoded-tensor header (``unpack``, ``check_declared``); raises
+    FormatError naming the tensor and file.
+    """
+    header = parse_json_tensor(tensor, part_key(name, "header"), MAX_HEADER_BYTES, where(name, file))
+    try:
+        validate_header(header, name)
+    except FormatError as exc:
+        raise with_file(exc, name, file) from None
+    return header
+
+
+def parse_json_tensor(tensor: Any, key: str, max_bytes: int, at: str) -> dict[str, Any]:
+    """The JSON object stored in a 1-D uint8 tensor of at most ``max_bytes`` (a header part)."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.numel() > max_bytes:
+        raise FormatError(
+            f"{key} must be 1-D uint8 JSON of at most {max_bytes} bytes, got "
+            f"{getattr(tensor, 'dtype', type(tensor).__name__)} {list(getattr(tensor, 'shape', []))}{at}; the shard "
+            "is corrupted: re-download it."
+        )
+    return load_json_object(tensor.detach().cpu().contiguous().numpy().tobytes(), key, at)
 
 
 def with_file(exc: FormatError, name: str, file: str | None) -> FormatError:
