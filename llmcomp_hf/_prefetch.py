@@ -38,7 +38,7 @@ from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.api import _decode_scratch, torch_dtype
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
-from llmcomp_hf.codec.encoded import EncodedTensor
+from llmcomp_hf.codec.encoded import EncodedTensor, expected_sum
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
 from llmcomp_hf.format.shard import part_key
 
@@ -222,7 +222,7 @@ class Prefetcher:
                 self._state[job.i] = CLAIMED
                 continue
             table[job.i] = J.job_row(enc, at)  # reads the mapped file in place: self._shards keeps it
-            job.checksum = int(enc.header["checksum"], 16)
+            job.checksum = expected_sum(enc.header)  # the sum32 the decoded bytes must have
             job.dtype, job.shape, job.nbytes = torch_dtype(enc.dtype), tuple(enc.shape), int(table[job.i, J.NBYTES])
             indexes.append(index.view(np.uint8))
             at += index.shape[0]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, format_version
+from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, checksum_of, format_version
 from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
@@ -229,8 +229,8 @@ class _Encoding:
             "shape": self.shape,
             "coder": self.coder,
             "block_size": self.block_size,
-            "checksum": f"{int(self.csum.sum(dtype=np.uint64)):016x}",
         }
+        header["checksum"] = checksum_of(header, int(self.csum.sum(dtype=np.uint64)))
         return EncodedTensor(header, data, index, self.name)
 
 
@@ -295,7 +295,7 @@ class _Decoding:
             b = int(np.flatnonzero(self.errs)[0])
             raise corrupt_block(enc.name, b, int(self.err_plane[b]), ERROR_TEXT.get(int(self.errs[b]), "invalid data"))
         if verify:
-            got = f"{int(self.csum.sum(dtype=np.uint64)):016x}"
+            got = checksum_of(enc.header, int(self.csum.sum(dtype=np.uint64)))
             if got != enc.header["checksum"].lower():
                 raise checksum_mismatch(enc.name, got, enc.header["checksum"])
         return self.out
