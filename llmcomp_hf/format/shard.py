@@ -9,7 +9,9 @@ A compressed parameter ``X.weight`` becomes three standard tensors (see docs/for
 A lossy weight (part 3) stores each transform tensor ``<part>`` that way under ``X.weight.<part>``, plus
 ``X.weight.llmcomp_transform`` (uint8 JSON, see ``llmcomp_hf.format.lossy``).
 
-Every shard also carries ``SHARD_METADATA`` in its safetensors ``__metadata__``.
+Every shard also carries ``SHARD_METADATA`` in its safetensors ``__metadata__``, and one
+``llmcomp.plain.<key>`` checksum per plain tensor (``plain_checksums``; transformers writes the same
+metadata dict into every shard, so entries are per tensor, and a shard checks those of its tensors).
 This module only maps names and bytes; it never imports transformers.
 """
 
@@ -22,14 +24,18 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec import EncodedTensor
-from llmcomp_hf.codec.encoded import load_json_object, validate_header
-from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.codec.checksum import sum32
+from llmcomp_hf.codec.encoded import binding_term, is_checksum, load_json_object, validate_header
+from llmcomp_hf.errors import ChecksumMismatchError, FormatError, where
 
 SHARD_FORMAT = "llmcomp.shard"
 SHARD_VERSION = 1
 META_FORMAT_KEY = "llmcomp.format"
 META_VERSION_KEY = "llmcomp.version"
 SHARD_METADATA: dict[str, str] = {META_FORMAT_KEY: SHARD_FORMAT, META_VERSION_KEY: str(SHARD_VERSION)}
+
+#: metadata key prefix of a plain tensor's checksum: ``llmcomp.plain.<key>`` -> 16 hex digits
+PLAIN_PREFIX = "llmcomp.plain."
 
 PARTS = ("data", "index", "header")
 SUFFIXES: dict[str, str] = {part: f"llmcomp_{part}" for part in PARTS}
@@ -146,3 +152,62 @@ def check_metadata(metadata: Mapping[str, str] | None, file: str) -> None:
             f"unsupported llmcomp shard format version {version!r}{where(None, file)}; this llmcomp-hf reads "
             f"version {SHARD_VERSION}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
         )
+
+
+def plain_checksum(tensor: torch.Tensor) -> str:
+    """A plain tensor's checksum: what a version-3 encoded header of the same tensor would hold
+    (sum32 of its bytes plus the term binding dtype, shape and byte length; docs/format.md part 1)."""
+    t = tensor.detach().cpu().contiguous()
+    raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
+    return raw_checksum(raw, str(t.dtype).removeprefix("torch."), list(t.shape))
+
+
+def raw_checksum(raw: np.ndarray, dtype: str, shape: list[int]) -> str:
+    """``plain_checksum`` of a tensor given as its raw bytes (uint8), torch dtype name and shape."""
+    term = binding_term(dtype, shape, raw.size)
+    return f"{(sum32(raw) + term) % (1 << 64):016x}"
+
+
+def plain_checksums(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``{"llmcomp.plain.<key>": checksum}`` for every plain tensor of a state dict (compressed parts
+    skipped), for the shards' ``__metadata__``. Writers add it to the metadata of every shard."""
+    return {PLAIN_PREFIX + key: plain_checksum(t) for key, t in tensors.items() if split_key(key)[1] is None}
+
+
+def check_plain(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None, file: str | None = None) -> int:
+    """Check every plain tensor of ``tensors`` that has a ``llmcomp.plain.<key>`` entry in ``metadata``.
+
+    Entries of tensors not in ``tensors`` (another shard's) are ignored, tensors without an entry (an
+    older or re-sharded checkpoint) are not checked. Returns how many were checked; raises
+    ChecksumMismatchError (FormatError for a malformed entry) naming the tensor and file.
+    """
+    metadata = metadata or {}
+    checked = 0
+    for key, tensor in tensors.items():
+        want = metadata.get(PLAIN_PREFIX + key)
+        if want is None or split_key(key)[1] is not None:
+            continue
+        if not is_checksum(want):
+            raise FormatError(f"metadata entry {PLAIN_PREFIX + key!r} is not 16 hex digits{where(key, file)}; "
+                              "the shard is damaged: re-download it")
+        got = plain_checksum(tensor)
+        if got != want.lower():
+            raise ChecksumMismatchError(
+                f"checksum mismatch{where(key, file)}: the stored bytes hash to {got}, expected {want.lower()}. "
+                "The shard is corrupted: re-download it or re-save the model.")
+        checked += 1
+    return checked
+
+
+def check_plain_file(file: str) -> int:
+    """``check_plain`` over one safetensors shard file (its metadata and its plain tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            keys = [k for k in handle.keys() if PLAIN_PREFIX + k in metadata and split_key(k)[1] is None]
+            return check_plain({k: handle.get_tensor(k) for k in keys}, metadata, file)
+    except SafetensorError as exc:
+        raise FormatError(f"cannot read safetensors shard{where(None, file)}: {exc}. The file is truncated or "
+                          "corrupted: re-download it or re-save the model.") from exc
