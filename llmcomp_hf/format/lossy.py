@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec import EncodedTensor, decode, encode
-from llmcomp_hf.errors import FormatError, LlmcompError, where
+from llmcomp_hf.errors import FormatError, LlmcompError, shown, where
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.codec.encoded import MAX_NUMEL
 from llmcomp_hf.format.shard import pack, parse_json_tensor, transform_key, unpack, with_file
@@ -152,7 +152,7 @@ def validate_transform_header(header: dict[str, Any], name: str, file: str | Non
     version = header.get("version")
     if type(version) is not int or version != TRANSFORM_VERSION:
         raise FormatError(
-            f"unsupported lossy transform version {version!r}{at}; this llmcomp-hf "
+            f"unsupported lossy transform version {shown(version)}{at}; this llmcomp-hf "
             f"reads version {TRANSFORM_VERSION}: upgrade llmcomp-hf (pip install -U llmcomp-hf)"
         )
     for field, kind in (("dtype", str), ("shape", list), ("parts", list), ("meta", dict)):
@@ -160,9 +160,9 @@ def validate_transform_header(header: dict[str, Any], name: str, file: str | Non
             raise FormatError(f"{key} lacks a valid {field!r} entry{at}; the shard is corrupted: re-download it")
     shape, parts = header["shape"], header["parts"]
     if header["dtype"] not in _ITEMSIZE:
-        raise FormatError(f"{key}: dtype {header['dtype']!r} is not one of {sorted(_ITEMSIZE)}{at}; the shard is corrupted")
+        raise FormatError(f"{key}: dtype {shown(header['dtype'])} is not one of {sorted(_ITEMSIZE)}{at}; the shard is corrupted")
     if not _is_shape(shape):
-        raise FormatError(f"{key}: shape {shape!r} is not a list of at most 16 non-negative ints{at}; the shard is corrupted")
+        raise FormatError(f"{key}: shape {shown(shape)} is not a list of at most 16 non-negative ints{at}; the shard is corrupted")
     if not all(isinstance(p, str) and p for p in parts) or len(set(parts)) != len(parts):
         raise FormatError(f"{key}: parts must be distinct non-empty names{at}; the shard is corrupted")
     meta = header["meta"]
@@ -261,7 +261,7 @@ def _reconstruct(name: str, tensors: dict[str, torch.Tensor], meta: dict[str, An
 
     try:
         return reconstruct(tensors, meta)
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError, AttributeError, ArithmeticError, RecursionError) as exc:
         raise FormatError(
             f"cannot reconstruct lossy weight{where(name, file)}: {type(exc).__name__}: {exc}. The transform "
             "header or parts are corrupted, or were written by a newer llmcomp-hf (pip install -U llmcomp-hf)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,9 +11,10 @@ from safetensors import SafetensorError, safe_open
 
 from llmcomp_hf.codec import decode
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
+from llmcomp_hf.codec.encoded import load_json_object
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
-from llmcomp_hf.format.shard import check_metadata, split_key, transform_base, unpack, with_file
+from llmcomp_hf.format.shard import check_metadata, check_plain, split_key, transform_base, unpack, with_file
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -44,7 +44,12 @@ def checkpoint_files(path: str | os.PathLike) -> list[str]:
         return [os.fspath(path)]
     index = path / INDEX_NAME
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = load_json_object(index.read_bytes(), INDEX_NAME, where(None, os.fspath(index))).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+            raise FormatError(
+                f"{INDEX_NAME} has no weight_map of tensor names to shard file names{where(None, os.fspath(index))}; "
+                "the file is damaged: re-download it or re-save the model"
+            )
         return [os.fspath(path / name) for name in sorted(set(weight_map.values()))]
     if (path / SINGLE_NAME).is_file():
         return [os.fspath(path / SINGLE_NAME)]
@@ -108,16 +113,19 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, *,
                     max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> dict[str, torch.Tensor]:
     """Load a whole llmcomp (or plain) safetensors checkpoint, decoded (lossy weights reconstructed), as ``{name: tensor}``.
 
-    The parts of one compressed tensor may lie in different shards; they are gathered first.
+    The parts of one compressed tensor may lie in different shards; they are gathered first. Plain
+    tensors with a checksum in their shard's metadata are checked (``check_plain``).
     """
     raw: dict[str, torch.Tensor] = {}
     files: dict[str, str] = {}
     for file in checkpoint_files(path):
-        keys, _ = shard_keys(file)
+        keys, metadata = shard_keys(file)
         with safe_open(file, framework="pt") as handle:
-            for key in keys:
-                raw[key] = handle.get_tensor(key)
-                files.setdefault(transform_base(key) or split_key(key)[0], file)
+            shard = {key: handle.get_tensor(key) for key in keys}
+        check_plain(shard, metadata, file)
+        for key in keys:
+            raw[key] = shard[key]
+            files.setdefault(transform_base(key) or split_key(key)[0], file)
     return decode_tensors(raw, files, verify, max_output_bytes=max_output_bytes)
 
 
