@@ -58,6 +58,12 @@ class _Job:
         self.nbytes, self.out, self.taken, self.batch = 0, None, False, (0, 0)
 
 
+# A weight decoding to more than this many times its stored bytes (and more than ``max_ahead``) is
+# left to the loader: real weights expand 1.2-1.6x; only (nearly) constant ones, or a decompression
+# bomb (2 bytes a plane per block can declare any size), expand more.
+MAX_EXPANSION = 64
+
+
 class Prefetcher:
     """Background decoding of lossless compressed weights ``(name, shard file)``; see the module doc.
 
@@ -219,6 +225,13 @@ class Prefetcher:
                 enc.validate(check_index=False)  # the kernel checks the index
             except Exception as exc:  # left to the loader, which names the problem
                 logger.debug("llmcomp prefetch skips %s: %s", job.name, exc)
+                self._state[job.i] = CLAIMED
+                continue
+            if enc.original_nbytes > max(self.max_ahead, MAX_EXPANSION * (data.nbytes + index.nbytes)):
+                # mostly constant blocks, or a hostile size: not allocated ahead; the loader checks the
+                # declared shape against the parameter before it decodes the weight itself
+                logger.debug("llmcomp prefetch leaves %s to the loader: %d bytes from %d", job.name,
+                             enc.original_nbytes, data.nbytes + index.nbytes)
                 self._state[job.i] = CLAIMED
                 continue
             table[job.i] = J.job_row(enc, at)  # reads the mapped file in place: self._shards keeps it
