@@ -36,7 +36,11 @@ COLUMNS = 12
 
 def job_row(enc: EncodedTensor, index_at: int) -> list[int]:
     """The table row of ``enc`` (its data read in place, so keep ``enc.data`` alive), with its
-    index at ``indexes[index_at:]``; ``OUT`` is 0 until the caller sets its output's address."""
+    index at ``indexes[index_at:]``; ``OUT`` is 0 until the caller sets its output's address.
+
+    The header and array types are validated here (FormatError), the index by the kernel itself.
+    """
+    enc.validate(check_index=False)
     itemsize, n_planes = DTYPES[enc.dtype]
     row = [0] * COLUMNS
     row[DATA], row[DATA_LEN] = enc.data.ctypes.data, enc.data.shape[0]
