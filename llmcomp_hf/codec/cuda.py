@@ -18,7 +18,6 @@ a GPU.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.cuda_runtime import PAD, kernel_array, numba_cuda, resolve_device, upload, simulating
-from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, checksum_of, mode4_allowed
+from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, checksum_of, load_json_object, mode4_allowed
 from llmcomp_hf.errors import ChecksumMismatchError, FormatError, checksum_mismatch, corrupt_block, where
 
 
@@ -130,7 +129,7 @@ class DeviceEncodedTensor:
         idx = index.detach().cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
         if idx.dtype != np.int64 or data.dtype != torch.uint8:
             raise FormatError(f"data must be uint8 and index int64{where(name)}, got {data.dtype} and {idx.dtype}")
-        hdr = json.loads(header) if isinstance(header, str) else dict(header)
+        hdr = load_json_object(header, "encoded-tensor header", where(name)) if isinstance(header, str) else dict(header)
         placeholder = np.broadcast_to(np.zeros(1, np.uint8), (int(data.numel()),))  # validate() needs the length only
         enc = EncodedTensor(hdr, placeholder, np.ascontiguousarray(idx.reshape(-1)), name)
         device = data.device if data.device.type == "cuda" else "cuda"
