@@ -170,8 +170,12 @@ def raw_checksum(raw: np.ndarray, dtype: str, shape: list[int]) -> str:
 
 def plain_checksums(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """``{"llmcomp.plain.<key>": checksum}`` for every plain tensor of a state dict (compressed parts
-    skipped), for the shards' ``__metadata__``. Writers add it to the metadata of every shard."""
-    return {PLAIN_PREFIX + key: plain_checksum(t) for key, t in tensors.items() if split_key(key)[1] is None}
+    skipped), for the shards' ``__metadata__``. Writers add it to the metadata of every shard.
+
+    A tensor on the ``meta`` device (offloaded, no data here) gets no entry: load it first to cover it.
+    """
+    return {PLAIN_PREFIX + key: plain_checksum(t) for key, t in tensors.items()
+            if split_key(key)[1] is None and t.device.type != "meta"}
 
 
 def check_plain(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None, file: str | None = None) -> int:

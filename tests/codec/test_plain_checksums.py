@@ -40,6 +40,7 @@ def test_entries_for_plain_tensors_only_and_as_the_spec_says() -> None:
         header = {"version": 3, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
         assert int(meta[PLAIN_PREFIX + key], 16) == spec.checksum(header, raw_bytes(t)), key
     assert all(isinstance(v, str) and len(v) == 16 for v in meta.values())
+    assert plain_checksums({"offloaded": torch.empty(4, device="meta")}) == {}  # no data to hash here
 
 
 def test_a_flipped_byte_in_a_plain_tensor_is_caught_by_name() -> None:
