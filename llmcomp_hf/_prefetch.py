@@ -38,7 +38,7 @@ from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.api import _decode_scratch, torch_dtype
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
-from llmcomp_hf.codec.encoded import EncodedTensor
+from llmcomp_hf.codec.encoded import EncodedTensor, expected_sum
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
 from llmcomp_hf.format.inventory import Inventory, inventory
 from llmcomp_hf.format.shard import part_key, unpack
@@ -58,6 +58,12 @@ class _Job:
         self.i, self.name, self.file = i, name, file
         self.header, self.checksum, self.dtype, self.shape = b"", 0, torch.uint8, (0,)
         self.nbytes, self.out, self.taken, self.batch = 0, None, False, (0, 0)
+
+
+# A weight decoding to more than this many times its stored bytes (and more than ``max_ahead``) is
+# left to the loader: real weights expand 1.2-1.6x; only (nearly) constant ones, or a decompression
+# bomb (2 bytes a plane per block can declare any size), expand more.
+MAX_EXPANSION = 64
 
 
 class Prefetcher:
@@ -225,8 +231,15 @@ class Prefetcher:
                 logger.debug("llmcomp prefetch skips %s: %s", job.name, exc)
                 self._state[job.i] = CLAIMED
                 continue
+            if enc.original_nbytes > max(self.max_ahead, MAX_EXPANSION * (data.nbytes + index.nbytes)):
+                # mostly constant blocks, or a hostile size: not allocated ahead; the loader checks the
+                # declared shape against the parameter before it decodes the weight itself
+                logger.debug("llmcomp prefetch leaves %s to the loader: %d bytes from %d", job.name,
+                             enc.original_nbytes, data.nbytes + index.nbytes)
+                self._state[job.i] = CLAIMED
+                continue
             table[job.i] = J.job_row(enc, at)  # reads the mapped file in place: self._shards keeps it
-            job.checksum = int(enc.header["checksum"], 16)
+            job.checksum = expected_sum(enc.header)  # the sum32 the decoded bytes must have
             job.dtype, job.shape, job.nbytes = torch_dtype(enc.dtype), tuple(enc.shape), int(table[job.i, J.NBYTES])
             indexes.append(index.view(np.uint8))
             at += index.shape[0]

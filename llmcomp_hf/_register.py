@@ -17,7 +17,7 @@ import threading
 import warnings
 from types import ModuleType
 
-from llmcomp_hf._hf_compat import SUPPORTED_TRANSFORMERS, check_transformers_version
+from llmcomp_hf._hf_compat import check_transformers_version
 from llmcomp_hf.errors import LlmcompError
 
 _TARGET = "transformers.quantizers.auto"

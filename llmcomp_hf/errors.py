@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 
 class LlmcompError(Exception):
     """Base class of every error llmcomp-hf raises on purpose."""
@@ -27,6 +30,11 @@ def where(name: str | None = None, file: str | None = None) -> str:
     if file:
         parts.append(f"file {str(file)!r}")
     return f" ({' in '.join(parts)})" if parts else ""
+
+
+def shown(value: Any) -> str:
+    """A short repr of a value read from a file, for messages (bounded in length and nesting)."""
+    return reprlib.repr(value)
 
 
 def corrupt_block(name: str | None, block: int, plane: int, what: str, decoder: str = "") -> CorruptStreamError:

@@ -10,7 +10,6 @@ the blocks that hold the requested rows.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
@@ -21,6 +20,8 @@ from torch import nn
 
 from llmcomp_hf.codec import EncodedTensor, decode
 from llmcomp_hf.codec.api import decode_rows, torch_dtype
+from llmcomp_hf.codec.encoded import load_json_object
+from llmcomp_hf.errors import where
 
 
 class _Scratch(threading.local):
@@ -81,7 +82,7 @@ class EncodedWeight(nn.Module):
         """The EncodedTensor over the current buffers (rebuilt if they were replaced or moved)."""
         key = (self.llmcomp_data.data_ptr(), self.llmcomp_index.data_ptr())
         if self._encoded is None or key != self._key:
-            header = json.loads(bytes(self.llmcomp_header.cpu().numpy()).decode("utf-8"))
+            header = load_json_object(bytes(self.llmcomp_header.cpu().numpy()), "encoded-tensor header", where(self._name))
             self._encoded = EncodedTensor.from_parts(header, self.llmcomp_data.cpu(), self.llmcomp_index.cpu(), self._name)
             self._key = key
         return self._encoded

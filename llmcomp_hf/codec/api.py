@@ -12,14 +12,19 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, format_version
+from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, checksum_of, format_version
 from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
-from llmcomp_hf.errors import CorruptStreamError, checksum_mismatch, corrupt_block, where
+from llmcomp_hf.errors import CorruptStreamError, FormatError, checksum_mismatch, corrupt_block, where
 
 DEFAULT_BLOCK_SIZE = 1 << 16
+#: Default bound on the bytes one decode call allocates for its outputs (docs/format.md, "Limits"):
+#: a few bytes of const blocks can declare any size, so a damaged or hostile stream could otherwise
+#: ask for all the memory before any check. 16 GiB is above any single weight of today's open models
+#: (a 405B model's embedding is 4.2 GB in bf16); pass ``max_output_bytes=None`` to lift it.
+MAX_OUTPUT_BYTES = 16 << 30
 MANY_CHUNK_BLOCKS = 8  # decode_many's unit of work: ~0.25 ms of decoding at 64K blocks
 PARALLEL_MIN_BLOCKS = 2  # decode in parallel from this many blocks (one block takes ~30-60 us)
 # A plane is entropy-coded only when it saves at least this share of its raw size; below that the
@@ -224,8 +229,8 @@ class _Encoding:
             "shape": self.shape,
             "coder": self.coder,
             "block_size": self.block_size,
-            "checksum": f"{int(self.csum.sum(dtype=np.uint64)):016x}",
         }
+        header["checksum"] = checksum_of(header, int(self.csum.sum(dtype=np.uint64)))
         return EncodedTensor(header, data, index, self.name)
 
 
@@ -234,13 +239,14 @@ class _Decoding:
 
     __slots__ = ("enc", "out", "args", "n_planes", "block_size", "n_blocks", "errs", "err_plane", "csum")
 
-    def __init__(self, enc: EncodedTensor, out: torch.Tensor | None) -> None:
-        enc.validate()
+    def __init__(self, enc: EncodedTensor, out: torch.Tensor | None, validate: bool = True) -> None:
+        if validate:
+            enc.validate()
         dname, shape = enc.dtype, list(enc.shape)
         itemsize, n_planes = DTYPES[dname]
         tdtype = torch_dtype(dname)
         if out is None:
-            out = memory.empty(shape, tdtype)
+            out = _allocate(enc)
         elif out.dtype != tdtype or list(out.shape) != shape or out.device.type != "cpu" or not out.is_contiguous():
             raise ValueError(
                 f"out must be a contiguous CPU tensor of dtype {tdtype} and shape {shape}{where(enc.name)}, "
@@ -289,10 +295,38 @@ class _Decoding:
             b = int(np.flatnonzero(self.errs)[0])
             raise corrupt_block(enc.name, b, int(self.err_plane[b]), ERROR_TEXT.get(int(self.errs[b]), "invalid data"))
         if verify:
-            got = f"{int(self.csum.sum(dtype=np.uint64)):016x}"
+            got = checksum_of(enc.header, int(self.csum.sum(dtype=np.uint64)))
             if got != enc.header["checksum"].lower():
                 raise checksum_mismatch(enc.name, got, enc.header["checksum"])
         return self.out
+
+
+def check_output_size(encs: list[EncodedTensor], max_output_bytes: int | None) -> None:
+    """Refuse (FormatError) when the validated ``encs`` declare more than ``max_output_bytes`` in all."""
+    if max_output_bytes is None:
+        return
+    total = 0
+    for enc in encs:
+        total += enc.original_nbytes
+        if total > max_output_bytes:
+            raise FormatError(
+                f"refusing to decode {total} bytes{where(enc.name)} ({enc.dtype} {list(enc.shape)} from "
+                f"{enc.data.nbytes} encoded bytes): over max_output_bytes={max_output_bytes}. A damaged or "
+                "hostile file can declare any size in a few bytes; if the tensor really is this large, pass "
+                "max_output_bytes=None or a larger limit."
+            )
+
+
+def _allocate(enc: EncodedTensor) -> torch.Tensor:
+    """The output tensor of ``enc``; an allocation failure is reported with the tensor's name."""
+    try:
+        return memory.empty(list(enc.shape), torch_dtype(enc.dtype))
+    except (RuntimeError, MemoryError) as exc:
+        raise FormatError(
+            f"cannot allocate {enc.original_nbytes} bytes for the decoded tensor{where(enc.name)} "
+            f"({enc.dtype} {list(enc.shape)}): {str(exc)[:200]}. Free memory, or check that the file is not "
+            "damaged (its header declares this size)."
+        ) from exc
 
 
 def _thread_count(threads: int | None) -> int:
@@ -350,6 +384,8 @@ def decode(
     out: torch.Tensor | None = None,
     threads: int | None = None,
     verify: bool = True,
+    *,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> torch.Tensor:
     """Decode an EncodedTensor to a CPU torch tensor, bit-identical to what was encoded.
 
@@ -358,13 +394,19 @@ def decode(
         out: optional preallocated contiguous CPU tensor of the right dtype and shape.
         threads: numba threads (default: all available).
         verify: compare the checksum of the decoded bytes with the header's.
+        max_output_bytes: refuse, before allocating, a tensor declaring more decoded bytes than this
+            (default ``MAX_OUTPUT_BYTES``, 16 GiB; None: no limit). Not applied when ``out`` is given.
 
     Raises:
+        FormatError: a header or index that breaks the format, or an output over ``max_output_bytes``.
         CorruptStreamError: truncated/corrupted/hostile streams (names the tensor and block).
         ChecksumMismatchError: decoded bytes differ from the original.
     """
     ensure_consistent()
-    job = _Decoding(enc, out)
+    enc.validate()
+    if out is None:
+        check_output_size([enc], max_output_bytes)
+    job = _Decoding(enc, out, validate=False)
     job.run_all(threads)
     return job.finish(verify)
 
@@ -373,11 +415,13 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     """Decode only the given rows of a 2-D encoded tensor (e.g. the token ids of an embedding).
 
     Only the blocks covering those rows are decoded. The whole-tensor checksum cannot be checked
-    on a partial decode: verify the tensor once with ``decode`` when loading it.
+    on a partial decode: verify the tensor once with ``decode`` when loading it. The header and
+    index are validated first, as by every decode entry point (an index pass, no allocation).
     """
     ensure_consistent()
     from llmcomp_hf.codec.blocks import ERROR_TEXT, decode_block_list
 
+    enc.validate()
     if len(enc.shape) != 2:
         raise ValueError(f"decode_rows needs a 2-D tensor{where(enc.name)}, got shape {list(enc.shape)}")
     n_rows, width = enc.shape
@@ -453,17 +497,22 @@ def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None 
     return out
 
 
-def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: bool = True) -> list[torch.Tensor]:
+def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: bool = True, *,
+                max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> list[torch.Tensor]:
     """Decode many tensors (a model) with ``threads`` threads sharing one queue of block ranges.
 
     Every tensor is cut into ranges of at most ``MANY_CHUNK_BLOCKS`` blocks; each thread takes the
     next range and decodes it single-threaded (the kernel releases the GIL). A model of many small
     tensors then keeps every thread busy, where per-tensor parallel calls leave threads idle on 1-3
-    block tensors and pay a thread-pool launch per tensor. Same bytes and errors as ``decode``.
+    block tensors and pay a thread-pool launch per tensor. Same bytes and errors as ``decode``;
+    ``max_output_bytes`` bounds the outputs of the whole call together, checked before allocating any.
     """
     ensure_consistent()
     count = _thread_count(threads)
-    jobs = [_Decoding(enc, None) for enc in encs]
+    for enc in encs:
+        enc.validate()
+    check_output_size(encs, max_output_bytes)
+    jobs = [_Decoding(enc, None, validate=False) for enc in encs]
     _run_parallel(_decode_tasks(jobs), count)
     return [job.finish(verify) for job in jobs]
 

@@ -18,7 +18,6 @@ a GPU.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.cuda_runtime import PAD, kernel_array, numba_cuda, resolve_device, upload, simulating
-from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor
+from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, checksum_of, load_json_object, mode4_allowed
 from llmcomp_hf.errors import ChecksumMismatchError, FormatError, checksum_mismatch, corrupt_block, where
 
 
@@ -53,10 +52,10 @@ class DeviceEncodedTensor:
         from llmcomp_hf.codec.planes import layout_of
 
         enc.validate()
-        if enc.header["version"] >= 2:
+        if mode4_allowed(enc.header):
             raise FormatError(
-                f"the CUDA decoder reads format version 1 only{where(enc.name)}: this tensor is version "
-                f"{enc.header['version']} (coder {enc.header['coder']!r}, rANS with context); decode on the CPU "
+                f"the CUDA decoder has no decoder for mode-4 sections{where(enc.name)}: this tensor is version "
+                f"{enc.header['version']}, coder {enc.header['coder']!r} (rANS with context); decode on the CPU "
                 "(llmcomp_hf.codec.decode) or re-compress with coder='huffman' or 'rans'"
             )
         self.header = dict(enc.header)
@@ -130,7 +129,7 @@ class DeviceEncodedTensor:
         idx = index.detach().cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
         if idx.dtype != np.int64 or data.dtype != torch.uint8:
             raise FormatError(f"data must be uint8 and index int64{where(name)}, got {data.dtype} and {idx.dtype}")
-        hdr = json.loads(header) if isinstance(header, str) else dict(header)
+        hdr = load_json_object(header, "encoded-tensor header", where(name)) if isinstance(header, str) else dict(header)
         placeholder = np.broadcast_to(np.zeros(1, np.uint8), (int(data.numel()),))  # validate() needs the length only
         enc = EncodedTensor(hdr, placeholder, np.ascontiguousarray(idx.reshape(-1)), name)
         device = data.device if data.device.type == "cuda" else "cuda"
@@ -190,7 +189,7 @@ class DeviceEncodedTensor:
                 tmp = self.decode(scratch=scratch, verify=verify, stream=stream)
                 return out.copy_(tmp)
             if self.numel == 0:
-                if verify and int(self.header["checksum"], 16) != 0:
+                if verify and checksum_of(self.header, 0) != self.header["checksum"].lower():
                     raise ChecksumMismatchError(
                         f"checksum mismatch{where(self.name)}: empty tensor, expected {self.header['checksum']}"
                     )
@@ -235,7 +234,7 @@ class DeviceEncodedTensor:
             block, plane = divmod(unit, self.n_planes)
             raise corrupt_block(self.name, block, plane, ERROR_TEXT.get(key & 15, "invalid data"), " (CUDA decoder)")
         if checksum:
-            got = f"{total & (2**64 - 1):016x}"
+            got = checksum_of(self.header, total & (2**64 - 1))
             if got != self.header["checksum"].lower():
                 raise checksum_mismatch(self.name, got, self.header["checksum"], " (CUDA decoder)")
 

@@ -5,22 +5,28 @@ See docs/format.md, part 1. Validation here runs before any kernel touches the a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numba import njit
 
-from llmcomp_hf.errors import CorruptStreamError, FormatError, where
+from llmcomp_hf.errors import CorruptStreamError, FormatError, shown, where
 
 FORMAT_NAME = "llmcomp.tensor"
-FORMAT_VERSION = 1  # what encoders write, except for the rans-ctx coder (version 2)
-FORMAT_VERSIONS = (1, 2)  # what decoders read; version 2 adds section mode 4 (rANS with context)
+# Versions (docs/format.md part 1): 1, section modes 0-3; 2, adds mode 4 (rANS with context, coder
+# rans-ctx only); 3, what encoders write: the checksum also binds dtype, shape and byte length
+# (``header_key``), and mode 4 is allowed when the coder is rans-ctx.
+FORMAT_VERSION = 3
+FORMAT_VERSIONS = (1, 2, 3)  # what decoders read
+BINDING_VERSION = 3  # the first version whose checksum binds the header
 MODE_RANS_CTX = 4
 CODERS = ("huffman", "rans", "raw", "rans-ctx")
-VERSION_2_CODERS = ("rans-ctx",)  # coders whose streams may hold mode-4 sections
+VERSION_2_CODERS = ("rans-ctx",)  # coders whose streams may hold mode-4 sections (from version 2)
 MIN_BLOCK, MAX_BLOCK = 256, 1 << 24
 MAX_NUMEL = 1 << 40
 
@@ -102,10 +108,7 @@ class EncodedTensor:
     ) -> "EncodedTensor":
         """Build from a header (dict or JSON text) and arrays (numpy or CPU torch tensors), validated."""
         if isinstance(header, (str, bytes)):
-            try:
-                header = json.loads(header)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise FormatError(f"encoded-tensor header is not valid JSON{where(name)}: {exc}") from exc
+            header = load_json_object(header, "encoded-tensor header", where(name))
         if not isinstance(header, dict):
             raise FormatError(f"encoded-tensor header must be a JSON object{where(name)}, got {type(header).__name__}")
         enc = cls(dict(header), _as_numpy(data, np.uint8, "data", name), _as_numpy(index, np.int64, "index", name), name)
@@ -119,33 +122,8 @@ class EncodedTensor:
         kernel runs the same check (``_index_fault``) itself before decoding.
         """
         h, at = self.header, where(self.name)
-        if not isinstance(h, dict) or h.get("format") != FORMAT_NAME:
-            fmt = h.get("format") if isinstance(h, dict) else h
-            raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {fmt!r}")
-        version = h.get("version")
-        if type(version) is not int or version not in FORMAT_VERSIONS:
-            raise FormatError(
-                f"unsupported llmcomp format version {version!r}{at}; this llmcomp-hf reads versions "
-                f"{', '.join(map(str, FORMAT_VERSIONS))}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
-            )
-        if h.get("dtype") not in DTYPES:
-            raise FormatError(f"unsupported dtype {h.get('dtype')!r}{at}; known: {sorted(DTYPES)}")
-        if h.get("coder") not in CODERS:
-            raise FormatError(f"unknown coder {h.get('coder')!r}{at}; known: {list(CODERS)}")
-        if version < format_version(h["coder"]):
-            raise FormatError(f"coder {h['coder']!r} needs format version {format_version(h['coder'])}{at}, header says {version}")
-        shape = h.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise FormatError(f"shape must be a list of non-negative ints{at}, got {shape!r}")
-        if len(shape) > 16 or math.prod(shape) > MAX_NUMEL:
-            raise FormatError(f"absurd shape {shape}{at}: more than 16 dims or 2^40 elements")
-        bs = h.get("block_size")
-        if not isinstance(bs, int) or isinstance(bs, bool) or not (MIN_BLOCK <= bs <= MAX_BLOCK) or bs % 64:
-            raise FormatError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}]{at}, got {bs!r}")
-        checksum = h.get("checksum")
-        # int(x, 16) alone would take "+", "0x", "_" and spaces; the decoders compare the text itself
-        if not isinstance(checksum, str) or len(checksum) != 16 or not all(c in _HEX for c in checksum):
-            raise FormatError(f"checksum must be 16 hex digits{at}, got {checksum!r}")
+        validate_header(h, self.name)
+        version, bs = h["version"], h["block_size"]
         for arr, what, dtype in ((self.data, "data", _UINT8), (self.index, "index", _INT64)):
             # numpy on the host; device arrays (numba/torch CUDA) are checked by dtype name and rank.
             if isinstance(arr, np.ndarray):
@@ -168,7 +146,7 @@ class EncodedTensor:
         idx = self.index if isinstance(self.index, np.ndarray) else _host_copy(self.index)
         on_host = isinstance(self.data, np.ndarray)
         fault = _index_fault(np.ascontiguousarray(idx), self.data.shape[0], 2 * DTYPES[h["dtype"]][1],
-                             self.data if on_host else _NO_DATA, version < 2 and on_host)
+                             self.data if on_host else _NO_DATA, on_host and not mode4_allowed(h))
         if fault == _NOT_COVERED:
             raise CorruptStreamError(
                 f"block index does not cover the data ({int(idx[-1])} vs {self.data.shape[0]} bytes){at}; "
@@ -180,9 +158,72 @@ class EncodedTensor:
                 "the file is truncated or corrupted: re-download or re-compress it"
             )
         if fault == _MODE4_IN_V1:
-            raise CorruptStreamError(f"a version-1 stream holds a mode-4 section{at}; the file is corrupted: re-download or re-compress it")
+            raise CorruptStreamError(
+                f"a stream of version {version}, coder {h['coder']!r} holds a mode-4 section{at}; the file is "
+                "corrupted: re-download or re-compress it"
+            )
 
 
+def load_json_object(raw: bytes | str, what: str, at: str) -> dict[str, Any]:
+    """Parse stored JSON (UTF-8 bytes or text) that must be an object; FormatError otherwise.
+
+    ``what`` names the object in the message, ``at`` is a ``where(...)`` suffix. Invalid UTF-8,
+    invalid JSON, numbers Python refuses and nesting deep enough to exhaust the recursion limit are
+    all reported as damage, never as the parser's own exception types.
+    """
+    try:
+        obj = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise FormatError(f"{what} is not valid UTF-8 JSON{at}: {reason}. The file is damaged: re-download "
+                          "it or re-compress the model.") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} must be a JSON object{at}, got {type(obj).__name__}. The file is damaged: "
+                          "re-download it or re-compress the model.")
+    return obj
+
+
+def is_checksum(value: Any) -> bool:
+    """Whether ``value`` is a checksum as stored: a string of exactly 16 hex digits."""
+    return isinstance(value, str) and _HEX16.fullmatch(value) is not None
+
+
+def validate_header(h: Any, name: str | None = None) -> None:
+    """Check an encoded-tensor header alone (docs/format.md part 1); FormatError naming ``name``.
+
+    The one check of the header object: ``EncodedTensor.validate`` and every reader that looks at a
+    header before the arrays (``llmcomp_hf.format.check_declared``) call it.
+    """
+    at = where(name)
+    if not isinstance(h, dict) or h.get("format") != FORMAT_NAME:
+        fmt = h.get("format") if isinstance(h, dict) else h
+        raise FormatError(f"not an llmcomp encoded tensor{at}: header format is {shown(fmt)}")
+    version = h.get("version")
+    if type(version) is not int or version not in FORMAT_VERSIONS:
+        raise FormatError(
+            f"unsupported llmcomp format version {shown(version)}{at}; this llmcomp-hf reads versions "
+            f"{', '.join(map(str, FORMAT_VERSIONS))}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
+        )
+    if not isinstance(h.get("dtype"), str) or h["dtype"] not in DTYPES:
+        raise FormatError(f"unsupported dtype {shown(h.get('dtype'))}{at}; known: {sorted(DTYPES)}")
+    if not isinstance(h.get("coder"), str) or h["coder"] not in CODERS:
+        raise FormatError(f"unknown coder {shown(h.get('coder'))}{at}; known: {list(CODERS)}")
+    if version < min_version(h["coder"]):
+        raise FormatError(f"coder {shown(h['coder'])} needs format version {min_version(h['coder'])}{at}, header says {version}")
+    shape = h.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise FormatError(f"shape must be a list of non-negative ints{at}, got {shown(shape)}")
+    if len(shape) > 16 or math.prod(shape) > MAX_NUMEL:
+        raise FormatError(f"absurd shape {shown(shape)}{at}: more than 16 dims or 2^40 elements")
+    bs = h.get("block_size")
+    if not isinstance(bs, int) or isinstance(bs, bool) or not (MIN_BLOCK <= bs <= MAX_BLOCK) or bs % 64:
+        raise FormatError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}]{at}, got {shown(bs)}")
+    checksum = h.get("checksum")
+    if not is_checksum(checksum):
+        raise FormatError(f"checksum must be 16 hex digits{at}, got {shown(checksum)}")
+
+
+_HEX16 = re.compile("[0-9a-fA-F]{16}")
 _UINT8, _INT64 = np.dtype(np.uint8), np.dtype(np.int64)
 _HEX = frozenset("0123456789abcdefABCDEF")
 _NO_DATA = np.zeros(0, np.uint8)
@@ -193,7 +234,7 @@ _NOT_COVERED, _SHORT_BLOCK, _MODE4_IN_V1 = 1, 2, 3
 def _index_fault(idx: np.ndarray, n_data: int, min_block: int, data: np.ndarray, v1: bool) -> int:
     """0, or why the block index cannot describe ``n_data`` bytes of blocks (one pass, no allocation):
     not starting at 0 / not ending at ``n_data`` / decreasing, a block under ``min_block`` bytes, or
-    (``v1``) a block of a version-1 stream starting with a mode-4 section."""
+    (``v1``: a stream whose header forbids mode 4) a block starting with a mode-4 section."""
     n = idx.shape[0]
     if idx[0] != 0 or idx[n - 1] != n_data:
         return _NOT_COVERED
@@ -214,8 +255,52 @@ def _index_fault(idx: np.ndarray, n_data: int, min_block: int, data: np.ndarray,
 
 
 def format_version(coder: str) -> int:
-    """The version an encoder writes for ``coder``: 2 for ``rans-ctx`` (mode-4 sections), else 1."""
+    """The version an encoder writes for ``coder`` (every coder: ``FORMAT_VERSION``)."""
+    return FORMAT_VERSION
+
+
+def min_version(coder: str) -> int:
+    """The oldest version a stream of ``coder`` may have: 2 for ``rans-ctx`` (mode-4 sections), else 1."""
     return 2 if coder in VERSION_2_CODERS else 1
+
+
+def mode4_allowed(header: dict[str, Any]) -> bool:
+    """Whether a (validated) header allows mode-4 sections: version 2, or 3 with coder ``rans-ctx``."""
+    version = header["version"]
+    return version == 2 or (version >= BINDING_VERSION and header["coder"] in VERSION_2_CODERS)
+
+
+def header_key(header: dict[str, Any]) -> int:
+    """The term a version-3 checksum adds to the sum32 of the bytes; 0 for versions 1 and 2.
+
+    BLAKE2b (8-byte digest, read little-endian) of the UTF-8 text
+    ``llmcomp.tensor;dtype=<dtype>;shape=<d0,d1,...>;nbytes=<numel * itemsize>``: a swapped dtype,
+    an edited shape or a changed byte length no longer verifies. The tensor name is not bound
+    (transformers renames keys on load).
+    """
+    if header["version"] < BINDING_VERSION:
+        return 0
+    shape = [int(d) for d in header["shape"]]
+    return binding_term(header["dtype"], shape, math.prod(shape) * DTYPES[header["dtype"]][0])
+
+
+def binding_term(dtype: str, shape: list[int], nbytes: int) -> int:
+    """``header_key`` of a tensor of any dtype name (plain tensors too, whose dtype the codec may not know)."""
+    text = f"llmcomp.tensor;dtype={dtype};shape={','.join(str(int(d)) for d in shape)};nbytes={int(nbytes)}"
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def checksum_of(header: dict[str, Any], data_sum: int) -> str:
+    """The ``checksum`` field (16 hex digits) of a tensor whose bytes have sum32 ``data_sum``.
+
+    Encoders write it; decoders compare it with the header's (``expected_sum`` is the inverse).
+    """
+    return f"{(int(data_sum) + header_key(header)) % (1 << 64):016x}"
+
+
+def expected_sum(header: dict[str, Any]) -> int:
+    """The sum32 the decoded bytes must have for the header's ``checksum`` to verify."""
+    return (int(header["checksum"], 16) - header_key(header)) % (1 << 64)
 
 
 def _host_copy(arr: Any) -> np.ndarray:

@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire, store_release
 from llmcomp_hf.codec.blocks import decode_block
 from llmcomp_hf.codec.checksum import sum32_range
-from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, _index_fault
+from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, _index_fault, mode4_allowed
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of, merge_block
 
 PENDING, RUNNING, DONE, FAILED, CLAIMED = 0, 1, 2, 3, 4
@@ -36,13 +36,18 @@ COLUMNS = 12
 
 def job_row(enc: EncodedTensor, index_at: int) -> list[int]:
     """The table row of ``enc`` (its data read in place, so keep ``enc.data`` alive), with its
-    index at ``indexes[index_at:]``; ``OUT`` is 0 until the caller sets its output's address."""
+    index at ``indexes[index_at:]``; ``OUT`` is 0 until the caller sets its output's address.
+
+    The header and array types are validated here (FormatError), the index by the kernel itself.
+    """
+    enc.validate(check_index=False)
     itemsize, n_planes = DTYPES[enc.dtype]
     row = [0] * COLUMNS
     row[DATA], row[DATA_LEN] = enc.data.ctypes.data, enc.data.shape[0]
     row[INDEX_LO], row[INDEX_HI] = index_at, index_at + enc.index.shape[0]
     row[KIND], row[ITEMSIZE], row[NUMEL] = layout_of(enc.dtype, itemsize), itemsize, enc.numel
-    row[BLOCK], row[PLANES], row[V1] = enc.header["block_size"], n_planes, int(enc.header["version"] < 2)
+    row[BLOCK], row[PLANES] = enc.header["block_size"], n_planes
+    row[V1] = int(not mode4_allowed(enc.header))  # a mode-4 section is corrupt in this stream
     row[NBYTES] = enc.numel * itemsize
     return row
 

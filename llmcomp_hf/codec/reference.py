@@ -16,7 +16,7 @@ import torch
 from llmcomp_hf.codec import models, rans_ctx
 from llmcomp_hf.codec.api import DEFAULT_BLOCK_SIZE, DEFAULT_MIN_GAIN, _raw_bytes, torch_dtype
 from llmcomp_hf.codec.blocks import GROUP
-from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, EncodedTensor, format_version
+from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, EncodedTensor, checksum_of, format_version, mode4_allowed
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError
 
 _M32 = 0xFFFFFFFF
@@ -283,7 +283,8 @@ def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFA
         blocks.append(head + b"".join(_section(part[p], plane_coder, keep_num, prev[p]) for p in range(first, planes.shape[0])))
     index = np.concatenate([[0], np.cumsum([len(b) for b in blocks], dtype=np.int64)]).astype(np.int64)
     header = {"format": FORMAT_NAME, "version": format_version(coder), "dtype": dtype, "shape": shape, "coder": coder,
-              "block_size": block_size, "checksum": f"{checksum(u8):016x}"}
+              "block_size": block_size}
+    header["checksum"] = checksum_of(header, checksum(u8))
     return EncodedTensor(header, np.frombuffer(b"".join(blocks), np.uint8).copy(), index, name)
 
 
@@ -435,7 +436,7 @@ def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
         ctx_payload = None
         for p in range(n_planes):
             mode = block.take(1)[0]
-            if mode == 4 and p == 0 and enc.header["version"] >= 2 and enc.dtype in ("bfloat16", "float16", "float32"):
+            if mode == 4 and p == 0 and mode4_allowed(enc.header) and enc.dtype in ("bfloat16", "float16", "float32"):
                 ctx_payload = _Reader(block.take(int.from_bytes(block.take(4), "little")), enc.name)
                 ref_byte = ctx_payload.take(1)[0]
                 ref, short = ref_byte & 15, ref_byte >> 4
@@ -460,7 +461,7 @@ def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
         if ctx_payload is not None:  # plane 0 last: its contexts come from plane 1
             planes[0, b * bs : b * bs + n] = _decode_rans_ctx(ctx_payload, n, ctx_tables, planes[1, b * bs : b * bs + n], enc.name)
     raw = merge_planes(planes, enc.dtype) if enc.numel else np.zeros(0, np.uint8)
-    if verify and f"{checksum(raw):016x}" != enc.header["checksum"]:
+    if verify and checksum_of(enc.header, checksum(raw)) != enc.header["checksum"].lower():
         raise ChecksumMismatchError(f"checksum mismatch (tensor {enc.name!r})")
     out = torch.empty(enc.shape, dtype=torch_dtype(enc.dtype))
     if out.numel():

@@ -18,12 +18,18 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec import EncodedTensor, decode, encode
-from llmcomp_hf.errors import FormatError, LlmcompError, where
-from llmcomp_hf.format.shard import pack, transform_key, unpack, with_file
+from llmcomp_hf.errors import FormatError, LlmcompError, shown, where
+from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
+from llmcomp_hf.codec.encoded import MAX_NUMEL
+from llmcomp_hf.format.shard import pack, parse_json_tensor, transform_key, unpack, with_file
 
 TRANSFORM_FORMAT = "llmcomp.transform"
 TRANSFORM_VERSION = 1
 MAX_TRANSFORM_BYTES = 1 << 20
+# Bound on a lossy weight's decoded parts: generous for every stage (low-rank factors of the largest
+# rank, fp32, hold at most 2 x 4 bytes a weight element; codes, residual codes and scales a few more).
+PART_BYTES_PER_WEIGHT = 32
+PART_BYTES_SLACK = 1 << 20
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 V = TypeVar("V")
@@ -129,28 +135,89 @@ def _settle_size(lw: LossyWeight) -> None:
 
 
 def read_header(name: str, tensor: torch.Tensor, file: str | None = None) -> dict[str, Any]:
-    """Parse and check the ``X.weight.llmcomp_transform`` tensor; FormatError naming tensor and file."""
-    key = transform_key(name)
-    if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.numel() > MAX_TRANSFORM_BYTES:
+    """Parse and check the ``X.weight.llmcomp_transform`` tensor; FormatError naming tensor and file.
+
+    The one check of a transform header: every field decoding relies on has its type and range.
+    """
+    header = parse_json_tensor(tensor, transform_key(name), MAX_TRANSFORM_BYTES, where(name, file))
+    validate_transform_header(header, name, file)
+    return header
+
+
+def validate_transform_header(header: dict[str, Any], name: str, file: str | None = None) -> None:
+    """The one check of a parsed transform header (docs/format.md part 3); FormatError naming tensor and file."""
+    key, at = transform_key(name), where(name, file)
+    if header.get("format") != TRANSFORM_FORMAT:
+        raise FormatError(f"{key} is not an {TRANSFORM_FORMAT!r} header{at}")
+    version = header.get("version")
+    if type(version) is not int or version != TRANSFORM_VERSION:
         raise FormatError(
-            f"{key} must be 1-D uint8 JSON of at most {MAX_TRANSFORM_BYTES} bytes, got {tensor.dtype} "
-            f"{list(tensor.shape)}{where(name, file)}; the shard is corrupted: re-download it"
-        )
-    try:
-        header = json.loads(tensor.detach().cpu().contiguous().numpy().tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{key} is not valid JSON{where(name, file)}: {exc}; re-download the shard") from exc
-    if not isinstance(header, dict) or header.get("format") != TRANSFORM_FORMAT:
-        raise FormatError(f"{key} is not an {TRANSFORM_FORMAT!r} header{where(name, file)}")
-    if header.get("version") != TRANSFORM_VERSION:
-        raise FormatError(
-            f"unsupported lossy transform version {header.get('version')!r}{where(name, file)}; this llmcomp-hf "
+            f"unsupported lossy transform version {shown(version)}{at}; this llmcomp-hf "
             f"reads version {TRANSFORM_VERSION}: upgrade llmcomp-hf (pip install -U llmcomp-hf)"
         )
     for field, kind in (("dtype", str), ("shape", list), ("parts", list), ("meta", dict)):
         if not isinstance(header.get(field), kind):
-            raise FormatError(f"{key} lacks a valid {field!r} entry{where(name, file)}; the shard is corrupted")
-    return header
+            raise FormatError(f"{key} lacks a valid {field!r} entry{at}; the shard is corrupted: re-download it")
+    shape, parts = header["shape"], header["parts"]
+    if header["dtype"] not in _ITEMSIZE:
+        raise FormatError(f"{key}: dtype {shown(header['dtype'])} is not one of {sorted(_ITEMSIZE)}{at}; the shard is corrupted")
+    if not _is_shape(shape):
+        raise FormatError(f"{key}: shape {shown(shape)} is not a list of at most 16 non-negative ints{at}; the shard is corrupted")
+    if not all(isinstance(p, str) and p for p in parts) or len(set(parts)) != len(parts):
+        raise FormatError(f"{key}: parts must be distinct non-empty names{at}; the shard is corrupted")
+    meta = header["meta"]
+    if meta.get("shape") != shape or meta.get("dtype") != header["dtype"]:
+        raise FormatError(f"{key}: meta shape/dtype differ from the header's {header['dtype']} {shape}{at}; "
+                          "the shard is corrupted: re-download it")
+
+
+def _is_shape(shape: Any) -> bool:
+    return (isinstance(shape, list) and len(shape) <= 16
+            and all(type(d) is int and 0 <= d <= MAX_NUMEL for d in shape) and math.prod(shape) <= MAX_NUMEL)
+
+
+def check_parts(name: str, header: dict[str, Any], encoded: Mapping[str, EncodedTensor], file: str | None = None) -> None:
+    """Refuse parts that could not come from a weight of the header's shape, before decoding them.
+
+    Their decoded sizes together are bounded (``PART_BYTES_PER_WEIGHT`` bytes a weight element, plus
+    ``PART_BYTES_SLACK``), and low-rank factors must multiply to the weight's ``[m, n]`` (``m`` its first
+    dim, ``n`` the product of the rest) with a rank of at most ``min(m, n)``: a few kilobytes of factors
+    could otherwise declare a matmul of gigabytes.
+    """
+    at, shape = where(name, file), header["shape"]
+    numel = math.prod(shape)
+    total = sum(enc.original_nbytes for enc in encoded.values())
+    budget = PART_BYTES_PER_WEIGHT * numel + PART_BYTES_SLACK
+    if total > budget:
+        raise FormatError(f"lossy weight parts declare {total} decoded bytes for a {shape} weight (at most {budget})"
+                          f"{at}; the shard is damaged or hostile: re-download it or re-compress the model")
+    lowrank = _lowrank_meta(header["meta"])
+    if lowrank is None:
+        return
+    m, n = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
+    left, right = (_factor_shape(key, encoded, header["meta"]) for key in ("left", "right"))
+    if (left is None or right is None or len(left) != 2 or len(right) != 2 or left[0] != m or right[1] != n
+            or left[1] != right[0] or left[1] > min(m, n)):
+        raise FormatError(f"low-rank factors {left} x {right} do not multiply to the weight's [{m}, {n}]{at}; "
+                          "the shard is damaged or hostile: re-download it or re-compress the model")
+
+
+def _lowrank_meta(meta: dict[str, Any]) -> Any:
+    stages = meta.get("stages")
+    if isinstance(stages, dict):
+        return stages.get("lowrank")
+    return meta if meta.get("transform") == "lowrank" else None
+
+
+def _factor_shape(key: str, encoded: Mapping[str, EncodedTensor], meta: dict[str, Any]) -> list[int] | None:
+    """The shape factor ``key`` will have: its part's, or the shape its quantizer's meta reshapes it to."""
+    if key in encoded:
+        return list(encoded[key].shape)
+    stages = meta.get("stages")
+    quant = stages.get("quantize") if isinstance(stages, dict) else None
+    qmeta = quant.get(key) if isinstance(quant, dict) else None
+    shape = qmeta.get("shape") if isinstance(qmeta, dict) else None
+    return shape if _is_shape(shape) else None
 
 
 def decode_lossy(
@@ -159,11 +226,15 @@ def decode_lossy(
     parts: Mapping[str, Mapping[str, torch.Tensor | None]],
     file: str | None = None,
     verify: bool = True,
+    *,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> tuple[torch.Tensor, LossyWeight]:
     """Decode every part of lossy weight ``name`` and reconstruct it (original dtype and shape).
 
     ``parts`` maps each part name (``weight.codes``...) to its ``{"data", "index", "header"}`` tensors.
-    Returns the weight and the stored form (kept so a re-save writes the same bytes).
+    Returns the weight and the stored form (kept so a re-save writes the same bytes). The parts'
+    declared sizes are checked against the header's shape before any is decoded (``check_parts``);
+    ``max_output_bytes`` bounds each part's decode as in ``llmcomp_hf.codec.decode``.
     """
     header = read_header(name, transform, file)
     names = header["parts"]
@@ -174,8 +245,9 @@ def decode_lossy(
             f"{where(name, file)}; a shard is missing or mixed from another checkpoint: re-download it"
         )
     encoded = {p: unpack(f"{name}.{p}", parts[p], file) for p in names}
+    check_parts(name, header, encoded, file)
     try:
-        tensors = {p: decode(enc, verify=verify) for p, enc in encoded.items()}
+        tensors = {p: decode(enc, verify=verify, max_output_bytes=max_output_bytes) for p, enc in encoded.items()}
     except FormatError as exc:
         raise with_file(exc, name, file) from exc
     weight = _reconstruct(name, tensors, header["meta"], file)
@@ -189,7 +261,7 @@ def _reconstruct(name: str, tensors: dict[str, torch.Tensor], meta: dict[str, An
 
     try:
         return reconstruct(tensors, meta)
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError, AttributeError, ArithmeticError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError, AttributeError, ArithmeticError, RecursionError) as exc:
         raise FormatError(
             f"cannot reconstruct lossy weight{where(name, file)}: {type(exc).__name__}: {exc}. The transform "
             "header or parts are corrupted, or were written by a newer llmcomp-hf (pip install -U llmcomp-hf)"
@@ -216,8 +288,10 @@ __all__ = [
     "TRANSFORM_FORMAT",
     "TRANSFORM_VERSION",
     "LossyWeight",
+    "check_parts",
     "claim_parts",
     "compress_lossy",
     "decode_lossy",
     "read_header",
+    "validate_transform_header",
 ]

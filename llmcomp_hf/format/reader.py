@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,10 +12,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from llmcomp_hf.codec import decode
+from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.inventory import check_keys
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
-from llmcomp_hf.format.shard import check_metadata, split_key, transform_base, unpack, with_file
+from llmcomp_hf.format.shard import check_metadata, check_plain, split_key, transform_base, unpack, with_file
 from llmcomp_hf.paths import check_link, check_regular, index_shards, link_root, single_shard
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -68,13 +69,15 @@ def checkpoint_files(path: str | os.PathLike) -> list[str]:
 
 
 def decode_tensors(
-    tensors: Mapping[str, torch.Tensor], files: Mapping[str, str] | None = None, verify: bool = True
+    tensors: Mapping[str, torch.Tensor], files: Mapping[str, str] | None = None, verify: bool = True,
+    *, max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> dict[str, torch.Tensor]:
     """Replace every compressed tensor in ``tensors`` by its decoded tensor; plain tensors pass through.
 
     Lossless triples are decoded bit-exactly; lossy weights (a ``.llmcomp_transform`` key and its
     encoded parts, docs/format.md part 3) are decoded and reconstructed in their original dtype.
     ``files`` maps a compressed tensor's name to its shard, for error messages only.
+    ``max_output_bytes`` bounds each decoded tensor (see ``decode_parts``).
     """
     files = files or {}
     by_file: dict[str, list[str]] = {}
@@ -95,37 +98,47 @@ def decode_tensors(
             groups.setdefault(base, {})[part] = tensor
     lossy_parts = claim_parts(groups, transforms)
     for name, parts in groups.items():
-        out[name] = decode_parts(name, parts, files.get(name), verify)
+        out[name] = decode_parts(name, parts, files.get(name), verify, max_output_bytes=max_output_bytes)
     for name, header in transforms.items():
         file = files.get(name)
-        out[name] = decode_lossy(name, header, lossy_parts.get(name, {}), file, verify)[0]
+        out[name] = decode_lossy(name, header, lossy_parts.get(name, {}), file, verify,
+                                 max_output_bytes=max_output_bytes)[0]
     return out
 
 
-def decode_parts(name: str, parts: Mapping[str, torch.Tensor | None], file: str | None = None, verify: bool = True) -> torch.Tensor:
-    """Decode one compressed tensor from its ``{"data", "index", "header"}`` parts; errors name the file."""
+def decode_parts(name: str, parts: Mapping[str, torch.Tensor | None], file: str | None = None, verify: bool = True,
+                 *, max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> torch.Tensor:
+    """Decode one compressed tensor from its ``{"data", "index", "header"}`` parts; errors name the file.
+
+    ``max_output_bytes``: refuse a tensor declaring more decoded bytes, before allocating (see
+    ``llmcomp_hf.codec.decode``; None: no limit).
+    """
     enc = unpack(name, parts, file)
     try:
-        return decode(enc, verify=verify)
+        return decode(enc, verify=verify, max_output_bytes=max_output_bytes)
     except FormatError as exc:
         raise with_file(exc, name, file) from exc
 
 
-def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
+def load_checkpoint(path: str | os.PathLike, verify: bool = True, *,
+                    max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> dict[str, torch.Tensor]:
     """Load a whole llmcomp (or plain) safetensors checkpoint, decoded (lossy weights reconstructed), as ``{name: tensor}``.
 
-    The parts of one compressed tensor may lie in different shards; they are gathered first.
+    The parts of one compressed tensor may lie in different shards; they are gathered first. Plain
+    tensors with a checksum in their shard's metadata are checked (``check_plain``).
     """
     raw: dict[str, torch.Tensor] = {}
     files: dict[str, str] = {}
-    listed = [(file, shard_keys(file)[0]) for file in checkpoint_files(path)]
-    check_keys(listed)
-    for file, keys in listed:
+    listed = [(file, shard_keys(file)) for file in checkpoint_files(path)]
+    check_keys((file, keys) for file, (keys, _) in listed)
+    for file, (keys, metadata) in listed:
         with _open(file) as handle:
-            for key in keys:
-                raw[key] = handle.get_tensor(key)
-                files.setdefault(transform_base(key) or split_key(key)[0], file)
-    return decode_tensors(raw, files, verify)
+            shard = {key: handle.get_tensor(key) for key in keys}
+        check_plain(shard, metadata, file)
+        for key in keys:
+            raw[key] = shard[key]
+            files.setdefault(transform_base(key) or split_key(key)[0], file)
+    return decode_tensors(raw, files, verify, max_output_bytes=max_output_bytes)
 
 
 __all__ = ["check_keys", "checkpoint_files", "decode_parts", "decode_tensors", "load_checkpoint", "shard_keys"]

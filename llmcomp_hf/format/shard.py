@@ -9,13 +9,14 @@ A compressed parameter ``X.weight`` becomes three standard tensors (see docs/for
 A lossy weight (part 3) stores each transform tensor ``<part>`` that way under ``X.weight.<part>``, plus
 ``X.weight.llmcomp_transform`` (uint8 JSON, see ``llmcomp_hf.format.lossy``).
 
-Every shard also carries ``SHARD_METADATA`` in its safetensors ``__metadata__``.
+Every shard also carries ``SHARD_METADATA`` in its safetensors ``__metadata__``, and one
+``llmcomp.plain.<key>`` checksum per plain tensor (``plain_checksums``; transformers writes the same
+metadata dict into every shard, so entries are per tensor, and a shard checks those of its tensors).
 This module only maps names and bytes; it never imports transformers.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,13 +24,18 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec import EncodedTensor
-from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.codec.checksum import sum32
+from llmcomp_hf.codec.encoded import binding_term, is_checksum, load_json_object, validate_header
+from llmcomp_hf.errors import ChecksumMismatchError, FormatError, where
 
 SHARD_FORMAT = "llmcomp.shard"
 SHARD_VERSION = 1
 META_FORMAT_KEY = "llmcomp.format"
 META_VERSION_KEY = "llmcomp.version"
 SHARD_METADATA: dict[str, str] = {META_FORMAT_KEY: SHARD_FORMAT, META_VERSION_KEY: str(SHARD_VERSION)}
+
+#: metadata key prefix of a plain tensor's checksum: ``llmcomp.plain.<key>`` -> 16 hex digits
+PLAIN_PREFIX = "llmcomp.plain."
 
 PARTS = ("data", "index", "header")
 SUFFIXES: dict[str, str] = {part: f"llmcomp_{part}" for part in PARTS}
@@ -88,26 +94,36 @@ def unpack(name: str, parts: Mapping[str, Any], file: str | None = None) -> Enco
             f"compressed tensor is incomplete: missing {missing}{where(name, file)}. A shard is missing or "
             "truncated: re-download the checkpoint or re-save it with llmcomp-hf."
         )
-    header_t = parts["header"]
-    if header_t.dtype != torch.uint8 or header_t.dim() != 1 or header_t.numel() > MAX_HEADER_BYTES:
-        raise FormatError(
-            f"{part_key(name, 'header')} must be 1-D uint8 JSON of at most {MAX_HEADER_BYTES} bytes, got "
-            f"{header_t.dtype} {list(header_t.shape)}{where(name, file)}; the shard is corrupted: re-download it."
-        )
-    raw = header_t.detach().cpu().contiguous().numpy().tobytes()
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(
-            f"header of compressed tensor is not valid JSON{where(name, file)}: {exc}. The shard is corrupted: "
-            "re-download it."
-        ) from exc
-    if not isinstance(header, dict):
-        raise FormatError(f"header of compressed tensor is not a JSON object{where(name, file)}")
+    header = read_tensor_header(name, parts["header"], file)
     try:
         return EncodedTensor.from_parts(header, parts["data"], parts["index"], name=name)
     except FormatError as exc:
         raise with_file(exc, name, file) from exc
+
+
+def read_tensor_header(name: str, tensor: Any, file: str | None = None) -> dict[str, Any]:
+    """Parse and validate the ``X.weight.llmcomp_header`` tensor alone (no data or index needed).
+
+    The one reader of a stored encoded-tensor header (``unpack``, ``check_declared``); raises
+    FormatError naming the tensor and file.
+    """
+    header = parse_json_tensor(tensor, part_key(name, "header"), MAX_HEADER_BYTES, where(name, file))
+    try:
+        validate_header(header, name)
+    except FormatError as exc:
+        raise with_file(exc, name, file) from None
+    return header
+
+
+def parse_json_tensor(tensor: Any, key: str, max_bytes: int, at: str) -> dict[str, Any]:
+    """The JSON object stored in a 1-D uint8 tensor of at most ``max_bytes`` (a header part)."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.numel() > max_bytes:
+        raise FormatError(
+            f"{key} must be 1-D uint8 JSON of at most {max_bytes} bytes, got "
+            f"{getattr(tensor, 'dtype', type(tensor).__name__)} {list(getattr(tensor, 'shape', []))}{at}; the shard "
+            "is corrupted: re-download it."
+        )
+    return load_json_object(tensor.detach().cpu().contiguous().numpy().tobytes(), key, at)
 
 
 def with_file(exc: FormatError, name: str, file: str | None) -> FormatError:
@@ -136,3 +152,66 @@ def check_metadata(metadata: Mapping[str, str] | None, file: str) -> None:
             f"unsupported llmcomp shard format version {version!r}{where(None, file)}; this llmcomp-hf reads "
             f"version {SHARD_VERSION}. Upgrade llmcomp-hf (pip install -U llmcomp-hf) or re-compress the model."
         )
+
+
+def plain_checksum(tensor: torch.Tensor) -> str:
+    """A plain tensor's checksum: what a version-3 encoded header of the same tensor would hold
+    (sum32 of its bytes plus the term binding dtype, shape and byte length; docs/format.md part 1)."""
+    t = tensor.detach().cpu().contiguous()
+    raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
+    return raw_checksum(raw, str(t.dtype).removeprefix("torch."), list(t.shape))
+
+
+def raw_checksum(raw: np.ndarray, dtype: str, shape: list[int]) -> str:
+    """``plain_checksum`` of a tensor given as its raw bytes (uint8), torch dtype name and shape."""
+    term = binding_term(dtype, shape, raw.size)
+    return f"{(sum32(raw) + term) % (1 << 64):016x}"
+
+
+def plain_checksums(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """``{"llmcomp.plain.<key>": checksum}`` for every plain tensor of a state dict (compressed parts
+    skipped), for the shards' ``__metadata__``. Writers add it to the metadata of every shard.
+
+    A tensor on the ``meta`` device (offloaded, no data here) gets no entry: load it first to cover it.
+    """
+    return {PLAIN_PREFIX + key: plain_checksum(t) for key, t in tensors.items()
+            if split_key(key)[1] is None and t.device.type != "meta"}
+
+
+def check_plain(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None, file: str | None = None) -> int:
+    """Check every plain tensor of ``tensors`` that has a ``llmcomp.plain.<key>`` entry in ``metadata``.
+
+    Entries of tensors not in ``tensors`` (another shard's) are ignored, tensors without an entry (an
+    older or re-sharded checkpoint) are not checked. Returns how many were checked; raises
+    ChecksumMismatchError (FormatError for a malformed entry) naming the tensor and file.
+    """
+    metadata = metadata or {}
+    checked = 0
+    for key, tensor in tensors.items():
+        want = metadata.get(PLAIN_PREFIX + key)
+        if want is None or split_key(key)[1] is not None:
+            continue
+        if not is_checksum(want):
+            raise FormatError(f"metadata entry {PLAIN_PREFIX + key!r} is not 16 hex digits{where(key, file)}; "
+                              "the shard is damaged: re-download it")
+        got = plain_checksum(tensor)
+        if got != want.lower():
+            raise ChecksumMismatchError(
+                f"checksum mismatch{where(key, file)}: the stored bytes hash to {got}, expected {want.lower()}. "
+                "The shard is corrupted: re-download it or re-save the model.")
+        checked += 1
+    return checked
+
+
+def check_plain_file(file: str) -> int:
+    """``check_plain`` over one safetensors shard file (its metadata and its plain tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            keys = [k for k in handle.keys() if PLAIN_PREFIX + k in metadata and split_key(k)[1] is None]
+            return check_plain({k: handle.get_tensor(k) for k in keys}, metadata, file)
+    except SafetensorError as exc:
+        raise FormatError(f"cannot read safetensors shard{where(None, file)}: {exc}. The file is truncated or "
+                          "corrupted: re-download it or re-save the model.") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.shard import check_metadata, split_key
+from llmcomp_hf.format.shard import check_metadata, check_plain_file, split_key
 from llmcomp_hf.stream.expand import (
     CompressedMap,
     ShardHandles,
@@ -76,6 +77,7 @@ class Report:
     config: dict[str, Any] | None = None
     error: str | None = None
     seconds: float = 0.0
+    plain_verified: int = 0  # verify: plain tensors whose metadata checksum was checked
 
     def totals(self) -> dict[str, Any]:
         comp = [r for r in self.rows if r.compressed]
@@ -191,7 +193,8 @@ def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, v
 
 
 def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) -> Report:
-    """Check format fields, shard metadata, the index and every tensor's checksum.
+    """Check format fields, shard metadata, the index and every tensor's checksum (plain tensors: those
+    with a ``llmcomp.plain.<key>`` entry in their shard's metadata; older checkpoints have none).
 
     Returns a Report whose ``error`` names the first bad tensor and its file (None when all is well);
     raises CheckpointError when ``path`` is not a checkpoint folder at all.
@@ -223,6 +226,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
         with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
             handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
             for shard in shards:  # lossy weights reconstructed with format.lossy.decode_lossy, as from_pretrained does
+                report.plain_verified += check_plain_file(str(shard.path))  # plain tensors with a metadata checksum
                 for name, _, _ in iter_decoded(shard, cmap, pool, max(1, workers), handles, bufs, plain=False,
                                                reconstruct=True):
                     done += rows[name].original_bytes if name in rows else 0
@@ -385,7 +389,6 @@ def restore_card(
     ``llmcomp card FOLDER``. ``base_model`` defaults to the one already in the card.
     """
     import json
-    import os
 
     from llmcomp_hf.card import CardError, write_card
 

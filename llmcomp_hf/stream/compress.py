@@ -32,7 +32,7 @@ import numpy as np
 from llmcomp_hf._select import compresses_key
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.config import QUANT_METHOD, CompressionConfig, LosslessConfig
-from llmcomp_hf.format.shard import SHARD_METADATA, pack, part_key
+from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, pack, part_key, raw_checksum
 from llmcomp_hf.stream.files import (
     CARD_NAME,
     check_paths,
@@ -241,6 +241,8 @@ def _compress_shard(
             writer.add_deferred(part_key(t.name, "header"))
         else:
             writer.add_fixed(t.name, t.dtype, list(t.shape))
+            if t.dtype in CODE_TO_NAME:  # the header's room; the checksum is set when the tensor is written
+                writer.metadata[PLAIN_PREFIX + t.name] = "0" * 16
     records: list[TensorRecord] = []
     pending: deque[tuple[TensorInfo, Future, np.ndarray]] = deque()
 
@@ -263,7 +265,10 @@ def _compress_shard(
                 size = info.numel * dtype_itemsize(info.dtype, info.name)
                 if not chosen[info.name]:
                     buf = bufs.take(size)
-                    writer.write_fixed(info.name, reader.read_into(info.name, buf))
+                    raw = reader.read_into(info.name, buf)
+                    writer.write_fixed(info.name, raw)
+                    if info.dtype in CODE_TO_NAME:
+                        writer.metadata[PLAIN_PREFIX + info.name] = raw_checksum(raw, CODE_TO_NAME[info.dtype], list(info.shape))
                     bufs.give(buf)
                     records.append(TensorRecord(info.name, shard.rel, info.dtype, info.shape, size, size, False))
                     tick(size)

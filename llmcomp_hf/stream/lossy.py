@@ -23,9 +23,9 @@ import numpy as np
 
 from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import LlmcompError, where
-from llmcomp_hf.format.shard import SHARD_METADATA
+from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, raw_checksum
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
-from llmcomp_hf.stream.source import NAME_TO_CODE, CheckpointError, ShardInfo, TensorInfo, tensor_bytes
+from llmcomp_hf.stream.source import CODE_TO_NAME, NAME_TO_CODE, CheckpointError, ShardInfo, TensorInfo, tensor_bytes
 from llmcomp_hf.stream.writer import StreamingShardWriter, dtype_itemsize
 
 
@@ -154,6 +154,8 @@ def compress_lossy_shard(
                         writer.add_fixed(key, item.code, item.shape)
                 else:
                     writer.add_fixed(info.name, info.dtype, list(info.shape))
+                    if info.dtype in CODE_TO_NAME:  # the header's room; the checksum is set when written
+                        writer.metadata[PLAIN_PREFIX + info.name] = "0" * 16
             writer.start()
             out_records = []
             for info in shard.tensors:  # pass 2: plain tensors from the source, lossy ones from the spool
@@ -164,7 +166,10 @@ def compress_lossy_shard(
                     continue
                 size = info.numel * dtype_itemsize(info.dtype, info.name)
                 buf = bufs.take(size)
-                writer.write_fixed(info.name, reader.read_into(info.name, buf))
+                raw = reader.read_into(info.name, buf)
+                writer.write_fixed(info.name, raw)
+                if info.dtype in CODE_TO_NAME:
+                    writer.metadata[PLAIN_PREFIX + info.name] = raw_checksum(raw, CODE_TO_NAME[info.dtype], list(info.shape))
                 bufs.give(buf)
                 out_records.append(TensorRecord(info.name, shard.rel, info.dtype, info.shape, size, size, False))
                 tick(size)

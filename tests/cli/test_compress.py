@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from llmcomp_hf._guard import GUARD_KEY
 from llmcomp_hf.config import LosslessConfig
-from llmcomp_hf.format.shard import SHARD_METADATA
+from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, plain_checksum
 from llmcomp_hf.stream.compress import is_selected
 from llmcomp_hf.stream.source import TensorInfo
 from tests.cli.helpers import (
@@ -55,7 +55,8 @@ def test_output_layout_mirrors_the_source(src, compressed):
     assert any(k.endswith(".llmcomp_data") for k in dst_index["weight_map"])
     for shard in set(dst_index["weight_map"].values()):
         with safe_open(str(dst / shard), framework="pt") as h:
-            assert h.metadata() == {"format": "pt", **SHARD_METADATA}
+            plain = {PLAIN_PREFIX + k: plain_checksum(h.get_tensor(k)) for k in h.keys() if ".llmcomp_" not in k}
+            assert h.metadata() == {"format": "pt", **SHARD_METADATA, **plain}
             assert set(h.keys()) == {k for k, v in dst_index["weight_map"].items() if v == shard}
     assert (dst / "tokenizer_config.json").is_file() and (dst / "generation_config.json").is_file()
     assert not list(dst.parent.glob(".*partial*"))

@@ -131,3 +131,28 @@ def test_decompress_of_a_corrupted_checkpoint_fails_cleanly(broken, tmp_path, ca
     rc, _, err = run_cli(capsys, "decompress", copy, tmp_path / "plain", "-q")
     assert rc == 1 and name in err
     assert not (tmp_path / "plain").exists()
+
+
+def test_compress_writes_plain_checksums_and_verify_checks_them(folder, broken, capsys):
+    """Issue 8: a flipped byte in a norm (a plain tensor) used to pass verify."""
+    from llmcomp_hf.format import PLAIN_PREFIX
+    from llmcomp_hf.stream.check import verify_checkpoint
+
+    copy, _, _ = broken
+    shard = next(f for f in sorted(copy.glob("*.safetensors"))
+                 if "model.norm.weight" in safe_open(str(f), framework="pt").keys())
+    with safe_open(str(shard), framework="pt") as h:
+        meta = h.metadata()
+        plain = [k for k in h.keys() if not k.rsplit(".", 1)[-1].startswith("llmcomp_")]
+    assert plain and all(PLAIN_PREFIX + k in meta for k in plain)
+    report = verify_checkpoint(folder)
+    assert report.error is None and report.plain_verified >= len(plain)
+
+    def flip(tensors, metadata):
+        t = tensors["model.norm.weight"].clone()
+        t.view(torch.uint8)[3] ^= 0x04
+        tensors["model.norm.weight"] = t
+
+    rewrite_shard(shard, flip)
+    rc, _, err = run_cli(capsys, "verify", copy, "-q")
+    assert rc == 1 and "model.norm.weight" in err and shard.name in err

@@ -9,6 +9,7 @@ Small inputs only: the entropy decoders are Python loops.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -89,6 +90,21 @@ def sum32(raw: np.ndarray) -> int:
     h = (h * np.uint64(0xC2B2AE35)) & m32
     h ^= h >> np.uint64(16)
     return int(h.sum(dtype=np.uint64)) % (1 << 64)  # h < 2**32, so the uint64 sum wraps exactly mod 2**64
+
+
+def header_term(header: dict) -> int:
+    """Version 3: BLAKE2b-64 (little-endian) of ``llmcomp.tensor;dtype=D;shape=d0,d1;nbytes=N``; else 0."""
+    if header["version"] < 3:
+        return 0
+    shape = header["shape"]
+    nbytes = math.prod(shape) * DTYPES[header["dtype"]].itemsize
+    text = f"llmcomp.tensor;dtype={header['dtype']};shape={','.join(str(d) for d in shape)};nbytes={nbytes}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def checksum(header: dict, raw: np.ndarray) -> int:
+    """The header's ``checksum`` value for original bytes ``raw``: sum32, plus the header term from version 3."""
+    return (sum32(raw) + header_term(header)) % (1 << 64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,9 +347,9 @@ def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int
 
 def check_header(header: dict) -> None:
     _check(set(header) == HEADER_KEYS, f"header keys {sorted(header)} != {sorted(HEADER_KEYS)}")
-    _check(header["format"] == "llmcomp.tensor" and header["version"] in (1, 2), f"bad format/version in {header}")
+    _check(header["format"] == "llmcomp.tensor" and header["version"] in (1, 2, 3), f"bad format/version in {header}")
     _check(header["dtype"] in DTYPES and header["coder"] in ("huffman", "rans", "raw", "rans-ctx"), f"bad dtype/coder in {header}")
-    _check(header["coder"] != "rans-ctx" or header["version"] == 2, f"coder rans-ctx needs version 2: {header}")
+    _check(header["coder"] != "rans-ctx" or header["version"] >= 2, f"coder rans-ctx needs version 2 or 3: {header}")
     bs = header["block_size"]
     _check(isinstance(bs, int) and 256 <= bs <= 1 << 24 and bs % 64 == 0, f"bad block_size {bs}")
     c = header["checksum"]
@@ -356,7 +372,9 @@ def parse(header: dict, data: np.ndarray, index: np.ndarray) -> list[list[Sectio
         pos, end = int(index[b]), int(index[b + 1])
         secs = []
         for plane in range(dt.planes):
-            ctx_ok = plane == 0 and header["version"] == 2 and header["dtype"] in FLOATS
+            # mode 4: version 2, or version 3 with coder rans-ctx; plane 0 of a float dtype
+            mode4 = header["version"] == 2 or (header["version"] == 3 and header["coder"] == "rans-ctx")
+            ctx_ok = plane == 0 and mode4 and header["dtype"] in FLOATS
             sec = _read_section(data, pos, end, b, plane, n, ctx_ok)
             secs.append(sec)
             pos = sec.end
@@ -381,7 +399,7 @@ def decode(header: dict, data: np.ndarray, index: np.ndarray) -> np.ndarray:
     planes = [np.concatenate([blk[p].symbols for blk in blocks]) if blocks else np.zeros(0, np.uint8)
               for p in range(DTYPES[dtype].planes)]
     w = merge_planes(planes, dtype)
-    _check(sum32(w.view(np.uint8)) == int(header["checksum"], 16), "checksum mismatch")
+    _check(checksum(header, w.view(np.uint8)) == int(header["checksum"], 16), "checksum mismatch")
     return w
 
 

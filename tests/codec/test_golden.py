@@ -15,19 +15,25 @@ import numpy as np
 import pytest
 import torch
 
-from llmcomp_hf.codec import EncodedTensor, decode, encode
+from llmcomp_hf.codec import FORMAT_VERSION, EncodedTensor, decode, encode
 
 from . import spec
 from .helpers import DTYPES, assert_same_bits
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
-MANIFEST = json.loads((GOLDEN / "golden.json").read_text())
+# (manifest, arrays) per fixture set: versions 1 and 2 (frozen, read forever) and the current version.
+SETS = {"v1v2": ("golden.json", "golden.npz"), f"v{FORMAT_VERSION}": (f"golden_v{FORMAT_VERSION}.json", f"golden_v{FORMAT_VERSION}.npz")}
+MANIFESTS = {s: json.loads((GOLDEN / files[0]).read_text()) for s, files in SETS.items()}
+CASES = [(s, name) for s, manifest in MANIFESTS.items() for name in sorted(manifest)]
 
 
 @pytest.fixture(scope="module")
-def arrays() -> dict[str, np.ndarray]:
-    with np.load(GOLDEN / "golden.npz") as z:
-        return {k: z[k] for k in z.files}
+def all_arrays() -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for s, (_, npz) in SETS.items():
+        with np.load(GOLDEN / npz) as z:
+            out[s] = {k: z[k] for k in z.files}
+    return out
 
 
 def expected_tensor(header: dict, raw: np.ndarray) -> torch.Tensor:
@@ -37,9 +43,9 @@ def expected_tensor(header: dict, raw: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(raw.copy()).view(dtype).reshape(header["shape"])
 
 
-@pytest.mark.parametrize("name", sorted(MANIFEST))
-def test_golden_decodes(name: str, arrays: dict[str, np.ndarray]) -> None:
-    header = MANIFEST[name]["header"]
+@pytest.mark.parametrize("fixtures,name", CASES)
+def test_golden_decodes(fixtures: str, name: str, all_arrays: dict[str, dict[str, np.ndarray]]) -> None:
+    arrays, header = all_arrays[fixtures], MANIFESTS[fixtures][name]["header"]
     data, index, raw = arrays[f"{name}.data"], arrays[f"{name}.index"], arrays[f"{name}.raw"]
     want = expected_tensor(header, raw)
     enc = EncodedTensor.from_parts(header, data, index, name=name)
@@ -48,29 +54,42 @@ def test_golden_decodes(name: str, arrays: dict[str, np.ndarray]) -> None:
     assert np.array_equal(spec.decode(header, data, index).view(np.uint8), raw), f"{name}: spec oracle"
 
 
-@pytest.mark.parametrize("name", sorted(MANIFEST))
-def test_golden_encoding_has_not_drifted(name: str, arrays: dict[str, np.ndarray]) -> None:
-    header = MANIFEST[name]["header"]
-    want = expected_tensor(header, arrays[f"{name}.raw"])
-    enc = encode(want, **MANIFEST[name]["encode"])
-    assert enc.header == header, f"{name}: header drifted"
+@pytest.mark.parametrize("fixtures,name", CASES)
+def test_golden_encoding_has_not_drifted(fixtures: str, name: str, all_arrays: dict[str, dict[str, np.ndarray]]) -> None:
+    """Current-version fixtures: the same header and bytes. Older ones: the same bytes, and a header
+    that differs only by the version and its checksum (the spec's, over the same original bytes)."""
+    arrays, meta = all_arrays[fixtures], MANIFESTS[fixtures][name]
+    header, raw = meta["header"], arrays[f"{name}.raw"]
+    enc = encode(expected_tensor(header, raw), **meta["encode"])
+    if header["version"] == FORMAT_VERSION:
+        assert enc.header == header, f"{name}: header drifted"
+    else:
+        assert enc.header == dict(header, version=FORMAT_VERSION, checksum=enc.header["checksum"]), f"{name}: header drifted"
+        assert int(enc.header["checksum"], 16) == spec.checksum(enc.header, raw), f"{name}: checksum drifted"
+        assert int(header["checksum"], 16) == spec.checksum(header, raw) == spec.sum32(raw), f"{name}: old checksum"
     assert np.array_equal(enc.index, arrays[f"{name}.index"]), f"{name}: block index drifted"
     assert np.array_equal(enc.data, arrays[f"{name}.data"]), f"{name}: encoded bytes drifted"
 
 
-def test_golden_reference_encoder_matches(arrays: dict[str, np.ndarray]) -> None:
-    reference = pytest.importorskip("llmcomp_hf.codec.reference")
-    for name, meta in MANIFEST.items():
+@pytest.mark.parametrize("fixtures", sorted(SETS))
+def test_golden_reference_encoder_matches(fixtures: str, all_arrays: dict[str, dict[str, np.ndarray]]) -> None:
+    from llmcomp_hf.codec import reference
+    arrays = all_arrays[fixtures]
+    for name, meta in MANIFESTS[fixtures].items():
         want = expected_tensor(meta["header"], arrays[f"{name}.raw"])
         enc = reference.encode_reference(want, **meta["encode"])
         assert np.array_equal(enc.data, arrays[f"{name}.data"]), f"{name}: reference encoder differs"
         assert_same_bits(reference.decode_reference(enc), want, name)
+        old = EncodedTensor.from_parts(meta["header"], arrays[f"{name}.data"], arrays[f"{name}.index"], name=name)
+        assert_same_bits(reference.decode_reference(old), want, name)
 
 
-def test_golden_covers_the_format(arrays: dict[str, np.ndarray]) -> None:
-    """The fixtures exercise every mode and several dtypes, so drift anywhere is caught."""
+@pytest.mark.parametrize("fixtures", sorted(SETS))
+def test_golden_covers_the_format(fixtures: str, all_arrays: dict[str, dict[str, np.ndarray]]) -> None:
+    """Each fixture set exercises every mode and several dtypes, so drift anywhere is caught."""
     modes, dtypes = set(), set()
-    for name, meta in MANIFEST.items():
+    arrays = all_arrays[fixtures]
+    for name, meta in MANIFESTS[fixtures].items():
         h = meta["header"]
         dtypes.add(h["dtype"])
         for m in spec.modes(h, arrays[f"{name}.data"], arrays[f"{name}.index"]):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmcomp_hf._register import SUPPORTED_TRANSFORMERS, check_transformers_version, register
+from llmcomp_hf._hf_compat import SUPPORTED_TRANSFORMERS, check_transformers_version
+from llmcomp_hf._register import register
 from llmcomp_hf.config import LosslessConfig
 from llmcomp_hf.errors import FormatError, LlmcompError
 from tests.integration import helpers  # noqa: F401  (registers the quantizer)

@@ -307,3 +307,40 @@ def test_hub_repo_in_the_local_cache_is_prefetched_from_the_config(packed, tmp_p
     assert early == [True] and len(made) == 1 and (made[0]._state == J.DONE).all()
     assert all(str(cache) in file for file in made[0].weights.values())
     assert_same_state(loaded.state_dict(), AutoModelForCausalLM.from_pretrained(packed / "dense").state_dict())
+
+
+def test_a_weight_declaring_far_more_than_it_stores_is_left_to_the_loader(tmp_path, monkeypatch):
+    """Issue 8: ~1 KB of const blocks declaring 2 GiB is not allocated ahead; the loader, which knows
+    the parameter's shape, decides (check_declared) and decodes it itself."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from llmcomp_hf.codec import EncodedTensor, encode, memory
+    from llmcomp_hf.format import pack
+
+    n_blocks = 128
+    bomb = EncodedTensor.from_parts(
+        {"format": "llmcomp.tensor", "version": 1, "dtype": "int8", "shape": [n_blocks << 24], "coder": "raw",
+         "block_size": 1 << 24, "checksum": "0" * 16},
+        np.tile(np.array([1, 0], np.uint8), n_blocks), np.arange(n_blocks + 1, dtype=np.int64) * 2, name="bomb.weight")
+    ok = encode(torch.randn(64, 64).to(torch.bfloat16), name="ok.weight")
+    file = tmp_path / "model.safetensors"
+    save_file({**pack("bomb.weight", bomb), **pack("ok.weight", ok)}, str(file))
+    real = memory.empty
+
+    def guarded(shape, dtype):
+        assert int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() < 1 << 30, "bomb allocated ahead"
+        return real(shape, dtype)
+
+    monkeypatch.setattr(memory, "empty", guarded)
+    pre = _prefetch.Prefetcher([("bomb.weight", str(file)), ("ok.weight", str(file))]).start()
+    try:
+        _wait(pre, 1)  # ok.weight decoded ahead (a job not started yet would be left to the caller)
+        with safe_open(str(file), "pt") as f:
+            assert pre.take(f.get_tensor("bomb.weight.llmcomp_header")) is None
+            got = pre.take(f.get_tensor("ok.weight.llmcomp_header"))
+        packed_ok = pack("ok.weight", ok)
+        want = decode_parts("ok.weight", {p: packed_ok[part_key("ok.weight", p)] for p in PARTS})
+        assert got is not None and torch.equal(raw_bits(got), raw_bits(want))
+    finally:
+        pre.close()

@@ -2,10 +2,12 @@
 
     python tests/data/golden/make_golden.py
 
-golden.json maps each case NAME to its header and encode arguments; golden.npz holds the arrays
-``NAME.data``, ``NAME.index`` and ``NAME.raw`` (the original tensor's bytes). tests/codec/test_golden.py
-decodes them on every run and re-encodes ``raw`` to check the bytes have not drifted. Only
-rerun this on purpose, when the format version changes, and commit the result.
+golden_v<FORMAT_VERSION>.json maps each case NAME to its header and encode arguments;
+golden_v<FORMAT_VERSION>.npz holds the arrays ``NAME.data``, ``NAME.index`` and ``NAME.raw`` (the
+original tensor's bytes). tests/codec/test_golden.py decodes them on every run and re-encodes ``raw``
+to check the bytes have not drifted. Only rerun this on purpose, when the format version changes,
+and commit the result; the fixtures of older versions (golden.json/golden.npz: versions 1 and 2)
+stay as they are, so those versions keep decoding.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmcomp_hf.codec import decode, encode
+from llmcomp_hf.codec import FORMAT_VERSION, decode, encode
 
 HERE = Path(__file__).resolve().parent
 BS = 256
@@ -80,8 +82,8 @@ def main() -> None:
         manifest[name] = {"encode": {"coder": coder, "block_size": BS}, "header": enc.header}
         arrays.update({f"{name}.data": enc.data, f"{name}.index": enc.index, f"{name}.raw": raw_bytes(t)})
         print(f"{name:28s} {enc.data.size:5d} data bytes, ratio {enc.ratio:.3f}")
-    (HERE / "golden.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    np.savez_compressed(HERE / "golden.npz", **arrays)
+    (HERE / f"golden_v{FORMAT_VERSION}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    np.savez_compressed(HERE / f"golden_v{FORMAT_VERSION}.npz", **arrays)
 
 
 if __name__ == "__main__":
