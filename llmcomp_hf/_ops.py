@@ -13,6 +13,7 @@ import torch
 
 from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf.errors import FormatError, LlmcompError, where
+from llmcomp_hf.format.declared import check_declared
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
 from llmcomp_hf.format.reader import decode_parts
 from llmcomp_hf.format.shard import split_key, transform_base
@@ -59,7 +60,8 @@ class DecodeOp(ConversionOps):
         quantizer = self.hf_quantizer
         if quantizer.load_error is not None:  # one failure is enough: skip the remaining work
             return {}
-        dtype = _param_dtype(model, full_layer_name)
+        ref = _param(model, full_layer_name)
+        dtype = None if ref is None else ref.dtype
         groups: dict[str, dict[str, list[torch.Tensor]]] = {}
         transforms: dict[str, list[torch.Tensor]] = {}
         for key, value in input_dict.items():
@@ -76,7 +78,9 @@ class DecodeOp(ConversionOps):
         out: dict[str, Any] = {}
         try:
             for base, parts in groups.items():
-                out[base] = [self._one(full_layer_name or base, parts, i, dtype) for i in range(_count(parts))]
+                count = _count(parts)  # several: one tensor per expert, merged by the model's converter
+                shape = ref.shape if ref is not None and count == 1 else None
+                out[base] = [self._one(full_layer_name or base, parts, i, dtype, shape) for i in range(count)]
             for base, headers in transforms.items():
                 name = full_layer_name or base
                 if base in out:
@@ -85,13 +89,15 @@ class DecodeOp(ConversionOps):
                         "the checkpoint is inconsistent: re-save it with llmcomp-hf"
                     )
                 parts = lossy_parts.get(base, {})
-                out[base] = [self._lossy(name, headers, parts, i, dtype) for i in range(len(headers))]
+                shape = ref.shape if ref is not None and len(headers) == 1 else None
+                out[base] = [self._lossy(name, headers, parts, i, dtype, shape) for i in range(len(headers))]
         except LlmcompError as exc:
             quantizer.load_error = exc
             return {}
         return out
 
-    def _one(self, name: str, parts: dict[str, list[torch.Tensor]], i: int, dtype: torch.dtype | None) -> torch.Tensor:
+    def _one(self, name: str, parts: dict[str, list[torch.Tensor]], i: int, dtype: torch.dtype | None,
+             shape: torch.Size | None) -> torch.Tensor:
         plain = parts.get("plain")
         if plain is not None:
             if len(parts) > 1:
@@ -106,6 +112,8 @@ class DecodeOp(ConversionOps):
             header = picked.get("header")
             if header is not None:
                 self.hf_quantizer.note_consumed(header)
+                if shape is not None:  # before anything is allocated for it
+                    check_declared(name, header, shape, None, self.hf_quantizer.file_of(name))
             tensor = prefetch.take(header) if prefetch is not None and header is not None else None
             if tensor is None:
                 if prefetch is not None and header is not None:  # a headers-only load: read the other parts
@@ -114,10 +122,12 @@ class DecodeOp(ConversionOps):
         return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
 
     def _lossy(self, name: str, headers: list[torch.Tensor], parts: dict[str, dict[str, list[torch.Tensor]]], i: int,
-               dtype: torch.dtype | None) -> torch.Tensor:
+               dtype: torch.dtype | None, shape: torch.Size | None) -> torch.Tensor:
         picked = {p: {k: v[i] if i < len(v) else None for k, v in group.items()} for p, group in parts.items()}
         quantizer = self.hf_quantizer
         quantizer.note_consumed(headers[i])
+        if shape is not None:
+            check_declared(name, headers[i], shape, None, quantizer.file_of(name))
         weight, stored = decode_lossy(name, headers[i], picked, quantizer.file_of(name), quantizer.options.verify)
         if len(headers) == 1:
             quantizer.lossy[name] = stored  # a re-save writes these bytes again
@@ -192,8 +202,8 @@ def _count(parts: dict[str, list[torch.Tensor]]) -> int:
     return max(len(tensors) for tensors in parts.values())
 
 
-def _param_dtype(model: torch.nn.Module | None, name: str | None) -> torch.dtype | None:
-    """The dtype the model expects for parameter ``name`` (None when it cannot be found)."""
+def _param(model: torch.nn.Module | None, name: str | None) -> torch.Tensor | None:
+    """The model's (meta) tensor for parameter ``name``: the shape and dtype it expects (None if not found)."""
     if model is None or not name or "*" in name:
         return None
     try:
@@ -201,7 +211,7 @@ def _param_dtype(model: torch.nn.Module | None, name: str | None) -> torch.dtype
     except AttributeError:
         return None
     ref = getattr(module, attr, None)
-    return ref.dtype if isinstance(ref, torch.Tensor) else None
+    return ref if isinstance(ref, torch.Tensor) else None
 
 
 __all__ = ["DecodeOp", "EncodeOp"]

@@ -53,7 +53,13 @@ def check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) ->
         if not isinstance(module, EncodedWeight):
             continue
         try:
-            module.encoded  # parses and validates the header and index
+            declared = tuple(module.encoded.shape)  # parses and validates the header and index
+            expected = getattr(module, "expected_shape", declared)
+            if declared != tuple(expected):
+                raise FormatError(
+                    f"stored weight declares shape {list(declared)} where the model expects {list(expected)}"
+                    f"{where(module._name, None)}; the checkpoint does not belong to this model or is damaged"
+                )
             if verify:  # a transient full decode, not the shared scratch (it would stay embedding-sized)
                 module.decode(verify=True)
         except FormatError as exc:

@@ -136,6 +136,7 @@ def _encoded_2d(enc: EncodedTensor | EncodedWeight, shape: tuple[int, ...] | Non
     """The EncodedWeight for ``enc`` and its 2-D shape (``shape`` when the weight is a placeholder)."""
     weight = enc if isinstance(enc, EncodedWeight) else EncodedWeight(enc)
     shape = tuple(shape or weight.shape)
+    weight.expected_shape = shape  # what the layer needs: a stored header declaring another is refused
     if len(shape) != 2:
         raise ValueError(f"{kind} needs a 2-D weight, got {list(shape)} for {weight._name!r}")
     return weight, shape

@@ -38,7 +38,16 @@ from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.inventory import Inventory, inventory
 from llmcomp_hf.format.reader import shard_keys
-from llmcomp_hf.format.shard import PARTS, SHARD_METADATA, pack, part_key, transform_base, transform_key
+from llmcomp_hf.format.shard import (
+    PARTS,
+    SHARD_METADATA,
+    check_plain_file,
+    pack,
+    part_key,
+    plain_checksums,
+    transform_base,
+    transform_key,
+)
 from llmcomp_hf.modules import EncodedWeight, decompress_modules, keep_compressed
 
 logger = logging.getLogger(__name__)
@@ -107,6 +116,9 @@ class LlmcompHfQuantizer(HfQuantizer):
                 keys_by_file.append((file, shard_keys(file)[0]))  # also checks the shard format version
             all_keys = [key for _, keys in keys_by_file for key in keys]
             self.inventory = inventory(keys_by_file)  # every encoded tensor has all its parts
+            if self.options.verify:  # plain tensors (norms, biases) against their checksums in the shard metadata
+                for file, _ in keys_by_file:
+                    check_plain_file(file)
             self._files, self._part_files = dict(self.inventory.bases), dict(self.inventory.part_files)
             self._consumed = Counter()
             lossy_names = set(self.inventory.lossy)
@@ -441,7 +453,7 @@ class LlmcompHfQuantizer(HfQuantizer):
                     encoded += 1
                 out.update(pack(key, enc))
         logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", reused + encoded, reused, encoded)
-        return out, dict(SHARD_METADATA)
+        return out, {**SHARD_METADATA, **plain_checksums(out)}
 
     def _lossy_for_save(self, model: Any, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         """Shard tensors of lossy weight ``name``: the kept form while the weight is unchanged, else re-applied."""

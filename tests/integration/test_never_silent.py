@@ -130,3 +130,41 @@ def test_a_reloaded_moe_model_saves_again_bit_exactly(mixtral, tmp_path, mode):
         model = tf.MixtralForCausalLM.from_pretrained(tmp_path / "c")
     model.save_pretrained(tmp_path / "again")
     assert_same_state(load_checkpoint(mixtral / "dense"), load_checkpoint(tmp_path / "again"))
+
+
+@pytest.mark.parametrize("how", sorted(LOADS))
+def test_a_changed_plain_tensor_is_refused_naming_it(compressed, tmp_path, how, monkeypatch):
+    """Norms and biases stay plain; their checksums in the shard metadata are checked on load."""
+    from llmcomp_hf.errors import ChecksumMismatchError
+
+    folder = _copy(compressed / "c", tmp_path / "c")
+
+    def flip(tensors, metadata):
+        assert "llmcomp.plain.model.norm.weight" in metadata
+        tensors["model.norm.weight"].view(torch.int16)[0] ^= 1
+
+    rewrite_shard(shard_files(folder)[0], flip)
+    with pytest.raises(ChecksumMismatchError, match=r"model\.norm\.weight.*model.safetensors"):
+        _load(folder, how, monkeypatch)
+    with llmcomp_hf.load_options(verify=False):  # the documented way to skip checks
+        tf.LlamaForCausalLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("how", sorted(LOADS))
+def test_a_header_declaring_another_shape_is_refused_before_decoding(compressed, tmp_path, how, monkeypatch):
+    """A few bytes can declare gigabytes: the declared shape is compared with the parameter's first."""
+    import json
+
+    import numpy as np
+
+    folder = _copy(compressed / "c", tmp_path / "c")
+    key = f"{TARGET}.llmcomp_header"
+
+    def inflate(tensors, metadata):
+        header = json.loads(bytes(tensors[key].numpy()).decode())
+        header["shape"] = [1 << 20, 1 << 14]
+        tensors[key] = torch.from_numpy(np.frombuffer(json.dumps(header).encode(), np.uint8).copy())
+
+    rewrite_shard(shard_files(folder)[0], inflate)
+    with pytest.raises(FormatError, match=rf"{TARGET}"):  # the declared shape, or an index too short for it
+        _load(folder, how, monkeypatch)
