@@ -129,15 +129,16 @@ def folder_repo_id(folder: Path) -> str | None:
     ``_name_or_path`` counts only as ``org/name`` that is not an existing path (transformers 4.x wrote
     it on save; 5.x does not). A plain local path gives None: no base model is made up.
     """
-    import json
+    from llmcomp_hf.paths import read_json
 
     repo_id = repo_id_of_cache_path(folder)
     if repo_id is not None:
         return repo_id
     try:
-        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
-    except (OSError, ValueError, AttributeError):
+        config = read_json(folder / "config.json", "config.json")
+    except (OSError, LlmcompError):  # the readers of the config report it, naming the file
         return None
+    name = config.get("_name_or_path") if isinstance(config, dict) else None
     if not isinstance(name, str) or name.count("/") != 1 or not looks_like_repo_id(name):
         return None
     if Path(name).expanduser().exists() or (folder / name).exists():

@@ -388,15 +388,15 @@ def restore_card(
     compressed model: that card and its text stay, our YAML facts and section are merged in. The same as
     ``llmcomp card FOLDER``. ``base_model`` defaults to the one already in the card.
     """
-    import json
-
     from llmcomp_hf.card import CardError, write_card
+    from llmcomp_hf.errors import LlmcompError
+    from llmcomp_hf.paths import read_json
 
     folder = Path(folder)
     config = folder / "config.json"
     try:
-        method = (json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}).get("quant_method")
-    except (OSError, ValueError, AttributeError):
+        method = (read_json(config, "config.json").get("quantization_config") or {}).get("quant_method")
+    except (OSError, LlmcompError, AttributeError):
         method = None
     if method != "llmcomp":
         raise CardError(f"{os.fspath(config)!r} does not name an llmcomp checkpoint (quantization_config.quant_method "
