@@ -111,7 +111,7 @@ class DecodeOp(ConversionOps):
             prefetch = getattr(self.hf_quantizer, "prefetch", None)
             header = picked.get("header")
             if header is not None:
-                self.hf_quantizer.note_consumed(header)
+                self.hf_quantizer.ledger.note(header)
                 if shape is not None:  # before anything is allocated for it
                     check_declared(name, header, shape, None, self.hf_quantizer.file_of(name))
             tensor = prefetch.take(header) if prefetch is not None and header is not None else None
@@ -125,7 +125,7 @@ class DecodeOp(ConversionOps):
                dtype: torch.dtype | None, shape: torch.Size | None) -> torch.Tensor:
         picked = {p: {k: v[i] if i < len(v) else None for k, v in group.items()} for p, group in parts.items()}
         quantizer = self.hf_quantizer
-        quantizer.note_consumed(headers[i])
+        quantizer.ledger.note(headers[i])
         if shape is not None:
             check_declared(name, headers[i], shape, None, quantizer.file_of(name))
         weight, stored = decode_lossy(name, headers[i], picked, quantizer.file_of(name), quantizer.options.verify)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
+from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.inventory import Inventory
 from llmcomp_hf.format.shard import part_key
 from llmcomp_hf.modules import EncodedWeight, compressed_module
+
+logger = logging.getLogger(__name__)
 
 
 def install_placeholders(model: torch.nn.Module, placement: dict[str, tuple[str, str]]) -> list[str]:
@@ -47,6 +52,41 @@ def install_placeholders(model: torch.nn.Module, placement: dict[str, tuple[str,
     return decoded
 
 
+def place_compressed(model: torch.nn.Module, conversions: list[Any], inventory: Inventory) -> list[str]:
+    """On the fly: swap in a compressed twin wherever transformers will load a compressed weight.
+
+    Each weight's parts follow transformers' own renaming (vision towers, multimodal wrappers) to the
+    module that receives them. Weights a model converter merges (MoE experts: that converter decodes
+    them), tied weights and modules without a compressed twin are decoded at load instead, and counted
+    in one log line. Returns the names (as the loader's converters see them) of those to decode.
+    """
+    tied = hf_compat.tied_weights(model)
+    tied_names = set(tied) | set(tied.values())
+    suffix = len(part_key("", "data"))
+    lossless = inventory.lossless
+    placement = hf_compat.loaded_names([part_key(name, "data") for name in lossless], conversions, model)
+    keep: dict[str, tuple[str, str]] = {}
+    renamed_of: dict[str, str] = {}
+    decode: list[str] = []
+    merged = 0
+    for name, file in lossless.items():
+        renamed, final, by_converter = placement[part_key(name, "data")]
+        renamed, final = renamed[:-suffix], final[:-suffix]
+        if by_converter:
+            merged += 1
+        elif final in tied_names:
+            decode.append(renamed)
+        else:
+            keep[final] = (name, file)
+            renamed_of[final] = renamed
+    decode += [renamed_of[final] for final in install_placeholders(model, keep)]
+    if merged + len(decode):
+        logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in %s (merged on load, tied, "
+                       "or no compressed twin) and are decoded at load", merged + len(decode), len(lossless),
+                       type(model).__name__)
+    return decode
+
+
 def check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) -> None:
     """Validate every encoded weight once (and check its checksum with a decode into scratch)."""
     for module_name, module in model.named_modules():
@@ -66,4 +106,4 @@ def check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) ->
             raise type(exc)(f"{exc}{where(None, file_of(module_name))}") from exc
 
 
-__all__ = ["check_encoded_modules", "install_placeholders"]
+__all__ = ["check_encoded_modules", "install_placeholders", "place_compressed"]

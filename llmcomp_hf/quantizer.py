@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import Counter
-import warnings
 from typing import Any
 
 import torch
@@ -30,24 +28,17 @@ from transformers.quantizers.base import HfQuantizer
 from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf import _save_hooks, loading
 from llmcomp_hf._guard import add_guard, strip_guard
-from llmcomp_hf._placeholders import check_encoded_modules, install_placeholders
-from llmcomp_hf._select import Fingerprint, compresses_key, fingerprint, select_weights, shared_tied_targets, tensor_of
+from llmcomp_hf._ledger import Ledger
+from llmcomp_hf._save_state import checkpoint_state
+from llmcomp_hf._placeholders import check_encoded_modules, place_compressed
+from llmcomp_hf._select import Fingerprint, fingerprint, select_weights, tensor_of
 from llmcomp_hf.codec import EncodedTensor, encode
 from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.inventory import Inventory, inventory
 from llmcomp_hf.format.reader import shard_keys
-from llmcomp_hf.format.shard import (
-    PARTS,
-    SHARD_METADATA,
-    check_plain_file,
-    pack,
-    part_key,
-    plain_checksums,
-    transform_base,
-    transform_key,
-)
+from llmcomp_hf.format.shard import PARTS, check_plain_file, part_key, transform_base
 from llmcomp_hf.modules import EncodedWeight, decompress_modules, keep_compressed
 
 logger = logging.getLogger(__name__)
@@ -71,10 +62,10 @@ class LlmcompHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         self.encoded: dict[str, EncodedTensor] = {}
         self.lossy: dict[str, LossyWeight] = {}  # lossy weights as stored (compressed on load or read)
-        self._pipeline: Any = None
-        self._plan: Any = None  # calibration.CalibratedPlan of a calibrated config
+        self.stages: Any = None  # the config's lossy pipeline (compress on load)
+        self.plan: Any = None  # calibration.CalibratedPlan of a calibrated config
         self.load_error: LlmcompError | None = None  # first decode failure, raised after loading
-        self._fingerprints: dict[str, Fingerprint] = {}  # content of each weight whose encoding is kept
+        self.fingerprints: dict[str, Fingerprint] = {}  # content of each weight whose encoding is kept
         self._files: dict[str, str] = {}
         self._targets: set[str] = set()
         self._converters: list[Any] = []
@@ -82,7 +73,7 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.conversions: list[Any] | None = None  # the model's own conversions (renames, MoE merges), reverted on save
         self.prefetch: Any = None  # _prefetch.Prefetcher while a compressed checkpoint loads
         self.inventory = Inventory()  # the compressed weights of the checkpoint loading
-        self._consumed: Counter[bytes] = Counter()  # stored headers of the compressed weights decoded so far
+        self.ledger = Ledger(self.inventory)  # the compressed weights decoded so far
         self._part_files: dict[str, str] = {}  # {stored part key: shard} of the checkpoint loading
         self._unexpected_before: Any = _NOT_SET  # the model's own unexpected-key patterns (headers-only loads)
         self.options = loading.current()  # read inside the user's `with load_options(...)` block
@@ -120,7 +111,7 @@ class LlmcompHfQuantizer(HfQuantizer):
                 for file, _ in keys_by_file:
                     check_plain_file(file)
             self._files, self._part_files = dict(self.inventory.bases), dict(self.inventory.part_files)
-            self._consumed = Counter()
+            self.ledger = Ledger(self.inventory)
             lossy_names = set(self.inventory.lossy)
             if lossy_names and self.on_the_fly:
                 name = min(lossy_names)
@@ -140,11 +131,11 @@ class LlmcompHfQuantizer(HfQuantizer):
                     "lossy stages cannot be kept compressed in memory: compress without "
                     "llmcomp_hf.load_options(decode='on_the_fly'), save, then load the saved model"
                 )
-            self._pipeline = self.quantization_config.pipeline()
+            self.stages = self.quantization_config.pipeline()
             # a tied copy (lm_head of tied embeddings) is not encoded: only its source is stored
             tied = hf_compat.tied_weights(model)
             self._targets = set(select_weights(model, self.quantization_config)) - set(tied)
-            self._plan = self.quantization_config.calibrated_plan(self._targets)
+            self.plan = self.quantization_config.calibrated_plan(self._targets)
         return model
 
     def _prefetch_wanted(self) -> bool:
@@ -236,40 +227,8 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     def update_weight_conversions(self, weight_conversions: list[Any], model: Any) -> list[Any]:
         if self.pre_quantized and self.on_the_fly:
-            self._place_compressed(model, weight_conversions)
+            self._decode_names = place_compressed(model, weight_conversions, self.inventory)
         return super().update_weight_conversions(weight_conversions, model)
-
-    def _place_compressed(self, model: Any, conversions: list[Any]) -> None:
-        """On the fly: swap in a compressed twin wherever transformers will load a compressed weight.
-
-        Each weight's parts follow transformers' own renaming (vision towers, multimodal wrappers) to
-        the module that receives them. Weights a model converter merges (MoE experts), tied weights
-        and modules without a compressed twin are decoded at load instead, and counted in one log line.
-        """
-        tied = hf_compat.tied_weights(model)
-        tied_names = set(tied) | set(tied.values())
-        suffix = len(part_key("", "data"))
-        lossless = self.inventory.lossless
-        placement = hf_compat.loaded_names([part_key(name, "data") for name in lossless], conversions, model)
-        keep: dict[str, tuple[str, str]] = {}
-        renamed_of: dict[str, str] = {}
-        merged = 0
-        for name, file in lossless.items():
-            renamed, final, by_converter = placement[part_key(name, "data")]
-            renamed, final = renamed[:-suffix], final[:-suffix]
-            if by_converter:
-                merged += 1  # the model's converter, with our decode op inserted, decodes it
-            elif final in tied_names:
-                self._decode_names.append(renamed)
-            else:
-                keep[final] = (name, file)
-                renamed_of[final] = renamed
-        self._decode_names += [renamed_of[final] for final in install_placeholders(model, keep)]
-        decoded = merged + len(self._decode_names)
-        if decoded:
-            logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in %s (merged on load, "
-                           "tied, or no compressed twin) and are decoded at load", decoded, len(lossless),
-                           type(model).__name__)
 
     def get_weight_conversions(self) -> list[Any]:
         if not self.pre_quantized:
@@ -293,38 +252,6 @@ class LlmcompHfQuantizer(HfQuantizer):
         ]
         return list(self._converters)
 
-    def note_consumed(self, header: torch.Tensor) -> None:
-        """Record that the compressed weight stored with this header (or lossy transform header) was loaded."""
-        self._consumed[_header_bytes(header)] += 1
-
-    def _check_consumed(self, model: Any) -> None:
-        """Every compressed weight of the checkpoint went into a parameter, else FormatError naming it.
-
-        transformers only logs checkpoint keys that match no parameter (UNEXPECTED) and initialises the
-        parameters they were meant for at random (MISSING); for a compressed weight that is never right.
-        """
-        if sum(self._consumed.values()) == len(self.inventory.weights):
-            return  # the loader routes each checkpoint key to one parameter at most, so counts suffice
-        left = Counter(self._consumed)
-        orphans = []
-        for name, file in sorted(self.inventory.weights.items()):
-            key = transform_key(name) if name in self.inventory.lossy else part_key(name, "header")
-            stored = _header_bytes(read_tensor(file, key))
-            if left[stored] > 0:
-                left[stored] -= 1
-            elif _in_absent_head(model, name):
-                logger.warning("llmcomp: %s (%s) belongs to a part of the checkpoint that %s does not have; "
-                               "not loaded", name, self.inventory.weights[name], type(model).__name__)
-            else:
-                orphans.append(name)
-        if orphans:
-            raise FormatError(
-                f"{len(orphans)} compressed weight(s) of this checkpoint match no parameter of {type(model).__name__}"
-                f"{where(orphans[0], self.inventory.weights[orphans[0]])} (all: {', '.join(orphans[:8])}"
-                f"{', ...' if len(orphans) > 8 else ''}); loading them would leave random weights. Load the "
-                "checkpoint with the model class of its config.json, or restore the shard if a key was edited"
-            )
-
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         self._stop_prefetch(model)
         if self.load_error is not None:
@@ -334,8 +261,8 @@ class LlmcompHfQuantizer(HfQuantizer):
             if self.on_the_fly:
                 for module in model.modules():
                     if isinstance(module, EncodedWeight) and module.llmcomp_header.device.type != "meta":
-                        self.note_consumed(module.llmcomp_header)
-            self._check_consumed(model)
+                        self.ledger.note(module.llmcomp_header)
+            self.ledger.check(model)
         _tag(model, self.quantization_config)
         _save_hooks.install(model)  # save_pretrained writes our card; push_to_hub uploads it
         # The quantizer reverts the model's own conversions itself when saving (get_state_dict_and_metadata
@@ -353,19 +280,19 @@ class LlmcompHfQuantizer(HfQuantizer):
                 keep_compressed(model, {n: e for n, e in self.encoded.items() if n not in tied.values()})
                 self.encoded.clear()
             return model
-        self._fingerprints = {}
+        self.fingerprints = {}
         for name in list(self.encoded):
             param = tensor_of(model, name)
             if param is None or param.device.type == "meta":
                 del self.encoded[name]  # offloaded: re-encoded from disk on save
             else:
-                self._fingerprints[name] = fingerprint(param)
+                self.fingerprints[name] = fingerprint(param)
         for name in list(self.lossy):  # kept even when offloaded: re-applying the stages would compound the loss
             param = tensor_of(model, name)
             if param is None:
                 del self.lossy[name]
             elif param.device.type != "meta":
-                self._fingerprints[name] = fingerprint(param)
+                self.fingerprints[name] = fingerprint(param)
         return model
 
     def file_of(self, name: str) -> str | None:
@@ -387,20 +314,20 @@ class LlmcompHfQuantizer(HfQuantizer):
         if self.load_error is not None:
             return tensor
         try:
-            stored, weight = self._compress_lossy(name, tensor)
+            stored, weight = self.compress_lossy_weight(name, tensor)
         except LlmcompError as exc:
             self.load_error = exc
             return tensor
         self.lossy[name] = stored
         return weight
 
-    def _compress_lossy(self, name: str, tensor: torch.Tensor) -> tuple[LossyWeight, torch.Tensor]:
+    def compress_lossy_weight(self, name: str, tensor: torch.Tensor) -> tuple[LossyWeight, torch.Tensor]:
         cfg = self.quantization_config
-        if self._plan is None:
-            return compress_lossy(name, tensor, self._pipeline or cfg.pipeline(), cfg.coder, cfg.block_size)
-        return compress_lossy(name, tensor, self._plan.pipeline(name), cfg.coder, cfg.block_size,
-                              importance=self._plan.importance(name, tensor.shape), hessian=self._plan.hessian(name),
-                              row_importance=self._plan.row_importance(name), calibration=self._plan.info)
+        if self.plan is None:
+            return compress_lossy(name, tensor, self.stages or cfg.pipeline(), cfg.coder, cfg.block_size)
+        return compress_lossy(name, tensor, self.plan.pipeline(name), cfg.coder, cfg.block_size,
+                              importance=self.plan.importance(name, tensor.shape), hessian=self.plan.hessian(name),
+                              row_importance=self.plan.row_importance(name), calibration=self.plan.info)
 
     def encode_weight(self, name: str, tensor: torch.Tensor, keep: bool = True) -> EncodedTensor:
         """Encode ``tensor`` with this config's coder and block size; ``keep`` it for the next save."""
@@ -411,75 +338,9 @@ class LlmcompHfQuantizer(HfQuantizer):
         return enc
 
     def get_state_dict_and_metadata(self, model: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The shard tensors under their checkpoint names: compressed parts for selected weights, the rest as is.
-
-        The model's own conversions are reverted first (renames undone, fused MoE experts split into one
-        tensor per expert), then compressed: a tensor that is a model weight as a whole follows that
-        weight's selection; one made by a conversion (an expert's slice) follows the rule ``llmcomp
-        compress`` applies to checkpoint keys, so both paths store the same checkpoint. Encodings kept
-        from compress-on-load are written when their weight still holds the same bytes; the others are
-        encoded now and not kept (memory stays bounded by what the user asked to compress).
-        """
+        """The shard tensors under their checkpoint names and the shard metadata (see ``_save_state``)."""
         add_guard(model.config)
-        cfg = self.quantization_config
-        tied = shared_tied_targets(model)
-        targets = set(select_weights(model, cfg)) - set(tied)
-        state = {name: t for name, t in model.state_dict().items() if not (name in tied and tied[name] in targets)}
-        if self.conversions and any(t.device.type == "meta" for t in state.values()):
-            state = {name: hf_compat.offloaded_parameter(model, name) if t.device.type == "meta" else t
-                     for name, t in state.items()}
-        whole = {_identity(t): name for name, t in state.items()}
-        out: dict[str, torch.Tensor] = {}
-        reused = encoded = 0
-        for key, tensor in hf_compat.revert_conversions(model, state, self.conversions).items():
-            name = whole.get(_identity(tensor))
-            if name is None and compresses_key(key, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), cfg):
-                out.update(pack(key, self.encode_weight(key, tensor, keep=False)))  # a slice of a fused weight
-                encoded += 1
-            elif name is None or name not in targets:
-                out[key] = tensor
-            elif not cfg.is_lossless or name in self.lossy:
-                out.update(_renamed(self._lossy_for_save(model, name, tensor), name, key))
-            else:
-                enc = self.encoded.get(name)
-                if enc is not None and self._fingerprints.get(name) == fingerprint(tensor_of(model, name)):
-                    reused += 1
-                else:
-                    self.encoded.pop(name, None)
-                    self._fingerprints.pop(name, None)
-                    if tensor.device.type == "meta":
-                        tensor = hf_compat.offloaded_parameter(model, name)
-                    enc = self.encode_weight(name, tensor, keep=False)
-                    encoded += 1
-                out.update(pack(key, enc))
-        logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", reused + encoded, reused, encoded)
-        return out, {**SHARD_METADATA, **plain_checksums(out)}
-
-    def _lossy_for_save(self, model: Any, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Shard tensors of lossy weight ``name``: the kept form while the weight is unchanged, else re-applied."""
-        stored = self.lossy.get(name)
-        param = tensor_of(model, name)
-        unchanged = param is not None and (param.device.type == "meta" or self._fingerprints.get(name) == fingerprint(param))
-        if stored is not None and unchanged:
-            return stored.pack()
-        if tensor.device.type == "meta":
-            tensor = hf_compat.offloaded_parameter(model, name)
-        if stored is not None:
-            warnings.warn(
-                f"weight {name!r} changed since it was compressed; saving re-applies the lossy stages to it, so the "
-                "saved weight differs from the one in memory",
-                stacklevel=3,
-            )
-        if self._plan is not None and self._plan.keys.get(name):
-            return self._compress_lossy(name, tensor)[0].pack()
-        pipeline = self._pipeline or self.quantization_config.pipeline()
-        if pipeline is None:  # a lossy checkpoint loaded with a lossless config: keep the stored stages
-            from llmcomp_hf.transforms import config_from_dict
-
-            pipeline = config_from_dict(stored.header["meta"]["config"])
-        cfg = self.quantization_config
-        fresh, _ = compress_lossy(name, tensor, pipeline, cfg.coder, cfg.block_size)
-        return fresh.pack()
+        return checkpoint_state(self, model)
 
     def compression_stats(self) -> dict[str, Any]:
         """Sizes of the compressed weights this quantizer holds (lossless encodings and lossy weights).
@@ -531,49 +392,8 @@ class LlmcompHfQuantizer(HfQuantizer):
         _save_hooks.uninstall(model)
         self.encoded.clear()
         self.lossy.clear()
-        self._fingerprints.clear()
+        self.fingerprints.clear()
         return model
-
-
-def _in_absent_head(model: Any, name: str) -> bool:
-    """True when checkpoint weight ``name`` lies under a top-level module this model class lacks.
-
-    E.g. ``lm_head.weight`` or ``cls.predictions...`` when a base ``AutoModel`` loads a checkpoint saved
-    with a head: transformers leaves such keys unused by design. A weight under a module the model does
-    have (``model.layers.0.mlp.up_prxj.weight``) is not such a case.
-    """
-    segments = name.split(".")
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    children = dict(model.named_children())
-    if prefix and prefix in children:
-        children.update(dict(children[prefix].named_children()))
-    elif prefix and segments[0] == prefix and len(segments) > 1:
-        segments = segments[1:]  # a base model loading keys saved with its prefix
-    return segments[0] not in children
-
-
-def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
-    """Same storage, offset, shape and dtype: the same tensor (a renamed weight keeps its tensor object)."""
-    if tensor.device.type == "meta":
-        return (id(tensor),)
-    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
-
-
-def _renamed(parts: dict[str, torch.Tensor], name: str, key: str) -> dict[str, torch.Tensor]:
-    """Stored parts of weight ``name`` under checkpoint name ``key`` (their keys start with ``name``)."""
-    return parts if name == key else {key + k[len(name):]: v for k, v in parts.items()}
-
-
-def _header_bytes(header: torch.Tensor) -> bytes:
-    return header.detach().cpu().contiguous().numpy().tobytes()
-
-
-def read_tensor(file: str, key: str) -> torch.Tensor:
-    """One tensor of a shard (small ones: headers), read on its own."""
-    from safetensors import safe_open
-
-    with safe_open(file, framework="pt") as handle:
-        return handle.get_tensor(key)
 
 
 def _serialized_names(lossy_names: set[str], keys: list[str]) -> dict[str, list[str]]:
