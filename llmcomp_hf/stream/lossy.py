@@ -113,7 +113,6 @@ def compress_lossy_shard(
     SHA-256 of every reconstruction, for ``--verify``. ``plan``: the calibrated config's plan over
     every selected weight of the checkpoint (``config.calibrated_plan(selected)``), None otherwise.
     """
-
     pipeline = config.pipeline()
     out.parent.mkdir(parents=True, exist_ok=True)
     spool = Spool(out.with_name(f".{out.name}.spool"))
