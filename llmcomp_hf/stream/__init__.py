@@ -27,7 +27,7 @@ __all__ = [
 _WHERE = {
     "CheckpointError": "source",
     "VerificationError": "source",
-    "RunResult": "compress",
+    "RunResult": "records",
     "compress_checkpoint": "compress",
     "decompress_checkpoint": "compress",
     "is_selected": "compress",

@@ -18,13 +18,10 @@ encoded (see writer.py), so memory holds about ``workers + 1`` tensors, never a 
 
 from __future__ import annotations
 
-import math
-
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +38,7 @@ from llmcomp_hf.stream.files import (
     staged_output,
 )
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
+from llmcomp_hf.stream.records import RunResult, TensorRecord
 from llmcomp_hf.stream.source import (
     CODE_TO_NAME,
     CONFIG_NAME,
@@ -55,60 +53,6 @@ from llmcomp_hf.stream.source import (
 from llmcomp_hf.stream.writer import StreamingShardWriter, dtype_itemsize
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
-
-
-@dataclass
-class TensorRecord:
-    """What happened to one source tensor."""
-
-    name: str
-    file: str
-    dtype: str
-    shape: tuple[int, ...]
-    original_bytes: int
-    stored_bytes: int
-    compressed: bool
-    keys: tuple[str, ...] = ()  # its checkpoint tensors when not the three lossless parts or the name
-    lossy: bool = False  # stored with lossy stages (compress) or written as their reconstruction (decompress)
-    rel_mse: float | None = None  # lossy: measured ||W - W'||^2 / ||W||^2
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def stored_keys(self) -> tuple[str, ...]:
-        """The checkpoint tensors written for this source tensor."""
-        if self.keys:
-            return self.keys
-        return tuple(part_key(self.name, p) for p in ("data", "index", "header")) if self.compressed else (self.name,)
-
-
-@dataclass
-class RunResult:
-    """Summary of a compress/decompress run."""
-
-    dst: Path
-    records: list[TensorRecord] = field(default_factory=list)
-    seconds: float = 0.0
-    verified: bool = False
-
-    @property
-    def original_bytes(self) -> int:
-        return sum(r.original_bytes for r in self.records)
-
-    @property
-    def stored_bytes(self) -> int:
-        return sum(r.stored_bytes for r in self.records)
-
-    @property
-    def ratio(self) -> float:
-        return self.stored_bytes / self.original_bytes if self.original_bytes else 1.0
-
-    @property
-    def lossy(self) -> bool:
-        """True when any weight went through lossy stages."""
-        return any(r.lossy for r in self.records)
 
 
 def is_selected(info: TensorInfo, config: CompressionConfig) -> bool:

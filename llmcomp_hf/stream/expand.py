@@ -20,8 +20,9 @@ import numpy as np
 
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, transform_key, unpack, with_file
-from llmcomp_hf.stream.files import CARD_NAME, copy_side_files
+from llmcomp_hf.stream.files import CARD_NAME, copy_side_files, plain_config
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
+from llmcomp_hf.stream.records import TensorRecord
 from llmcomp_hf.stream.source import (
     CONFIG_NAME,
     INDEX_NAME,
@@ -225,7 +226,6 @@ def decompress_into(
     """Write the plain checkpoint of ``src`` into the (empty) folder ``out``; return TensorRecords."""
     from llmcomp_hf.card import is_llmcomp_card, read_card
     from llmcomp_hf.card_merge import is_merged, unmerge_card
-    from llmcomp_hf.stream.compress import TensorRecord
 
     shards, sharded = read_checkpoint(src)
     cmap = CompressedMap(shards)
@@ -295,21 +295,6 @@ def decompress_into(
         else:
             shutil.copyfile(src / CARD_NAME, out / CARD_NAME)
     return records
-
-
-def plain_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``config.json`` without ``quantization_config`` and without the load guard entry."""
-    from llmcomp_hf._guard import GUARD_KEY
-
-    cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}
-    fusion = cfg.get("fusion_config")
-    if isinstance(fusion, dict) and GUARD_KEY in fusion:
-        rest = {k: v for k, v in fusion.items() if k != GUARD_KEY}
-        if rest:
-            cfg["fusion_config"] = rest
-        else:
-            del cfg["fusion_config"]
-    return cfg
 
 
 def _header_json(base: str, tensor: Any, file: str) -> dict[str, Any]:

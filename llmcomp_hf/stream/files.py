@@ -1,4 +1,5 @@
-"""Output folders: atomic staging next to the destination, and copying the non-weight files."""
+"""Output folders: atomic staging next to the destination, copying the non-weight files, and the plain
+``config.json`` a decompressed checkpoint gets (``plain_config``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from llmcomp_hf.paths import walk_files
 from llmcomp_hf.stream.source import CheckpointError
@@ -171,3 +173,18 @@ def copy_side_files(src: Path, dst: Path, skip: set[str] | None = None,
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     return [rel for _, rel in chosen]
+
+
+def plain_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``config.json`` without ``quantization_config`` and without the load guard entry."""
+    from llmcomp_hf._guard import GUARD_KEY
+
+    cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}
+    fusion = cfg.get("fusion_config")
+    if isinstance(fusion, dict) and GUARD_KEY in fusion:
+        rest = {k: v for k, v in fusion.items() if k != GUARD_KEY}
+        if rest:
+            cfg["fusion_config"] = rest
+        else:
+            del cfg["fusion_config"]
+    return cfg

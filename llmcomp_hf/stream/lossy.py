@@ -25,6 +25,7 @@ from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import LlmcompError, where
 from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, raw_checksum
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
+from llmcomp_hf.stream.records import TensorRecord
 from llmcomp_hf.stream.source import CODE_TO_NAME, NAME_TO_CODE, CheckpointError, ShardInfo, TensorInfo, tensor_bytes
 from llmcomp_hf.stream.writer import StreamingShardWriter, dtype_itemsize
 
@@ -112,8 +113,6 @@ def compress_lossy_shard(
     SHA-256 of every reconstruction, for ``--verify``. ``plan``: the calibrated config's plan over
     every selected weight of the checkpoint (``config.calibrated_plan(selected)``), None otherwise.
     """
-    from llmcomp_hf.stream.compress import TensorRecord
-
     pipeline = config.pipeline()
     out.parent.mkdir(parents=True, exist_ok=True)
     spool = Spool(out.with_name(f".{out.name}.spool"))

@@ -35,8 +35,7 @@ def reconstruction_figures(qc: dict[str, Any] | None, headers: dict[str, dict[st
 
 def write_reconstruction_files(out: Path, cfg: dict[str, Any] | None, card: Any, headers: dict[str, dict[str, Any]]) -> None:
     """Write ``config.json`` (no quantization_config, a ``RECON_KEY`` entry) and ``README.md`` into ``out``."""
-    from llmcomp_hf.stream.expand import plain_config
-    from llmcomp_hf.stream.files import CARD_NAME
+    from llmcomp_hf.stream.files import CARD_NAME, plain_config
     from llmcomp_hf.stream.source import CONFIG_NAME, write_json
 
     qc = (cfg or {}).get("quantization_config")
