@@ -112,10 +112,12 @@ class DecodeOp(ConversionOps):
             header = picked.get("header")
             if header is not None:
                 self.hf_quantizer.ledger.note(header)
-                if shape is not None:  # before anything is allocated for it
-                    check_declared(name, header, shape, None, self.hf_quantizer.file_of(name))
             tensor = prefetch.take(header) if prefetch is not None and header is not None else None
+            if tensor is not None and shape is not None and tensor.shape != shape:
+                check_declared(name, header, shape, None, self.hf_quantizer.file_of(name))  # raises, naming both
             if tensor is None:
+                if header is not None and shape is not None:  # before anything is allocated for it
+                    check_declared(name, header, shape, None, self.hf_quantizer.file_of(name))
                 if prefetch is not None and header is not None:  # a headers-only load: read the other parts
                     picked = self.hf_quantizer.read_parts(header, picked)
                 tensor = decode_parts(name, picked, self.hf_quantizer.file_of(name))

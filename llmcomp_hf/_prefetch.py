@@ -38,10 +38,11 @@ from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.api import _decode_scratch, torch_dtype
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
-from llmcomp_hf.codec.encoded import EncodedTensor, expected_sum
+from llmcomp_hf.codec.encoded import EncodedTensor, expected_sum, is_checksum
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
+from llmcomp_hf.errors import ChecksumMismatchError, FormatError, LlmcompError, where
 from llmcomp_hf.format.inventory import Inventory, inventory
-from llmcomp_hf.format.shard import part_key, unpack
+from llmcomp_hf.format.shard import PLAIN_PREFIX, part_key, raw_checksum, read_tensor_header, split_key
 from llmcomp_hf.paths import open_regular
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ class Prefetcher:
     """
 
     def __init__(self, weights: Iterable[tuple[str, str]], verify: bool = True, max_ahead: int = 256 << 20,
-                 part_files: Mapping[str, str] | None = None) -> None:
+                 part_files: Mapping[str, str] | None = None, plain_files: Iterable[str] = ()) -> None:
         """``weights``: ``(name, shard file)``; ``part_files``: the file of a part key stored elsewhere
-        (transformers may put the parts of one weight in different shards)."""
+        (transformers may put the parts of one weight in different shards); ``plain_files``: shards whose
+        plain tensors are checked against their metadata checksums once decoding is done (``verify``)."""
         from llmcomp_hf._hf_compat import loader_key_order  # the loader's own order
 
         ensure_consistent()  # before any cached kernel runs
@@ -97,6 +99,9 @@ class Prefetcher:
         if self._batches:
             with self._cond:
                 self._allocate_locked(*self._batches[0])
+        self.plain_files = list(plain_files) if verify else []
+        self._plain_error: Exception | None = None
+        self._plain_done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmcomp-prefetch", daemon=True)
 
     @property
@@ -143,8 +148,23 @@ class Prefetcher:
             self._close_locked()
 
     # -- decoding -----------------------------------------------------------------------------------
+    def plain_error(self) -> Exception | None:
+        """Once the plain tensors of ``plain_files`` are checked: the first mismatch (an LlmcompError), or None."""
+        self._plain_done.wait()
+        return self._plain_error
+
     def _run(self) -> None:
         self._decode_batches()
+        try:  # on this thread: the loader's own thread is busy with Python
+            for file in self.plain_files:
+                shard = self._shards.get(file) or self._shards.setdefault(file, _MappedShard(file))
+                shard.check_plain(file)
+        except Exception as exc:  # an LlmcompError names tensor and file; anything else is the shard's fault
+            self._plain_error = exc if isinstance(exc, LlmcompError) else FormatError(
+                f"cannot check the plain tensors{where(None, file)}: {type(exc).__name__}: {exc}; the shard is "
+                "damaged: re-download it or re-save the model")
+        finally:
+            self._plain_done.set()
         # Unmap the files here rather than in the loader's thread (2 ms for 75 MB): at once if every
         # weight is decoded or claimed (no kernel reads the files again), else after close().
         with self._cond:
@@ -224,9 +244,11 @@ class Prefetcher:
                 job.header = header.tobytes()
                 self._by_header.setdefault(job.header, []).append(job)
                 index, data = self._part(job, "index"), self._part(job, "data")
-                # the loader's own validation (header tensor dtype, size, JSON, fields, index): same verdicts
-                checked = unpack(job.name, {"header": torch.from_numpy(header), "data": data, "index": index}, job.file)
-                enc = EncodedTensor(checked.header, data, index, job.name)  # the kernel reads the mapping itself
+                # the loader's own header validation (tensor dtype, size, JSON, fields) here and in job_row;
+                # the kernel checks the index as EncodedTensor.validate does: same verdicts, one pass
+                parsed = read_tensor_header(job.name, torch.from_numpy(header), job.file)
+                enc = EncodedTensor(parsed, data, index, job.name)  # the kernel reads the mapping itself
+                enc.validate(check_index=False)
             except Exception as exc:  # left to the loader, which names the problem
                 logger.debug("llmcomp prefetch skips %s: %s", job.name, exc)
                 self._state[job.i] = CLAIMED
@@ -283,6 +305,24 @@ class _MappedShard:
         self.raw = mapped.view(np.ndarray)
         self._start = 8 + length
 
+    def check_plain(self, file: str) -> None:
+        """``format.shard.check_plain`` over this mapping: plain tensors with a ``llmcomp.plain.<key>`` entry."""
+        from llmcomp_hf.stream.source import CODE_TO_NAME
+
+        metadata = self._entries.get("__metadata__") or {}
+        for key, entry in self._entries.items():
+            want = metadata.get(PLAIN_PREFIX + key) if key != "__metadata__" else None
+            if want is None or split_key(key)[1] is not None:
+                continue
+            lo, hi = (self._start + int(x) for x in entry["data_offsets"])
+            if not (self._start <= lo <= hi <= self.raw.shape[0]):
+                raise FormatError(f"tensor lies outside the file{where(key, file)}; the shard is truncated")
+            got = raw_checksum(self.raw[lo:hi], CODE_TO_NAME.get(entry["dtype"], entry["dtype"]), list(entry["shape"]))
+            if not is_checksum(want) or got != want.lower():
+                raise ChecksumMismatchError(
+                    f"checksum mismatch{where(key, file)}: the stored bytes hash to {got}, expected {want!r}. "
+                    "The shard is corrupted: re-download it or re-save the model.")
+
     def array(self, key: str) -> np.ndarray:
         """Tensor ``key`` as a view of the mapping (int64 views need not be aligned)."""
         entry = self._entries[key]
@@ -298,10 +338,11 @@ def prefetch_checkpoint(folder: str, verify: bool) -> Prefetcher | None:
     from llmcomp_hf.format.reader import checkpoint_files
 
     try:
-        found = discover(checkpoint_files(folder))
+        files = checkpoint_files(folder)
+        found = discover(files)
         if not found.weights or found.lossy:
             return None
-        return Prefetcher(found.bases.items(), verify, part_files=found.part_files).start()
+        return Prefetcher(found.bases.items(), verify, part_files=found.part_files, plain_files=files).start()
     except Exception as exc:
         logger.debug("llmcomp: no early prefetch (%s)", exc)
         return None

@@ -107,9 +107,6 @@ class LlmcompHfQuantizer(HfQuantizer):
                 keys_by_file.append((file, shard_keys(file)[0]))  # also checks the shard format version
             all_keys = [key for _, keys in keys_by_file for key in keys]
             self.inventory = inventory(keys_by_file)  # every encoded tensor has all its parts
-            if self.options.verify:  # plain tensors (norms, biases) against their checksums in the shard metadata
-                for file, _ in keys_by_file:
-                    check_plain_file(file)
             self._files, self._part_files = dict(self.inventory.bases), dict(self.inventory.part_files)
             self.ledger = Ledger(self.inventory)
             lossy_names = set(self.inventory.lossy)
@@ -122,9 +119,14 @@ class LlmcompHfQuantizer(HfQuantizer):
                 )
             self.serialized_names = _serialized_names(lossy_names, all_keys)
             if not self.on_the_fly:  # on the fly, update_weight_conversions swaps the modules
-                self._start_prefetch(lossy_names, kwargs.get("device_map"))
+                self._start_prefetch(lossy_names, kwargs.get("device_map"), [file for file, _ in keys_by_file])
                 if self.prefetch is not None:
                     self._headers_only(model)
+            if self.options.verify:  # plain tensors (norms, biases) against their checksums in the shard metadata
+                covered = {os.path.realpath(f) for f in (self.prefetch.plain_files if self.prefetch else ())}
+                for file, _ in keys_by_file:
+                    if os.path.realpath(file) not in covered:  # else checked on the prefetcher's thread
+                        check_plain_file(file)
         else:
             if self.on_the_fly and not self.quantization_config.is_lossless:
                 raise LlmcompError(
@@ -158,7 +160,7 @@ class LlmcompHfQuantizer(HfQuantizer):
             folder = local_checkpoint(*hf_compat.config_origin(config))
             self.prefetch = prefetch_checkpoint(folder, self.options.verify) if folder is not None else None
 
-    def _start_prefetch(self, lossy_names: set[str], device_map: Any) -> None:
+    def _start_prefetch(self, lossy_names: set[str], device_map: Any, files: list[str] | tuple = ()) -> None:
         """Decode the lossless weights in the background while transformers loads (see _prefetch)."""
         from llmcomp_hf._prefetch import Prefetcher
 
@@ -174,7 +176,8 @@ class LlmcompHfQuantizer(HfQuantizer):
         if early is not None:
             early.close()
         try:
-            self.prefetch = Prefetcher(self._files.items(), self.options.verify, part_files=self._part_files).start()
+            self.prefetch = Prefetcher(self._files.items(), self.options.verify, part_files=self._part_files,
+                                       plain_files=files).start()
         except Exception as exc:  # e.g. a missing header part: the loader reports it with its name
             logger.debug("llmcomp: no prefetch (%s)", exc)
 
@@ -204,13 +207,17 @@ class LlmcompHfQuantizer(HfQuantizer):
                     out[part] = handle.get_tensor(key)
         return out
 
-    def _stop_prefetch(self, model: Any = None) -> None:
+    def _stop_prefetch(self, model: Any = None) -> Exception | None:
+        """Close the prefetcher; returns what its check of the plain tensors found (None: all match)."""
+        error = None
         if getattr(self, "prefetch", None) is not None:
             self.prefetch.close()
+            error = self.prefetch.plain_error()
             self.prefetch = None
         if model is not None and self._unexpected_before is not _NOT_SET:
             hf_compat.restore_unexpected(model, self._unexpected_before)
             self._unexpected_before = _NOT_SET
+        return error
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return not self.pre_quantized and param_name in self._targets
@@ -253,10 +260,12 @@ class LlmcompHfQuantizer(HfQuantizer):
         return list(self._converters)
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
-        self._stop_prefetch(model)
+        plain_error = self._stop_prefetch(model)
         if self.load_error is not None:
             error, self.load_error = self.load_error, None
             raise error
+        if plain_error is not None:
+            raise plain_error
         if self.pre_quantized:
             if self.on_the_fly:
                 for module in model.modules():
