@@ -50,6 +50,30 @@ class Progress:
         self.stream.flush()
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def output_size(text: str) -> int | None:
+    """``--max-output``: bytes, with an optional K/M/G/T (binary) suffix, or ``none`` for no limit."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if value == "NONE":
+        return None
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16G, 500M, 123456789, none)") from None
+    if not number >= 0 or number * _SIZE_UNITS[unit] >= 1 << 63:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16G, 500M, 123456789, none)")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def _add_max_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-output", type=output_size, default=16 << 30, metavar="SIZE",
+                   help="refuse any tensor that would decode to more than SIZE bytes, before allocating it (a few "
+                   "stored bytes can declare any size; default 16G, 'none' for no limit)")
+
+
 def _add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
     if workers:
         p.add_argument("--workers", type=int, default=_default_workers(), metavar="N",
@@ -150,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="llmcomp checkpoint folder")
     p.add_argument("out", metavar="OUT", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
+    _add_max_output(p)
     _add_common(p)
 
     p = sub.add_parser("inspect", help="per-tensor sizes, ratios, bits/weight and entropy bounds",
@@ -159,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="checkpoint folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-bound", action="store_true", help="skip the entropy bound (reads headers only: instant)")
+    _add_max_output(p)
     _add_common(p)
 
     p = sub.add_parser("verify", help="check every checksum and format field",
                        description="Decode every compressed tensor with checksum verification and check the "
                        "shard metadata, index and config. Exit 1 naming the first bad tensor and file.")
     p.add_argument("path", metavar="PATH", help="checkpoint folder")
+    _add_max_output(p)
     _add_common(p)
 
     p = sub.add_parser("card", help="write or refresh the model card of a compressed folder",

@@ -144,7 +144,7 @@ def decompress(args: argparse.Namespace, progress: Progress) -> int:
     from llmcomp_hf.stream.compress import decompress_checkpoint
 
     result = decompress_checkpoint(Path(args.src), Path(args.out), workers=args.workers, overwrite=args.overwrite,
-                                   progress=progress)
+                                   progress=progress, max_output_bytes=args.max_output)
     n = sum(r.compressed for r in result.records)
     print(f"decompressed {n} tensors ({len(result.records)} in all, {result.original_bytes:,} bytes, checksums "
           f"verified) in {result.seconds:.1f} s -> {args.out}"
@@ -155,7 +155,8 @@ def decompress(args: argparse.Namespace, progress: Progress) -> int:
 def inspect(args: argparse.Namespace, progress: Progress) -> int:
     from llmcomp_hf.stream.check import inspect_checkpoint
 
-    report = inspect_checkpoint(Path(args.path), bound=not args.no_bound, workers=args.workers)
+    report = inspect_checkpoint(Path(args.path), bound=not args.no_bound, workers=args.workers,
+                                max_output_bytes=args.max_output)
     totals = report.totals()
     if args.json:
         print_json({"path": report.path, "tensors": [r.to_dict() for r in report.rows], "totals": totals,
@@ -183,7 +184,8 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
 def verify(args: argparse.Namespace, progress: Progress) -> int:
     from llmcomp_hf.stream.check import verify_checkpoint
 
-    report = verify_checkpoint(Path(args.path), workers=args.workers, progress=progress)
+    report = verify_checkpoint(Path(args.path), workers=args.workers, progress=progress,
+                               max_output_bytes=args.max_output)
     if report.error:
         _error(f"verification failed: {report.error}")
         return EXIT_FAILED

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.shard import check_metadata, check_plain_file, split_key
 from llmcomp_hf.stream.expand import (
@@ -168,7 +169,8 @@ def _fold_lossy(rows: dict[str, TensorRow], cmap: CompressedMap, stages: list[st
                                rel_mse=_float_or_none(header.get("rel_mse")))
 
 
-def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, variant: str | None = None) -> Report:
+def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, variant: str | None = None,
+                       max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> Report:
     """Per-tensor dtype, shape, stages, sizes, ratio, bits/weight and (``bound``) the order-0 bound.
 
     The bound needs each compressed tensor decoded (``workers`` at a time); without it only the
@@ -177,7 +179,7 @@ def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, v
     start = time.perf_counter()
     path = Path(path)
     shards, _ = read_checkpoint(path, variant)
-    cmap = CompressedMap(shards)
+    cmap = CompressedMap(shards, max_output_bytes)
     report = Report(str(path), config=read_config(path))
     rows = _rows(shards, cmap, report.config)
     if bound:
@@ -192,7 +194,8 @@ def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, v
     return report
 
 
-def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) -> Report:
+def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
+                      max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> Report:
     """Check format fields, shard metadata, the index and every tensor's checksum (plain tensors: those
     with a ``llmcomp.plain.<key>`` entry in their shard's metadata; older checkpoints have none).
 
@@ -212,7 +215,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None) 
             _check_index(path, shards)
         report.config = read_config(path)
         qc = (report.config or {}).get("quantization_config")
-        cmap = CompressedMap(shards)
+        cmap = CompressedMap(shards, max_output_bytes)
         if cmap.files and not (isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD):
             raise FormatError(f"config.json of {str(path)!r} has no llmcomp quantization_config, so transformers "
                               "would not decode the compressed tensors; restore config.json")

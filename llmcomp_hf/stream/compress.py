@@ -28,6 +28,7 @@ import numpy as np
 
 from llmcomp_hf._select import compresses_key
 from llmcomp_hf.codec.blocks import GROUP
+from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.config import QUANT_METHOD, CompressionConfig, LosslessConfig
 from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, pack, part_key, raw_checksum
 from llmcomp_hf.stream.files import (
@@ -245,8 +246,11 @@ def decompress_checkpoint(
     workers: int = 1,
     overwrite: bool = False,
     progress: Progress | None = None,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> RunResult:
     """Turn the llmcomp checkpoint ``src`` back into a plain safetensors checkpoint ``dst``.
+
+    ``max_output_bytes`` bounds each decoded tensor (default 16 GiB, None: none), checked before allocating.
 
     Same shard files and index layout; every tensor bit-identical to the original (each decode
     checks the tensor's checksum); ``quantization_config`` and the load guard leave ``config.json``.
@@ -260,6 +264,7 @@ def decompress_checkpoint(
     check_paths(src, dst)
     result = RunResult(dst, verified=True)
     with staged_output(dst, overwrite) as tmp:
-        result.records = decompress_into(src, tmp, workers=max(1, workers), progress=progress)
+        result.records = decompress_into(src, tmp, workers=max(1, workers), progress=progress,
+                                         max_output_bytes=max_output_bytes)
     result.seconds = time.perf_counter() - start
     return result

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, transform_key, unpack, with_file
 from llmcomp_hf.stream.files import CARD_NAME, copy_side_files, plain_config
@@ -45,9 +46,11 @@ class CompressedMap:
     to its parsed transform header.
     """
 
-    def __init__(self, shards: list[ShardInfo]) -> None:
+    def __init__(self, shards: list[ShardInfo], max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> None:
+        """``max_output_bytes`` bounds each decoded tensor (None: no bound), checked before allocating."""
         from llmcomp_hf.format.lossy import claim_parts, read_header
 
+        self.max_output_bytes = max_output_bytes
         self.files: dict[str, dict[str, ShardInfo]] = {}
         self.transforms: dict[str, ShardInfo] = {}
         for shard in shards:
@@ -120,12 +123,21 @@ def decode_checked(enc: Any, out: Any, file: str) -> Any:
         raise with_file(exc, enc.name, file) from exc
 
 
-def _out_tensor(header: dict[str, Any], bufs: BufferPool) -> tuple[Any, np.ndarray | None]:
-    """A contiguous tensor of the header's dtype and shape over a pooled buffer (and that buffer)."""
+def _out_tensor(header: dict[str, Any], bufs: BufferPool, limit: int | None, name: str, file: str
+                ) -> tuple[Any, np.ndarray | None]:
+    """A contiguous tensor of the header's dtype and shape over a pooled buffer (and that buffer).
+
+    Refused before allocating when it would exceed ``limit`` bytes (a few stored bytes can declare any size).
+    """
     import torch
 
     dtype, shape = getattr(torch, str(header["dtype"])), [int(d) for d in header["shape"]]
     nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if limit is not None and nbytes > limit:
+        raise FormatError(
+            f"tensor declares {nbytes:,} decoded bytes, over the limit of {limit:,}{where(name, file)}; if the "
+            "checkpoint is trusted and really that large, raise the limit (--max-output / max_output_bytes=)"
+        )
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype), None
     buf = bufs.take(nbytes)
@@ -160,7 +172,7 @@ def iter_decoded(
         lossy_name = transform_base(t.name) if reconstruct else None
         if lossy_name is not None:
             transform, held = _read_lossy(lossy_name, cmap, handles, bufs)
-            fut = pool.submit(_reconstruct, lossy_name, transform, held, str(shard.path))
+            fut = pool.submit(_reconstruct, lossy_name, transform, held, str(shard.path), cmap.max_output_bytes)
             pending.append((lossy_name, fut, [buf for _, buf in held.values()], None))
             while len(pending) > workers:
                 yield from finish()
@@ -180,7 +192,12 @@ def iter_decoded(
             continue
         cmap.home(base)  # checks every part is present
         enc, held = cmap.read(base, handles, bufs)
-        out, out_buf = _out_tensor(enc.header, bufs)
+        try:
+            out, out_buf = _out_tensor(enc.header, bufs, cmap.max_output_bytes, base, str(shard.path))
+        except BaseException:
+            for buf in held:
+                bufs.give(buf)
+            raise
         pending.append((base, pool.submit(decode_checked, enc, out, str(shard.path)), held, out_buf))
         while len(pending) > workers:
             yield from finish()
@@ -207,7 +224,8 @@ def _read_lossy(
     return transform, held
 
 
-def _reconstruct(name: str, transform: Any, held: dict[str, tuple[Any, np.ndarray]], file: str) -> Any:
+def _reconstruct(name: str, transform: Any, held: dict[str, tuple[Any, np.ndarray]], file: str,
+                 max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> Any:
     """The lossy weight ``name`` decoded (checksums verified) and reconstructed, as ``from_pretrained`` does."""
     from llmcomp_hf.format.lossy import decode_lossy
 
@@ -216,19 +234,20 @@ def _reconstruct(name: str, transform: Any, held: dict[str, tuple[Any, np.ndarra
         base, part = split_key(key)
         if part is not None:
             parts.setdefault(base[len(name) + 1:], {})[part] = tensor
-    weight, _ = decode_lossy(name, transform, parts, file, verify=True)
+    weight, _ = decode_lossy(name, transform, parts, file, verify=True, max_output_bytes=max_output_bytes)
     return weight
 
 
 def decompress_into(
-    src: Path, out: Path, workers: int = 1, progress: Callable[[str, int, int], None] | None = None
+    src: Path, out: Path, workers: int = 1, progress: Callable[[str, int, int], None] | None = None,
+    max_output_bytes: int | None = MAX_OUTPUT_BYTES,
 ) -> list:
     """Write the plain checkpoint of ``src`` into the (empty) folder ``out``; return TensorRecords."""
     from llmcomp_hf.card import is_llmcomp_card, read_card
     from llmcomp_hf.card_merge import is_merged, unmerge_card
 
     shards, sharded = read_checkpoint(src)
-    cmap = CompressedMap(shards)
+    cmap = CompressedMap(shards, max_output_bytes)
     plan: dict[str, list[tuple[str, str, list[int]]]] = {s.rel: [] for s in shards}
     for shard in shards:
         for t in shard.tensors:
