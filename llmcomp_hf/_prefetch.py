@@ -22,10 +22,8 @@ left to the loader, whose error names it. Decoded tensors not yet taken are boun
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -42,6 +40,7 @@ from llmcomp_hf.codec.encoded import EncodedTensor, expected_sum, is_checksum
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
 from llmcomp_hf.errors import ChecksumMismatchError, FormatError, LlmcompError, where
 from llmcomp_hf.format.inventory import Inventory, inventory
+from llmcomp_hf.format.safetensors_header import read_header
 from llmcomp_hf.format.shard import PLAIN_PREFIX, part_key, raw_checksum, read_tensor_header, split_key
 from llmcomp_hf.paths import open_regular
 
@@ -300,24 +299,20 @@ class _MappedShard:
     def __init__(self, file: str) -> None:
         with os.fdopen(open_regular(file), "rb") as handle:  # a FIFO is refused, never waited on
             mapped = np.memmap(handle, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
-        (length,) = struct.unpack("<Q", bytes(mapped[:8]))
-        self._entries = json.loads(bytes(mapped[8 : 8 + length]))
         self.raw = mapped.view(np.ndarray)
-        self._start = 8 + length
+        self.header = read_header(lambda n, at: bytes(self.raw[at : at + n]), self.raw.shape[0], file)
 
     def check_plain(self, file: str) -> None:
         """``format.shard.check_plain`` over this mapping: plain tensors with a ``llmcomp.plain.<key>`` entry."""
         from llmcomp_hf.stream.source import CODE_TO_NAME
 
-        metadata = self._entries.get("__metadata__") or {}
-        for key, entry in self._entries.items():
-            want = metadata.get(PLAIN_PREFIX + key) if key != "__metadata__" else None
+        metadata = self.header.metadata
+        for key, entry in self.header.entries.items():
+            want = metadata.get(PLAIN_PREFIX + key)
             if want is None or split_key(key)[1] is not None:
                 continue
-            lo, hi = (self._start + int(x) for x in entry["data_offsets"])
-            if not (self._start <= lo <= hi <= self.raw.shape[0]):
-                raise FormatError(f"tensor lies outside the file{where(key, file)}; the shard is truncated")
-            got = raw_checksum(self.raw[lo:hi], CODE_TO_NAME.get(entry["dtype"], entry["dtype"]), list(entry["shape"]))
+            got = raw_checksum(self.raw[entry.start : entry.end], CODE_TO_NAME.get(entry.dtype, entry.dtype),
+                               list(entry.shape))
             if not is_checksum(want) or got != want.lower():
                 raise ChecksumMismatchError(
                     f"checksum mismatch{where(key, file)}: the stored bytes hash to {got}, expected {want!r}. "
@@ -325,11 +320,8 @@ class _MappedShard:
 
     def array(self, key: str) -> np.ndarray:
         """Tensor ``key`` as a view of the mapping (int64 views need not be aligned)."""
-        entry = self._entries[key]
-        lo, hi = (self._start + int(x) for x in entry["data_offsets"])
-        if not (self._start <= lo <= hi <= self.raw.shape[0]):
-            raise ValueError(f"tensor {key} lies outside the file")
-        return self.raw[lo:hi].view(self._DTYPES[entry["dtype"]])
+        entry = self.header.entries[key]  # offsets checked against the file by read_header
+        return self.raw[entry.start : entry.end].view(self._DTYPES[entry.dtype])
 
 
 def prefetch_checkpoint(folder: str, verify: bool) -> Prefetcher | None:

@@ -9,15 +9,14 @@ is consumed, so reading runs at memory-copy speed and RSS stays at a few tensors
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.safetensors_header import read_header
 from llmcomp_hf.paths import open_regular
 from llmcomp_hf.stream.source import CODE_TO_NAME, ShardInfo
 
@@ -75,26 +74,14 @@ class ShardReader:
         self.path = os.fspath(info.path)
         self._fd = open_regular(self.path)  # a FIFO is refused, never waited on
         try:
-            size = os.fstat(self._fd).st_size
-            (n,) = struct.unpack("<Q", self._pread_exact(8, 0, "header length"))
-            if n > size - 8:
-                raise FormatError(f"safetensors header runs past the end{where(None, self.path)}; re-download it")
-            header = json.loads(self._pread_exact(n, 8, "header"))
-            self._start = 8 + n
+            header = read_header(lambda n, at: self._pread_exact(n, at, "header"), os.fstat(self._fd).st_size, self.path)
+            self._start = header.data_start
             self.ranges: dict[str, tuple[int, int]] = {}
             for t in info.tensors:
-                entry = header.get(t.name)
-                if not isinstance(entry, dict) or entry.get("dtype") != t.dtype:
+                entry = header.entries.get(t.name)
+                if entry is None or entry.dtype != t.dtype:
                     raise FormatError(f"header entry differs from safe_open's{where(t.name, self.path)}")
-                start, end = (int(x) for x in entry["data_offsets"])
-                if not 0 <= start <= end or self._start + end > size:
-                    raise FormatError(f"tensor bytes lie outside the file{where(t.name, self.path)}; re-download it")
-                self.ranges[t.name] = (start, end)
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            os.close(self._fd)
-            if isinstance(exc, FormatError):
-                raise
-            raise FormatError(f"unreadable safetensors header{where(None, self.path)}: {exc}; re-download it") from exc
+                self.ranges[t.name] = (entry.start - self._start, entry.end - self._start)
         except BaseException:
             os.close(self._fd)
             raise
