@@ -28,15 +28,15 @@ from transformers.quantizers.base import HfQuantizer
 from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf import _save_hooks, loading
 from llmcomp_hf._guard import add_guard, strip_guard
-from llmcomp_hf._ledger import Ledger
-from llmcomp_hf._save_state import checkpoint_state
+from llmcomp_hf._ledger import Ledger, read_tensor
 from llmcomp_hf._placeholders import check_encoded_modules, place_compressed
+from llmcomp_hf._save_state import checkpoint_state
 from llmcomp_hf._select import Fingerprint, fingerprint, select_weights, tensor_of
 from llmcomp_hf.codec import EncodedTensor, encode
 from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
-from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.inventory import Inventory, inventory
+from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.reader import shard_keys
 from llmcomp_hf.format.shard import PARTS, check_plain_file, part_key, transform_base
 from llmcomp_hf.modules import EncodedWeight, decompress_modules, keep_compressed
@@ -66,7 +66,6 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.plan: Any = None  # calibration.CalibratedPlan of a calibrated config
         self.load_error: LlmcompError | None = None  # first decode failure, raised after loading
         self.fingerprints: dict[str, Fingerprint] = {}  # content of each weight whose encoding is kept
-        self._files: dict[str, str] = {}
         self._targets: set[str] = set()
         self._converters: list[Any] = []
         self._decode_names: list[str] = []  # on the fly: weights decoded at load (names as the converters see them)
@@ -74,7 +73,6 @@ class LlmcompHfQuantizer(HfQuantizer):
         self.prefetch: Any = None  # _prefetch.Prefetcher while a compressed checkpoint loads
         self.inventory = Inventory()  # the compressed weights of the checkpoint loading
         self.ledger = Ledger(self.inventory)  # the compressed weights decoded so far
-        self._part_files: dict[str, str] = {}  # {stored part key: shard} of the checkpoint loading
         self._unexpected_before: Any = _NOT_SET  # the model's own unexpected-key patterns (headers-only loads)
         self.options = loading.current()  # read inside the user's `with load_options(...)` block
 
@@ -107,14 +105,13 @@ class LlmcompHfQuantizer(HfQuantizer):
                 keys_by_file.append((file, shard_keys(file)[0]))  # also checks the shard format version
             all_keys = [key for _, keys in keys_by_file for key in keys]
             self.inventory = inventory(keys_by_file)  # every encoded tensor has all its parts
-            self._files, self._part_files = dict(self.inventory.bases), dict(self.inventory.part_files)
             self.ledger = Ledger(self.inventory)
             lossy_names = set(self.inventory.lossy)
             if lossy_names and self.on_the_fly:
                 name = min(lossy_names)
                 raise FormatError(
                     f"this checkpoint holds lossy weights, which cannot be kept compressed in memory"
-                    f"{where(name, self._files.get(name))}; load it without "
+                    f"{where(name, self.inventory.bases.get(name))}; load it without "
                     "llmcomp_hf.load_options(decode='on_the_fly')"
                 )
             self.serialized_names = _serialized_names(lossy_names, all_keys)
@@ -166,18 +163,18 @@ class LlmcompHfQuantizer(HfQuantizer):
 
         early, self.prefetch = getattr(self, "prefetch", None), None
         offloaded = isinstance(device_map, dict) and "disk" in device_map.values()
-        if lossy_names or offloaded or not self._files or not self._prefetch_wanted():
+        if lossy_names or offloaded or not self.inventory.bases or not self._prefetch_wanted():
             if early is not None:
                 early.close()
             return
-        if early is not None and early.serves(self._files, self._part_files):
+        if early is not None and early.serves(self.inventory.bases, self.inventory.part_files):
             self.prefetch = early
             return
         if early is not None:
             early.close()
         try:
-            self.prefetch = Prefetcher(self._files.items(), self.options.verify, part_files=self._part_files,
-                                       plain_files=files).start()
+            self.prefetch = Prefetcher(self.inventory.bases.items(), self.options.verify,
+                                       part_files=self.inventory.part_files, plain_files=files).start()
         except Exception as exc:  # e.g. a missing header part: the loader reports it with its name
             logger.debug("llmcomp: no prefetch (%s)", exc)
 
@@ -194,17 +191,14 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     def read_parts(self, header: torch.Tensor, parts: dict[str, Any]) -> dict[str, Any]:
         """``parts`` completed with the stored parts of the weight whose header this is (headers-only loads)."""
-        from safetensors import safe_open
-
         name = self.prefetch.source(header) if self.prefetch is not None else None
         if name is None:
             return parts
         out = dict(parts)
         for part in PARTS:
             key = part_key(name, part)
-            if out.get(part) is None and key in self._part_files:
-                with safe_open(self._part_files[key], framework="pt") as handle:
-                    out[part] = handle.get_tensor(key)
+            if out.get(part) is None and key in self.inventory.part_files:
+                out[part] = read_tensor(self.inventory.part_files[key], key)
         return out
 
     def _stop_prefetch(self, model: Any = None) -> Exception | None:
@@ -306,9 +300,10 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     def file_of(self, name: str) -> str | None:
         """The shard holding compressed tensor ``name`` (for error messages)."""
-        if name in self._files:
-            return self._files[name]
-        return next((f for key, f in self._files.items() if key.endswith("." + name) or name.endswith("." + key)), None)
+        files = self.inventory.bases
+        if name in files:
+            return files[name]
+        return next((f for key, f in files.items() if key.endswith("." + name) or name.endswith("." + key)), None)
 
     # -- encoding and saving ------------------------------------------------------------------
     def compress_weight(self, name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -211,11 +211,11 @@ def test_a_corrupted_weight_is_reported_by_the_loader_not_hidden(packed, tmp_pat
 
 
 def test_no_prefetch_when_offloading_to_disk(packed, tmp_path):
+    from llmcomp_hf.format.inventory import Inventory
     from llmcomp_hf.quantizer import LlmcompHfQuantizer
 
     quantizer = LlmcompHfQuantizer(llmcomp_hf.LosslessConfig())
-    quantizer._files = dict(_weights(packed / "packed"))
-    quantizer._part_files = _part_files(packed / "packed")
+    quantizer.inventory = Inventory(bases=dict(_weights(packed / "packed")), part_files=_part_files(packed / "packed"))
     quantizer._start_prefetch(set(), {"model.layers.0": "disk", "": "cpu"})
     assert quantizer.prefetch is None
     quantizer._start_prefetch(set(), {"": "cpu"})
