@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 
 import numpy as np
 import torch
@@ -16,8 +17,9 @@ CODEC_TARGETS = ("decode", "decode_rows", "decode_many")
 # outcomes: the first three are allowed, every other one is a failure
 IDENTICAL, ERROR, UNVERIFIED = "identical", "error", "unverified"
 FOREIGN, SILENT = "foreign", "silent-wrong"
+UPSTREAM = "foreign-upstream"  # raised by transformers before any llmcomp_hf code ran (reported, not ours)
 CRASH, HANG = "crash", "hang"
-ALLOWED = (IDENTICAL, ERROR, UNVERIFIED)
+ALLOWED = (IDENTICAL, ERROR, UNVERIFIED, "declined")
 
 
 def codec_input(seeds: list[CodecSeed], campaign: int, i: int) -> tuple[str, CodecInput]:
@@ -25,6 +27,18 @@ def codec_input(seeds: list[CodecSeed], campaign: int, i: int) -> tuple[str, Cod
     rng = np.random.default_rng([campaign, i, 1])
     target = CODEC_TARGETS[int(rng.integers(len(CODEC_TARGETS)))]
     return target, mutate(seeds, int(rng.integers(len(seeds))), rng)
+
+
+def foreign(exc: BaseException) -> tuple[str, str]:
+    """(outcome, detail) of an exception that is not an LlmcompError, with where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "llmcomp_hf" in f.filename and "/tests/" not in f.filename]
+    last = frames[-1] if frames else None
+    at = f" at {last.filename.split('site-packages/')[-1]}:{last.lineno}" if last else ""
+    if ours:
+        at += f" (last llmcomp_hf frame {ours[-1].filename.split('llmcomp_hf/')[-1]}:{ours[-1].lineno} {ours[-1].name})"
+    outcome = FOREIGN if ours or not any("transformers" in f.filename for f in frames) else UPSTREAM
+    return outcome, f"{type(exc).__name__}: {str(exc)[:200]}{at}"
 
 
 def same_bits(got: torch.Tensor, want: torch.Tensor) -> bool:
@@ -82,7 +96,7 @@ def run_codec(seeds: list[CodecSeed], target: str, inp: CodecInput, direct: bool
     except LlmcompError as exc:
         return ERROR, type(exc).__name__
     except Exception as exc:  # noqa: BLE001 - a foreign exception is what the fuzzer looks for
-        return FOREIGN, f"{type(exc).__name__}: {str(exc)[:200]}"
+        return foreign(exc)
     if same_bits(got, want):
         return IDENTICAL, ""
     return SILENT, f"decoded {got.dtype} {tuple(got.shape)} without error, bits differ"
