@@ -6,7 +6,6 @@ Lossy weights (docs/format.md part 3) become their reconstruction, made by ``for
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections import deque
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcomp_hf.codec.encoded import load_json_object
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, transform_key, unpack, with_file
 from llmcomp_hf.stream.files import CARD_NAME, copy_side_files
@@ -313,15 +313,8 @@ def plain_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _header_json(base: str, tensor: Any, file: str) -> dict[str, Any]:
-    try:
-        header = json.loads(tensor_bytes(tensor).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(
-            f"header of compressed tensor is not valid JSON{where(base, file)}: {exc}; re-download it"
-        ) from exc
-    if not isinstance(header, dict):
-        raise FormatError(f"header of compressed tensor is not a JSON object{where(base, file)}; re-download it")
-    return header
+    # the shared parser: a nesting deep enough to exhaust the recursion limit is damage too
+    return load_json_object(tensor_bytes(tensor).tobytes(), "header of compressed tensor", where(base, file))
 
 
 def _code(base: str, header: dict[str, Any], file: str) -> str:

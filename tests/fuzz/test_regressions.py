@@ -1,0 +1,42 @@
+"""Bugs the fuzz campaign found, each pinned on the smallest input that showed it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import transformers
+
+from llmcomp_hf.errors import FormatError
+from llmcomp_hf.stream.compress import decompress_checkpoint
+
+from .mutate_files import join_safetensors, replace_tensor, split_safetensors
+
+
+def _copy(folder, tmp_path):
+    return shutil.copytree(folder, tmp_path / "ckpt")
+
+
+def test_decompress_refuses_a_header_nested_too_deeply(fuzz_checkpoints, tmp_path):
+    # was: RecursionError from json.loads in stream/expand.py _header_json (campaign seed 0, input 117)
+    folder = _copy(fuzz_checkpoints["lossy"], tmp_path)
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    header, body = split_safetensors(shard.read_bytes())
+    key = next(k for k in header if k.endswith(".llmcomp_header"))
+    deep = b'{"deep":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    shard.write_bytes(join_safetensors(*replace_tensor(header, body, key, deep)))
+    with pytest.raises(FormatError, match="nested too deeply"):
+        decompress_checkpoint(folder, tmp_path / "out")
+
+
+@pytest.mark.parametrize("edit", [{"coder": "zstd"}, {"block_size": "big"}, {"stages": [{"transform": {}}]},
+                                  {"stages": [{"transform": "nf4", "version": -4096}]}])
+def test_from_pretrained_names_a_damaged_quantization_config(fuzz_checkpoints, tmp_path, edit):
+    # was: a bare ValueError (config.py, CompressionConfig.from_dict) from from_pretrained (seed 0, inputs 130, 187)
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"].update(edit)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FormatError, match="config.json"):
+        transformers.AutoModelForCausalLM.from_pretrained(folder)
