@@ -59,6 +59,8 @@ class CompressedMap:
         claimed = claim_parts({b: b for b in self.files}, self.transforms)
         self.lossy_parts: dict[str, dict[str, str]] = {n: claimed.get(n, {}) for n in self.transforms}
         self.owner = {base: name for name, parts in self.lossy_parts.items() for base in parts.values()}
+        for base in self.files:  # every part present, also for a tensor whose data part is gone (it would be skipped)
+            self.home(base)
         self.headers: dict[str, dict[str, Any]] = {}
         self.lossy_headers: dict[str, dict[str, Any]] = {}
         for shard in shards:

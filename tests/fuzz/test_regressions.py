@@ -40,3 +40,15 @@ def test_from_pretrained_names_a_damaged_quantization_config(fuzz_checkpoints, t
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(FormatError, match="config.json"):
         transformers.AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_decompress_refuses_a_weight_whose_data_part_is_gone(fuzz_checkpoints, tmp_path):
+    # was: the weight silently left out of the plain checkpoint (stream/expand.py CompressedMap; seed 0, input 124)
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    header, body = split_safetensors(shard.read_bytes())
+    key = next(k for k in header if k.endswith(".llmcomp_data"))
+    header[key + "x"] = header.pop(key)
+    shard.write_bytes(join_safetensors(header, body))
+    with pytest.raises(FormatError, match="missing"):
+        decompress_checkpoint(folder, tmp_path / "out")
