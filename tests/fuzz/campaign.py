@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         last = [start]
 
+        seen = [0]
+
         def progress(tally: Tally, i: int) -> None:
+            for f in tally.failures[seen[0]:]:  # as they come: a long run can be stopped early
+                print(f"  FAILURE {kind} input {f.i}: {f.target} {f.outcome} {f.detail}", file=sys.stderr, flush=True)
+            seen[0] = len(tally.failures)
             if time.monotonic() - last[0] > 60:
                 last[0] = time.monotonic()
                 print(f"  {kind}: {i - args.start}/{n} done, {len(tally.failures)} failures", file=sys.stderr, flush=True)

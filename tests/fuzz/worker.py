@@ -59,13 +59,13 @@ def _selftest_runner():
 
 def main() -> None:
     kind, campaign, root = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    import torch
-
-    torch.set_num_threads(1)
     out = os.fdopen(int(os.environ["FUZZ_FD"]), "w", buffering=1)
     if kind == "selftest":
         prepare = _selftest_runner()
     else:
+        import torch
+
+        torch.set_num_threads(1)
         prepare = _codec_runner(campaign) if kind == "codec" else _checkpoint_runner(campaign, root)
     out.write("R\n")
     for line in sys.stdin:
