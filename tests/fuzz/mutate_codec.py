@@ -30,7 +30,8 @@ def _header_field(h: dict, rng: np.random.Generator) -> tuple[dict, str]:
     r = rng.random()
     if key == "dtype" and r < 0.5:
         h[key] = str(rng.choice(DTYPE_NAMES))
-    elif key == "shape" and r < 0.6:
+    elif key == "shape" and r < 0.6 and isinstance(h.get("shape"), list) and \
+            all(isinstance(d, int) and not isinstance(d, bool) for d in h["shape"]):
         shape = list(h["shape"])
         choice = int(rng.integers(6))
         if choice == 0:
@@ -53,7 +54,7 @@ def _header_field(h: dict, rng: np.random.Generator) -> tuple[dict, str]:
     elif key == "block_size" and r < 0.6:
         h[key] = int(rng.choice([0, 64, 128, 256, 320, 512, 1024, 2**24, 2**24 + 64, 2**30, -256]))
     elif key == "checksum" and r < 0.5:
-        c = h.get("checksum", "0" * 16)
+        c = str(h.get("checksum", "0" * 16)) or "0"
         h[key] = str(rng.choice([c[::-1], c.upper(), c[:15], c + "0", "0" * 16, "g" * 16, "+" + c[1:]]))
     elif r < 0.15:
         h.pop(key, None)

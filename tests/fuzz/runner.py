@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,9 +55,10 @@ class Worker:
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
         if boundscheck:
             env["NUMBA_BOUNDSCHECK"] = "1"
+        self.log = tempfile.TemporaryFile()  # the worker's stderr: its tail explains a crash
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.worker", kind, str(campaign), root],
                                      cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, pass_fds=(write,), preexec_fn=_limit, text=True)
+                                     stderr=self.log, pass_fds=(write,), preexec_fn=_limit, text=True)
         os.close(write)
         self.fd, self.buf = read, b""
         if self.line(startup_s) != "R":
@@ -78,6 +80,11 @@ class Worker:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return line.decode()
+
+    def stderr_tail(self, n: int = 300) -> str:
+        self.log.seek(0)
+        lines = [line for line in self.log.read().decode(errors="replace").splitlines() if line.strip()]
+        return " / ".join(lines[-3:])[-n:]
 
     def kill(self) -> None:
         try:
@@ -101,15 +108,16 @@ def run_range(kind: str, campaign: int, lo: int, hi: int, *, root: str = "", tim
         end = min(hi, i + chunk)
         worker.proc.stdin.write(f"{i} {end}\n")
         worker.proc.stdin.flush()
-        current, target = None, "?"
+        current, target, nxt = None, "?", i  # nxt: the input after the last one done
         while True:
             line = worker.line(timeout)
             if line is None:  # died or hung on ``current``
                 outcome = HANG if worker.timed_out else CRASH
                 rc = None if worker.timed_out else worker.proc.wait()
                 worker.kill()
+                rc = f"{rc}; stderr: {worker.stderr_tail()}"
                 worker, tally.restarts = None, tally.restarts + 1
-                at = current if current is not None else i
+                at = current if current is not None else nxt  # died between inputs: the next one's generation
                 tally.counts[(target, outcome)] += 1
                 tally.failures.append(Failure(kind, at, target, outcome, f"worker {outcome} (rc {rc})"))
                 i = at + 1
@@ -126,7 +134,7 @@ def run_range(kind: str, campaign: int, lo: int, hi: int, *, root: str = "", tim
             tally.counts[(target, outcome)] += 1
             if outcome not in ALLOWED:
                 tally.failures.append(Failure(kind, int(num), target, outcome, json.loads(detail)))
-            current = None
+            current, nxt = None, int(num) + 1
         if progress:
             progress(tally, i)
     if worker is not None:

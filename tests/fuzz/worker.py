@@ -71,7 +71,10 @@ def main() -> None:
     for line in sys.stdin:
         lo, hi = (int(v) for v in line.split())
         for i in range(lo, hi):
-            target, run = prepare(i)
+            try:
+                target, run = prepare(i)
+            except Exception as exc:  # noqa: BLE001 - a mutator bug is reported, not a worker crash
+                target, run = "harness", lambda exc=exc: ("harness-error", f"{type(exc).__name__}: {exc}"[:300])
             out.write(f"S {i} {target}\n")
             outcome, detail = run()
             out.write(f"D {i} {target} {outcome} {json.dumps(detail)}\n")
