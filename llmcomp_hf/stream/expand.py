@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llmcomp_hf.codec.encoded import load_json_object
+from llmcomp_hf.codec.encoded import load_json_object, validate_header
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, transform_key, unpack, with_file
 from llmcomp_hf.stream.files import CARD_NAME, copy_side_files
@@ -315,8 +315,13 @@ def plain_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _header_json(base: str, tensor: Any, file: str) -> dict[str, Any]:
-    # the shared parser: a nesting deep enough to exhaust the recursion limit is damage too
-    return load_json_object(tensor_bytes(tensor).tobytes(), "header of compressed tensor", where(base, file))
+    # the shared parser and validator: a deep nesting, or a field of the wrong type, is damage too
+    header = load_json_object(tensor_bytes(tensor).tobytes(), "header of compressed tensor", where(base, file))
+    try:
+        validate_header(header, base)
+    except FormatError as exc:
+        raise with_file(exc, base, file) from None
+    return header
 
 
 def _code(base: str, header: dict[str, Any], file: str) -> str:

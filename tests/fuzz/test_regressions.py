@@ -52,3 +52,20 @@ def test_decompress_refuses_a_weight_whose_data_part_is_gone(fuzz_checkpoints, t
     shard.write_bytes(join_safetensors(header, body))
     with pytest.raises(FormatError, match="missing"):
         decompress_checkpoint(folder, tmp_path / "out")
+
+
+@pytest.mark.parametrize("shape", [7, None, "x", [1.5], [[2]]])
+def test_verify_and_decompress_refuse_a_header_field_of_the_wrong_type(fuzz_checkpoints, tmp_path, shape):
+    # was: TypeError in stream/check.py _rows and stream/expand.py decompress_into (seed 3, input 655)
+    from llmcomp_hf.stream.check import verify_checkpoint
+
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    shard = sorted(folder.glob("*.safetensors"))[-1]
+    header, body = split_safetensors(shard.read_bytes())
+    key = next(k for k in header if k.endswith(".llmcomp_header"))
+    stored = json.loads(body[slice(*header[key]["data_offsets"])])
+    new = json.dumps(dict(stored, shape=shape), separators=(",", ":"), sort_keys=True).encode()
+    shard.write_bytes(join_safetensors(*replace_tensor(header, body, key, new)))
+    assert "shape" in verify_checkpoint(folder).error
+    with pytest.raises(FormatError, match="shape"):
+        decompress_checkpoint(folder, tmp_path / "out")
