@@ -69,3 +69,18 @@ def test_verify_and_decompress_refuse_a_header_field_of_the_wrong_type(fuzz_chec
     assert "shape" in verify_checkpoint(folder).error
     with pytest.raises(FormatError, match="shape"):
         decompress_checkpoint(folder, tmp_path / "out")
+
+
+@pytest.mark.parametrize("field,value", [("stored_bytes", [1]), ("stored_bytes", "12"), ("bits_per_weight", {}),
+                                         ("stored_bytes", -1)])
+def test_decompress_refuses_a_transform_header_figure_of_the_wrong_type(fuzz_checkpoints, tmp_path, field, value):
+    # was: TypeError from float() in stream/recon.py reconstruction_figures (seed 3, input 1362)
+    folder = _copy(fuzz_checkpoints["lossy"], tmp_path)
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    header, body = split_safetensors(shard.read_bytes())
+    key = next(k for k in header if k.endswith(".llmcomp_transform"))
+    stored = json.loads(body[slice(*header[key]["data_offsets"])])
+    new = json.dumps(dict(stored, **{field: value}), separators=(",", ":"), sort_keys=True).encode()
+    shard.write_bytes(join_safetensors(*replace_tensor(header, body, key, new)))
+    with pytest.raises(FormatError, match=field):
+        decompress_checkpoint(folder, tmp_path / "out")
