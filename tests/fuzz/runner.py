@@ -53,8 +53,9 @@ class Worker:
         read, write = os.pipe()
         env = dict(os.environ, FUZZ_FD=str(write), NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-        if boundscheck:
+        if boundscheck:  # cached kernels were compiled without checks: compile into a cache of their own
             env["NUMBA_BOUNDSCHECK"] = "1"
+            env["NUMBA_CACHE_DIR"] = str(REPO / "fuzz-failures" / "numba-boundscheck-cache")
         self.log = tempfile.TemporaryFile()  # the worker's stderr: its tail explains a crash
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.worker", kind, str(campaign), root],
                                      cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

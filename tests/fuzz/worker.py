@@ -67,6 +67,11 @@ def main() -> None:
 
         torch.set_num_threads(1)
         prepare = _codec_runner(campaign) if kind == "codec" else _checkpoint_runner(campaign, root)
+    if os.environ.get("NUMBA_BOUNDSCHECK") == "1":
+        import numba
+
+        if not numba.config.BOUNDSCHECK:
+            raise SystemExit("NUMBA_BOUNDSCHECK=1 was not taken up by numba")
     out.write("R\n")
     for line in sys.stdin:
         lo, hi = (int(v) for v in line.split())
