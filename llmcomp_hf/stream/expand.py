@@ -19,7 +19,7 @@ import numpy as np
 
 from llmcomp_hf.codec.encoded import load_json_object, validate_header
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, transform_key, unpack, with_file
+from llmcomp_hf.format.shard import PARTS, check_plain_file, part_key, split_key, transform_base, transform_key, unpack, with_file
 from llmcomp_hf.stream.files import CARD_NAME, copy_side_files
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.source import (
@@ -255,6 +255,7 @@ def decompress_into(
         for shard in shards:
             if not plan[shard.rel]:  # only holds parts of tensors homed elsewhere: no plain shard needed
                 continue
+            check_plain_file(str(shard.path))  # plain tensors copied as they are: their metadata checksums first
             dest = out / shard.rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             writer = StreamingShardWriter(str(dest), {"format": "pt"})

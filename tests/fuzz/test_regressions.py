@@ -84,3 +84,18 @@ def test_decompress_refuses_a_transform_header_figure_of_the_wrong_type(fuzz_che
     shard.write_bytes(join_safetensors(*replace_tensor(header, body, key, new)))
     with pytest.raises(FormatError, match=field):
         decompress_checkpoint(folder, tmp_path / "out")
+
+
+def test_decompress_refuses_a_plain_tensor_that_fails_its_checksum(fuzz_checkpoints, tmp_path):
+    # was: the damaged norm copied into the plain checkpoint (stream/expand.py decompress_into; seed 3, input 9340)
+    from llmcomp_hf.errors import ChecksumMismatchError
+
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    shard = sorted(folder.glob("*.safetensors"))[1]
+    header, body = split_safetensors(shard.read_bytes())
+    key = next(k for k in header if k.endswith("layernorm.weight"))
+    a, _ = header[key]["data_offsets"]
+    body = body[:a] + bytes([body[a] ^ 0x40]) + body[a + 1:]
+    shard.write_bytes(join_safetensors(header, body))
+    with pytest.raises(ChecksumMismatchError, match=key):
+        decompress_checkpoint(folder, tmp_path / "out")
