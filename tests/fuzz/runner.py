@@ -18,9 +18,10 @@ from pathlib import Path
 
 from .targets_codec import ALLOWED, CRASH, HANG
 
-# numba/LLVM and torch reserve much more address space than they use (measured: a worker that has
-# loaded every kernel maps ~3 GiB); 8 GiB still stops a decoder allocating a bomb's declared size.
-ADDRESS_LIMIT = int(float(os.environ.get("FUZZ_ADDRESS_GIB", "8")) * (1 << 30))
+# Measured: codec and checkpoint workers (torch, numba kernels, transformers) start and run under 3 GiB
+# of address space; 4 GiB leaves room and still stops a decoder allocating a bomb's declared size.
+# FUZZ_ADDRESS_GIB overrides it.
+ADDRESS_LIMIT = int(float(os.environ.get("FUZZ_ADDRESS_GIB", "4")) * (1 << 30))
 REPO = Path(__file__).resolve().parents[2]
 
 
