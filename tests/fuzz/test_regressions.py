@@ -99,3 +99,12 @@ def test_decompress_refuses_a_plain_tensor_that_fails_its_checksum(fuzz_checkpoi
     shard.write_bytes(join_safetensors(header, body))
     with pytest.raises(ChecksumMismatchError, match=key):
         decompress_checkpoint(folder, tmp_path / "out")
+
+
+def test_from_pretrained_names_a_shard_the_damaged_index_invents(fuzz_checkpoints, tmp_path):
+    # was: FileNotFoundError from paths.check_regular via quantizer -> reader.shard_keys (seed 4, input 839)
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    index = folder / "model.safetensors.index.json"
+    index.write_text(index.read_text().replace("model-00002-of-00003", "model-0000203", 1))
+    with pytest.raises(FormatError, match="model-0000203.safetensors"):
+        transformers.AutoModelForCausalLM.from_pretrained(folder)
