@@ -194,7 +194,13 @@ class CompressionConfig(QuantizationConfigMixin):
     def from_dict(cls, config_dict: dict[str, Any], return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
         """Build from ``to_dict`` output; on ``CompressionConfig`` empty stages give a ``LosslessConfig``."""
         target = LosslessConfig if cls is CompressionConfig and not config_dict.get("stages") else cls
-        config = target(**config_dict)
+        try:
+            config = target(**config_dict)
+        except FormatError:
+            raise
+        except (ValueError, TypeError) as exc:  # also what transformers reads from a checkpoint's config.json
+            raise FormatError(f"invalid llmcomp quantization_config: {exc}. If it comes from a checkpoint's "
+                              "config.json, that file is damaged: restore it or re-compress the model.") from exc
         error = conflict_error(config, quantization_config_being_merged())
         if error is not None:  # from_pretrained(llmcomp checkpoint, quantization_config=<another class>)
             raise error

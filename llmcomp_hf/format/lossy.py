@@ -165,6 +165,10 @@ def validate_transform_header(header: dict[str, Any], name: str, file: str | Non
         raise FormatError(f"{key}: shape {shown(shape)} is not a list of at most 16 non-negative ints{at}; the shard is corrupted")
     if not all(isinstance(p, str) and p for p in parts) or len(set(parts)) != len(parts):
         raise FormatError(f"{key}: parts must be distinct non-empty names{at}; the shard is corrupted")
+    for field in ("stored_bytes", "bits_per_weight"):  # figures summed by decompress for its card
+        value = header.get(field)
+        if value is not None and (type(value) not in (int, float) or not value >= 0):
+            raise FormatError(f"{key}: {field} {shown(value)} is not a non-negative number{at}; the shard is corrupted")
     meta = header["meta"]
     if meta.get("shape") != shape or meta.get("dtype") != header["dtype"]:
         raise FormatError(f"{key}: meta shape/dtype differ from the header's {header['dtype']} {shape}{at}; "

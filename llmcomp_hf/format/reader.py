@@ -29,6 +29,9 @@ def _open(file: str | os.PathLike) -> Iterator[Any]:
     becomes a FormatError naming the file."""
     file = os.fspath(file)
     check_link(Path(file), link_root(os.path.dirname(file) or "."))  # also guards files transformers lists
+    if not os.path.exists(file):  # e.g. a shard name in a damaged index, which transformers lists as is
+        raise FormatError(f"shard file is missing{where(None, file)}; the checkpoint is incomplete or its "
+                          "model.safetensors.index.json is damaged: re-download it")
     check_regular(file)
     try:
         with safe_open(file, framework="pt") as handle:

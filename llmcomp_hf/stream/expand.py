@@ -6,7 +6,6 @@ Lossy weights (docs/format.md part 3) become their reconstruction, made by ``for
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections import deque
@@ -19,8 +18,18 @@ from typing import Any
 import numpy as np
 
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
+from llmcomp_hf.codec.encoded import load_json_object, validate_header
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base, transform_key, unpack, with_file
+from llmcomp_hf.format.shard import (
+    PARTS,
+    check_plain_file,
+    part_key,
+    split_key,
+    transform_base,
+    transform_key,
+    unpack,
+    with_file,
+)
 from llmcomp_hf.stream.files import CARD_NAME, copy_side_files, plain_config
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.records import TensorRecord
@@ -63,6 +72,8 @@ class CompressedMap:
         claimed = claim_parts({b: b for b in self.files}, self.transforms)
         self.lossy_parts: dict[str, dict[str, str]] = {n: claimed.get(n, {}) for n in self.transforms}
         self.owner = {base: name for name, parts in self.lossy_parts.items() for base in parts.values()}
+        for base in self.files:  # every part present, also for a tensor whose data part is gone (it would be skipped)
+            self.home(base)
         self.headers: dict[str, dict[str, Any]] = {}
         self.lossy_headers: dict[str, dict[str, Any]] = {}
         for shard in shards:
@@ -272,6 +283,7 @@ def decompress_into(
         for shard in shards:
             if not plan[shard.rel]:  # only holds parts of tensors homed elsewhere: no plain shard needed
                 continue
+            check_plain_file(str(shard.path))  # plain tensors copied as they are: their metadata checksums first
             dest = out / shard.rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             writer = StreamingShardWriter(str(dest), {"format": "pt"})
@@ -317,14 +329,12 @@ def decompress_into(
 
 
 def _header_json(base: str, tensor: Any, file: str) -> dict[str, Any]:
+    # the shared parser and validator: a deep nesting, or a field of the wrong type, is damage too
+    header = load_json_object(tensor_bytes(tensor).tobytes(), "header of compressed tensor", where(base, file))
     try:
-        header = json.loads(tensor_bytes(tensor).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(
-            f"header of compressed tensor is not valid JSON{where(base, file)}: {exc}; re-download it"
-        ) from exc
-    if not isinstance(header, dict):
-        raise FormatError(f"header of compressed tensor is not a JSON object{where(base, file)}; re-download it")
+        validate_header(header, base)
+    except FormatError as exc:
+        raise with_file(exc, base, file) from None
     return header
 
 
