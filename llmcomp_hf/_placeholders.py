@@ -10,7 +10,7 @@ import torch
 from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.inventory import Inventory
-from llmcomp_hf.format.shard import part_key
+from llmcomp_hf.format.shard import part_key, read_tensor_header
 from llmcomp_hf.modules import EncodedWeight, compressed_module
 
 logger = logging.getLogger(__name__)
@@ -21,8 +21,9 @@ def install_placeholders(model: torch.nn.Module, placement: dict[str, tuple[str,
     to ``(its checkpoint name, shard)``.
 
     Buffer sizes come from the shard headers, so the loader fills them like any other tensor. Returns
-    the model weight names that cannot stay compressed (no such parameter, or a module without a
-    compressed twin); the loader decodes those.
+    the model weight names that cannot stay compressed (no such parameter, a module without a
+    compressed twin, or a stored dtype other than the model's, e.g. ``dtype=torch.float32`` for a bf16
+    checkpoint); the loader decodes (and casts) those.
     """
     from safetensors import safe_open
 
@@ -40,6 +41,10 @@ def install_placeholders(model: torch.nn.Module, placement: dict[str, tuple[str,
                 continue
             if file not in handles:
                 handles[file] = safe_open(file, framework="pt")
+            header = read_tensor_header(stored, handles[file].get_tensor(part_key(stored, "header")), file)
+            if header["dtype"] != str(module.weight.dtype).removeprefix("torch."):
+                decoded.append(name)  # loaded with another dtype=: decoded once and cast, not per forward
+                continue
             sizes = tuple(int(handles[file].get_slice(part_key(stored, p)).get_shape()[0]) for p in ("data", "index", "header"))
             twin = compressed_module(module, EncodedWeight.placeholder(stored, sizes))
             if twin is None:
@@ -82,8 +87,8 @@ def place_compressed(model: torch.nn.Module, conversions: list[Any], inventory: 
     decode += [renamed_of[final] for final in install_placeholders(model, keep)]
     if merged + len(decode):
         logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in %s (merged on load, tied, "
-                       "or no compressed twin) and are decoded at load", merged + len(decode), len(lossless),
-                       type(model).__name__)
+                       "no compressed twin, or another dtype) and are decoded at load", merged + len(decode),
+                       len(lossless), type(model).__name__)
     return decode
 
 

@@ -168,3 +168,14 @@ def test_a_header_declaring_another_shape_is_refused_before_decoding(compressed,
     rewrite_shard(shard_files(folder)[0], inflate)
     with pytest.raises(FormatError, match=rf"{TARGET}"):  # the declared shape, or an index too short for it
         _load(folder, how, monkeypatch)
+
+
+def test_on_the_fly_with_another_dtype_decodes_at_load_and_casts(compressed, monkeypatch):
+    """A bf16 checkpoint loaded on the fly with dtype=float32: the compressed layers would compute in
+    bf16 against float32 activations; those weights are decoded at load (and cast) instead."""
+    dense = tf.LlamaForCausalLM.from_pretrained(compressed / "dense", dtype=torch.float32)
+    with llmcomp_hf.load_options(decode="on_the_fly"):
+        model = tf.LlamaForCausalLM.from_pretrained(compressed / "c", dtype=torch.float32)
+    ids = torch.tensor([[3, 5, 7]])
+    with torch.no_grad():
+        assert torch.equal(raw_bits(dense(ids).logits), raw_bits(model(ids).logits))
