@@ -66,7 +66,9 @@ def checkpoint_state(q: LlmcompHfQuantizer, model: Any) -> tuple[dict[str, torch
                 encoded += 1
             out.update(pack(key, enc))
     logger.info("llmcomp: saving %d compressed weights (%d reused, %d encoded)", reused + encoded, reused, encoded)
-    return out, {**SHARD_METADATA, **plain_checksums(out)}
+    # transformers drops tied copies (and _keys_to_ignore_on_save) after this: no checksum entry for those
+    dropped = set(hf_compat.tied_weights(model)) | set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    return out, {**SHARD_METADATA, **plain_checksums({k: v for k, v in out.items() if k not in dropped})}
 
 
 def lossy_for_save(q: LlmcompHfQuantizer, model: Any, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ from llmcomp_hf._select import Fingerprint, fingerprint, select_weights, tensor_
 from llmcomp_hf.codec import EncodedTensor, encode
 from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import FormatError, LlmcompError, where
-from llmcomp_hf.format.inventory import Inventory, inventory
+from llmcomp_hf.format.inventory import Inventory, check_plain_listed, inventory
 from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.reader import shard_keys
 from llmcomp_hf.format.shard import PARTS, check_plain_file, part_key, transform_base
@@ -98,13 +98,15 @@ class LlmcompHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: Any, checkpoint_files: list[str] | None = None, **kwargs: Any) -> Any:
         self.load_error = None
         if self.pre_quantized:
-            keys_by_file: list[tuple[str, list[str]]] = []
+            headers: list[tuple[str, list[str], dict[str, str]]] = []
             for file in checkpoint_files or []:
                 if not file.endswith(".safetensors"):
                     raise FormatError(f"llmcomp checkpoints are safetensors shards{where(None, file)}; this file is not")
-                keys_by_file.append((file, shard_keys(file)[0]))  # also checks the shard format version
+                headers.append((file, *shard_keys(file)))  # also checks the shard format version
+            keys_by_file = [(file, keys) for file, keys, _ in headers]
             all_keys = [key for _, keys in keys_by_file for key in keys]
             self.inventory = inventory(keys_by_file)  # every encoded tensor has all its parts
+            check_plain_listed(headers)  # every plain tensor with a checksum is there
             self.ledger = Ledger(self.inventory)
             lossy_names = set(self.inventory.lossy)
             if lossy_names and self.on_the_fly:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.shard import PARTS, part_key, split_key, transform_base
+from llmcomp_hf.format.shard import PARTS, PLAIN_PREFIX, part_key, split_key, transform_base
 
 
 _KINDS = ("plain", "compressed", "lossy")  # how a weight is stored, in the order messages name them
@@ -98,6 +98,25 @@ def check_keys(files: Iterable[tuple[str, Iterable[str]]]) -> None:
                 )
 
 
+def check_plain_listed(shards: Iterable[tuple[str, Iterable[str], dict[str, str] | None]]) -> None:
+    """Every plain tensor with a ``llmcomp.plain.<key>`` checksum in a shard's metadata is in some shard.
+
+    ``(file, its keys, its metadata)`` for every shard. A renamed or dropped plain key would otherwise
+    load as a missing (randomly initialised) weight or vanish from a decompressed checkpoint.
+    """
+    listed = [(file, set(keys), metadata or {}) for file, keys, metadata in shards]
+    present = set().union(*(keys for _, keys, _ in listed)) if listed else set()
+    for file, _, metadata in listed:
+        for entry in metadata:
+            key = entry[len(PLAIN_PREFIX):] if entry.startswith(PLAIN_PREFIX) else None
+            if key is not None and key not in present:
+                raise FormatError(
+                    f"the shard metadata holds a checksum for plain tensor {key!r}, which is in no shard"
+                    f"{where(key, file)}: a key was renamed or dropped; restore the shard from its source or "
+                    "re-save the model"
+                )
+
+
 def _owner(base: str, lossy: set[str]) -> str | None:
     """The lossy weight whose encoded part ``base`` is (``W.<part>`` for lossy weight ``W``), or None."""
     pos = base.rfind(".")
@@ -108,4 +127,4 @@ def _owner(base: str, lossy: set[str]) -> str | None:
     return None
 
 
-__all__ = ["Inventory", "check_keys", "inventory"]
+__all__ = ["Inventory", "check_keys", "check_plain_listed", "inventory"]

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from llmcomp_hf.codec import decode
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.inventory import check_keys
+from llmcomp_hf.format.inventory import check_keys, check_plain_listed
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
 from llmcomp_hf.format.shard import check_metadata, check_plain, split_key, transform_base, unpack, with_file
 from llmcomp_hf.paths import check_link, check_regular, index_shards, link_root, single_shard
@@ -134,6 +134,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, *,
     files: dict[str, str] = {}
     listed = [(file, shard_keys(file)) for file in checkpoint_files(path)]
     check_keys((file, keys) for file, (keys, _) in listed)
+    check_plain_listed((file, keys, metadata) for file, (keys, metadata) in listed)
     for file, (keys, metadata) in listed:
         with _open(file) as handle:
             shard = {key: handle.get_tensor(key) for key in keys}

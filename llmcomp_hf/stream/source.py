@@ -125,11 +125,12 @@ def read_checkpoint(folder: Path, variant: str | None = None) -> tuple[list[Shar
     """Headers of every shard of a checkpoint folder, and whether it is sharded (has an index)."""
     if not folder.is_dir():
         raise CheckpointError(f"{os.fspath(folder)!r} is not a folder")
-    from llmcomp_hf.format.inventory import check_keys  # the loaders' key-set rule
+    from llmcomp_hf.format.inventory import check_keys, check_plain_listed  # the loaders' key-set rules
 
     files, sharded = shard_files(folder, variant)
     shards = [read_shard(f, folder) for f in files]
     check_keys((os.fspath(s.path), (t.name for t in s.tensors)) for s in shards)
+    check_plain_listed((os.fspath(s.path), [t.name for t in s.tensors], s.metadata) for s in shards)
     return shards, sharded
 
 

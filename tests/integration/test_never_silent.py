@@ -179,3 +179,20 @@ def test_on_the_fly_with_another_dtype_decodes_at_load_and_casts(compressed, mon
     ids = torch.tensor([[3, 5, 7]])
     with torch.no_grad():
         assert torch.equal(raw_bits(dense(ids).logits), raw_bits(model(ids).logits))
+
+
+def test_a_renamed_plain_key_is_refused_by_every_reader(compressed, tmp_path, monkeypatch, capsys):
+    """A norm stored under another name would load as a missing (random) weight: its checksum entry says
+    it belongs in the checkpoint, so every reader refuses (found by the fuzz campaign)."""
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(compressed / "c", tmp_path / "c")
+    rewrite_shard(shard_files(folder)[0], lambda t, md: t.__setitem__("model.norm.weigxt", t.pop("model.norm.weight")))
+    for how in sorted(LOADS):
+        with pytest.raises(FormatError, match=r"model\.norm\.weight.*in no shard"):
+            _load(folder, how, monkeypatch)
+    with pytest.raises(FormatError, match=r"model\.norm\.weight"):
+        load_checkpoint(folder)
+    for command in (["verify", str(folder)], ["decompress", str(folder), str(tmp_path / "out")]):
+        rc, _, err = run_cli(capsys, *command, "-q")
+        assert rc == 1 and "model.norm.weight" in err, err
