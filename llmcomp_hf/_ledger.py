@@ -26,11 +26,11 @@ class Ledger:
 
     def __init__(self, inventory: Inventory) -> None:
         self.inventory = inventory
-        self._seen: Counter[bytes] = Counter()
+        self._seen: list[torch.Tensor] = []  # compared by content only when the count is off
 
     def note(self, header: torch.Tensor) -> None:
         """The compressed weight stored with this header (or lossy transform header) was loaded."""
-        self._seen[_header_bytes(header)] += 1
+        self._seen.append(header)
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise FormatError naming every compressed weight that went into no parameter of ``model``.
@@ -39,9 +39,9 @@ class Ledger:
         is left out with a warning, as transformers does.
         """
         weights = self.inventory.weights
-        if sum(self._seen.values()) == len(weights):
+        if len(self._seen) == len(weights):
             return  # the loader routes each checkpoint key to one parameter at most, so counts suffice
-        left = Counter(self._seen)
+        left = Counter(_header_bytes(header) for header in self._seen)
         orphans = []
         for name, file in sorted(weights.items()):
             key = transform_key(name) if name in self.inventory.lossy else part_key(name, "header")

@@ -243,11 +243,11 @@ class Prefetcher:
                 job.header = header.tobytes()
                 self._by_header.setdefault(job.header, []).append(job)
                 index, data = self._part(job, "index"), self._part(job, "data")
-                # the loader's own header validation (tensor dtype, size, JSON, fields) here and in job_row;
-                # the kernel checks the index as EncodedTensor.validate does: same verdicts, one pass
-                parsed = read_tensor_header(job.name, torch.from_numpy(header), job.file)
+                # the loader's own checks: the header tensor (dtype, size, JSON) here, its fields and the
+                # arrays in job_row, the index in the kernel (as EncodedTensor.validate does): same verdicts
+                parsed = read_tensor_header(job.name, torch.from_numpy(header), job.file, validate=False)
                 enc = EncodedTensor(parsed, data, index, job.name)  # the kernel reads the mapping itself
-                enc.validate(check_index=False)
+                row = J.job_row(enc, at)  # reads the mapped file in place: self._shards keeps it
             except Exception as exc:  # left to the loader, which names the problem
                 logger.debug("llmcomp prefetch skips %s: %s", job.name, exc)
                 self._state[job.i] = CLAIMED
@@ -259,7 +259,7 @@ class Prefetcher:
                              enc.original_nbytes, data.nbytes + index.nbytes)
                 self._state[job.i] = CLAIMED
                 continue
-            table[job.i] = J.job_row(enc, at)  # reads the mapped file in place: self._shards keeps it
+            table[job.i] = row
             job.checksum = expected_sum(enc.header)  # the sum32 the decoded bytes must have
             job.dtype, job.shape, job.nbytes = torch_dtype(enc.dtype), tuple(enc.shape), int(table[job.i, J.NBYTES])
             indexes.append(index.view(np.uint8))

@@ -61,22 +61,23 @@ def read_header(read: Callable[[int, int], bytes], size: int, file: str) -> Head
 
 
 def _entry(name: str, entry: object, data_start: int, size: int, file: str) -> Entry:
-    at = where(name, file)
+    def bad(what: str) -> FormatError:  # messages built only when needed: a header has thousands of entries
+        return FormatError(f"{what}{where(name, file)}; the file is damaged or truncated: re-download it")
+
     if not isinstance(entry, dict):
-        raise FormatError(f"safetensors header entry is not an object{at}; re-download the file")
+        raise bad("safetensors header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in ITEMSIZE:
-        raise FormatError(f"unknown safetensors dtype {dtype!r}{at}; re-download the file")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or len(shape) > 64:
-        raise FormatError(f"bad shape {str(shape)[:80]}{at}; re-download the file")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(x) is int for x in offsets)):
-        raise FormatError(f"bad data_offsets {str(offsets)[:80]}{at}; re-download the file")
+        raise bad(f"unknown safetensors dtype {str(dtype)[:40]!r}")
+    if type(shape) is not list or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad(f"bad shape {str(shape)[:80]}")
+    if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int or type(offsets[1]) is not int:
+        raise bad(f"bad data_offsets {str(offsets)[:80]}")
     start, end = data_start + offsets[0], data_start + offsets[1]
     if not data_start <= start <= end <= size:
-        raise FormatError(f"tensor bytes lie outside the file{at}; the file is truncated: re-download it")
+        raise bad("tensor bytes lie outside the file")
     if end - start != math.prod(shape) * ITEMSIZE[dtype]:
-        raise FormatError(f"tensor holds {end - start} bytes, its shape {shape} needs "
-                          f"{math.prod(shape) * ITEMSIZE[dtype]}{at}; re-download the file")
+        raise bad(f"tensor holds {end - start} bytes, its shape {shape} needs {math.prod(shape) * ITEMSIZE[dtype]}")
     return Entry(dtype, tuple(shape), start, end)
 
 

@@ -101,13 +101,16 @@ def unpack(name: str, parts: Mapping[str, Any], file: str | None = None) -> Enco
         raise with_file(exc, name, file) from exc
 
 
-def read_tensor_header(name: str, tensor: Any, file: str | None = None) -> dict[str, Any]:
+def read_tensor_header(name: str, tensor: Any, file: str | None = None, validate: bool = True) -> dict[str, Any]:
     """Parse and validate the ``X.weight.llmcomp_header`` tensor alone (no data or index needed).
 
     The one reader of a stored encoded-tensor header (``unpack``, ``check_declared``); raises
-    FormatError naming the tensor and file.
+    FormatError naming the tensor and file. ``validate=False`` checks the tensor and its JSON only, for
+    a caller that validates the fields next (``EncodedTensor.validate``).
     """
     header = parse_json_tensor(tensor, part_key(name, "header"), MAX_HEADER_BYTES, where(name, file))
+    if not validate:
+        return header
     try:
         validate_header(header, name)
     except FormatError as exc:
