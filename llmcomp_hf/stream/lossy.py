@@ -23,7 +23,7 @@ import numpy as np
 
 from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import LlmcompError, where
-from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, raw_checksum
+from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, raw_checksum, transform_key
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.records import TensorRecord
 from llmcomp_hf.stream.source import CODE_TO_NAME, NAME_TO_CODE, CheckpointError, ShardInfo, TensorInfo, tensor_bytes
@@ -151,6 +151,8 @@ def compress_lossy_shard(
                     for key in records[info.name].keys:
                         item = spool.items[key]
                         writer.add_fixed(key, item.code, item.shape)
+                        if key == transform_key(info.name):  # plain bytes too: a renamed key must not go unseen
+                            writer.metadata[PLAIN_PREFIX + key] = "0" * 16
                 else:
                     writer.add_fixed(info.name, info.dtype, list(info.shape))
                     if info.dtype in CODE_TO_NAME:  # the header's room; the checksum is set when written
@@ -160,7 +162,12 @@ def compress_lossy_shard(
             for info in shard.tensors:  # pass 2: plain tensors from the source, lossy ones from the spool
                 if info.name in records:
                     for key in records[info.name].keys:
-                        writer.write_fixed(key, spool.get(key))
+                        data = spool.get(key)
+                        writer.write_fixed(key, data)
+                        if key == transform_key(info.name):
+                            item = spool.items[key]
+                            raw = np.frombuffer(data, np.uint8)
+                            writer.metadata[PLAIN_PREFIX + key] = raw_checksum(raw, CODE_TO_NAME[item.code], list(item.shape))
                     out_records.append(records[info.name])
                     continue
                 size = info.numel * dtype_itemsize(info.dtype, info.name)

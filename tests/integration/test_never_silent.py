@@ -196,3 +196,21 @@ def test_a_renamed_plain_key_is_refused_by_every_reader(compressed, tmp_path, mo
     for command in (["verify", str(folder)], ["decompress", str(folder), str(tmp_path / "out")]):
         rc, _, err = run_cli(capsys, *command, "-q")
         assert rc == 1 and "model.norm.weight" in err, err
+
+
+def test_a_renamed_lossy_transform_key_is_refused_after_llmcomp_compress(tmp_path, capsys):
+    """Without its transform header a lossy weight's parts would decode as unrelated tensors (fuzz campaign)."""
+    from tests.cli.helpers import run_cli
+
+    tiny_model("llama", torch.bfloat16).save_pretrained(tmp_path / "dense")
+    rc, _, err = run_cli(capsys, "compress", str(tmp_path / "dense"), str(tmp_path / "c"), "-q", "--config", "int8",
+                         "--min-numel", "256")
+    assert rc == 0, err
+    key = next(k for f in shard_files(tmp_path / "c") for k in safe_open(str(f), "pt").keys()
+               if k.endswith(".llmcomp_transform"))
+    shard = next(f for f in shard_files(tmp_path / "c") if key in safe_open(str(f), "pt").keys())
+    rewrite_shard(shard, lambda t, md: t.__setitem__(key + "x", t.pop(key)))
+    with pytest.raises(FormatError, match="in no shard"):
+        load_checkpoint(tmp_path / "c")
+    rc, _, err = run_cli(capsys, "verify", str(tmp_path / "c"), "-q")
+    assert rc == 1 and key in err, err
