@@ -324,13 +324,10 @@ class _MappedShard:
         return self.raw[entry.start : entry.end].view(self._DTYPES[entry.dtype])
 
 
-def prefetch_checkpoint(folder: str, verify: bool) -> Prefetcher | None:
-    """A started prefetcher for the lossless checkpoint in ``folder``, or None when there is none
+def prefetch_checkpoint(files: list[str], verify: bool) -> Prefetcher | None:
+    """A started prefetcher for the lossless checkpoint of these shards, or None when there is none
     (lossy weights, unreadable or incomplete files: the loader reports those, with names)."""
-    from llmcomp_hf.format.reader import checkpoint_files
-
     try:
-        files = checkpoint_files(folder)
         found = discover(files)
         if not found.weights or found.lossy:
             return None

@@ -143,8 +143,8 @@ class LlmcompHfQuantizer(HfQuantizer):
         return self.pre_quantized and not self.on_the_fly and os.environ.get("LLMCOMP_PREFETCH", "1") != "0"
 
     def _early_prefetch(self, config: Any) -> None:
-        """Start decoding before the model is even built, when the checkpoint is a local folder or a
-        Hub repo in the local cache (looked up without network, at the config's commit).
+        """Check the shard list and start decoding before the model is even built, when the checkpoint
+        is a local folder or a Hub repo in the local cache (looked up without network, at the config's commit).
 
         The model's construction is Python on one core, so the other decodes for free. The shard list
         is guessed (``subfolder=``/``variant=``/``cache_dir=`` loads may read other files); the
@@ -152,12 +152,22 @@ class LlmcompHfQuantizer(HfQuantizer):
         the loader reads, and ``_start_prefetch`` replaces it when the files differ.
         """
         self.prefetch = None
+        if not self.pre_quantized:
+            return
+        from llmcomp_hf.format.reader import checkpoint_files
+        from llmcomp_hf.hub import local_checkpoint
+
+        folder = local_checkpoint(*hf_compat.config_origin(config))
+        if folder is None:
+            return
+        try:  # a damaged index.json is refused here, naming it, before transformers parses it
+            files = checkpoint_files(folder)
+        except FileNotFoundError:  # e.g. a subfolder= load: the loader finds the files
+            return
         if self._prefetch_wanted():
             from llmcomp_hf._prefetch import prefetch_checkpoint
-            from llmcomp_hf.hub import local_checkpoint
 
-            folder = local_checkpoint(*hf_compat.config_origin(config))
-            self.prefetch = prefetch_checkpoint(folder, self.options.verify) if folder is not None else None
+            self.prefetch = prefetch_checkpoint(files, self.options.verify)
 
     def _start_prefetch(self, lossy_names: set[str], device_map: Any, files: list[str] | tuple = ()) -> None:
         """Decode the lossless weights in the background while transformers loads (see _prefetch)."""

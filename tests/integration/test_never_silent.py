@@ -214,3 +214,27 @@ def test_a_renamed_lossy_transform_key_is_refused_after_llmcomp_compress(tmp_pat
         load_checkpoint(tmp_path / "c")
     rc, _, err = run_cli(capsys, "verify", str(tmp_path / "c"), "-q")
     assert rc == 1 and key in err, err
+
+
+@pytest.mark.parametrize("how", sorted(LOADS))
+@pytest.mark.parametrize("damage", ["values-not-strings", "deep", "not-utf8"])
+def test_a_damaged_index_is_a_format_error_before_transformers_parses_it(tmp_path, how, damage, monkeypatch):
+    """transformers' own parse of model.safetensors.index.json gave TypeError/RecursionError (fuzz campaign)."""
+    import json
+
+    tiny_model("llama", torch.bfloat16).save_pretrained(tmp_path / "dense")
+    model = tf.LlamaForCausalLM.from_pretrained(tmp_path / "dense", quantization_config=CFG)
+    model.save_pretrained(tmp_path / "c", max_shard_size="100KB")
+    index = tmp_path / "c" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    if damage == "values-not-strings":
+        data["weight_map"][next(iter(data["weight_map"]))] = {"x": 1}
+        index.write_text(json.dumps(data))
+    elif damage == "deep":
+        index.write_bytes(b'{"weight_map": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    else:
+        index.write_bytes(b"\xff\xfe" + index.read_bytes())
+    # (the Auto classes give the quantizer the folder before transformers reads the index; a model class's own
+    # from_pretrained does not, and transformers' parse error stands there)
+    with pytest.raises(FormatError, match="model.safetensors.index.json"):
+        _load(tmp_path / "c", how, monkeypatch, cls=tf.AutoModelForCausalLM)
