@@ -131,12 +131,12 @@ def read_weight_map(index: str | os.PathLike) -> dict[str, str]:
     """``weight_map`` of a safetensors index file, checked to be ``{tensor name: file name}`` strings."""
     data = read_json(index, "safetensors index")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not all(
+    if not isinstance(weight_map, dict) or not weight_map or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise FormatError(
-            f"{os.fspath(index)!r} is not a valid safetensors index (it needs a 'weight_map' object of tensor "
-            "name -> file name strings); restore or re-download it"
+            f"{os.fspath(index)!r} is not a valid safetensors index (it needs a non-empty 'weight_map' object of "
+            "tensor name -> file name strings); restore or re-download it"
         )
     return weight_map
 

@@ -63,11 +63,12 @@ def checkpoint_files(path: str | os.PathLike) -> list[str]:
     if os.path.isfile(path):
         check_regular(path)
         return [os.fspath(path)]
-    if os.path.lexists(path / INDEX_NAME):
-        return [os.fspath(f) for f in index_shards(path, INDEX_NAME)]
+    # transformers' precedence: model.safetensors when there is one, else the index
     single = single_shard(path, SINGLE_NAME) if path.is_dir() else None
     if single is not None:
         return [os.fspath(single)]
+    if os.path.lexists(path / INDEX_NAME):
+        return [os.fspath(f) for f in index_shards(path, INDEX_NAME)]
     raise FileNotFoundError(f"no {SINGLE_NAME} or {INDEX_NAME} in {os.fspath(path)!r}")
 
 

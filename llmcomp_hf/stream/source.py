@@ -79,11 +79,11 @@ def shard_files(folder: Path, variant: str | None = None) -> tuple[list[Path], b
     """(shard paths, sharded?) of a checkpoint folder: via its index, else ``model.safetensors``
     (the names of ``save_pretrained(variant=...)`` with ``variant``)."""
     index_name, single_name = with_variant(INDEX_NAME, variant), with_variant(SINGLE_NAME, variant)
-    if os.path.lexists(folder / index_name):
-        return index_shards(folder, index_name), True
-    single = single_shard(folder, single_name)
+    single = single_shard(folder, single_name)  # transformers' precedence: the single file, else the index
     if single is not None:
         return [single], False
+    if os.path.lexists(folder / index_name):
+        return index_shards(folder, index_name), True
     others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.safetensors"))
     hint = (
         f"; found {others[:3]}: convert to safetensors first (load with transformers and save_pretrained)"

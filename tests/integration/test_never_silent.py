@@ -238,3 +238,20 @@ def test_a_damaged_index_is_a_format_error_before_transformers_parses_it(tmp_pat
     # from_pretrained does not, and transformers' parse error stands there)
     with pytest.raises(FormatError, match="model.safetensors.index.json"):
         _load(tmp_path / "c", how, monkeypatch, cls=tf.AutoModelForCausalLM)
+
+
+def test_readers_take_the_files_transformers_takes(compressed, tmp_path):
+    """model.safetensors wins over an index, as in transformers; an index with no entries is damage
+    (verify once checked zero tensors of such a folder and said ok: fuzz campaign)."""
+    import json
+
+    from llmcomp_hf.stream.check import verify_checkpoint
+
+    folder = _copy(compressed / "c", tmp_path / "c")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+    report = verify_checkpoint(folder)
+    assert report.error is None and len(report.rows) == len(load_checkpoint(compressed / "c"))
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    assert "non-empty 'weight_map'" in str(verify_checkpoint(folder).error)
+    with pytest.raises(FormatError, match="non-empty 'weight_map'"):
+        load_checkpoint(folder)
