@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+from huggingface_hub.errors import EntryNotFoundError
 
 from llmcomp_hf.cli import main
 from llmcomp_hf.format import load_checkpoint
@@ -96,3 +99,51 @@ def small_checkpoint(folder: Path, outside: Path | None = None) -> Path:
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     (folder / "tokenizer_config.json").write_text("{}\n")
     return folder
+
+
+def compressed_tiny(root: Path) -> Path:
+    """``root/c``: a tiny sharded checkpoint compressed by ``llmcomp compress`` (base model org/tiny)."""
+    src = tiny_checkpoint(root / "src")
+    assert main(["compress", str(src), str(root / "c"), "-q", "--workers", "1", "--base-model", "org/tiny"]) == 0
+    return root / "c"
+
+
+class FakeHub:
+    """Records create_repo/create_commit calls and the uploaded files' bytes; serves a remote README."""
+
+    def __init__(self, monkeypatch, remote_card: str | None = None, tmp: Path | None = None) -> None:
+        self.repos: list[dict] = []
+        self.commits: list[dict[str, bytes]] = []
+        fake = self
+
+        def create_repo(api, repo_id, **kwargs):
+            fake.repos.append({"repo_id": repo_id, **kwargs})
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def create_commit(api, repo_id, operations, **kwargs):
+            files = {}
+            for op in operations:
+                src = op.path_or_fileobj
+                files[op.path_in_repo] = Path(src).read_bytes() if isinstance(src, (str, Path)) else (
+                    src.getvalue() if isinstance(src, io.BytesIO) else bytes(src))
+            fake.commits.append(files)
+            return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'0' * 40}",
+                              commit_message=kwargs.get("commit_message") or "", commit_description="", oid="0" * 40)
+
+        def hf_hub_download(repo_id, filename, **kwargs):  # what ModelCard.load fetches
+            if remote_card is None:
+                raise EntryNotFoundError(f"{filename} not found in {repo_id}")
+            path = tmp / "remote-README.md"
+            path.write_text(remote_card)
+            return str(path)
+
+        # upload_folder streams through hf_xet when it is installed; its legacy path ends in create_commit
+        monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "create_commit", create_commit)
+        # the Hub's README YAML check (POST /api/validate-yaml): parse it locally instead
+        monkeypatch.setattr(HfApi, "_validate_yaml", lambda api, content, **kwargs: ModelCard(content))
+        monkeypatch.setattr("huggingface_hub.repocard.hf_hub_download", hf_hub_download)
+
+    def card(self, commit: int = -1) -> ModelCard:
+        return ModelCard(self.commits[commit]["README.md"].decode())

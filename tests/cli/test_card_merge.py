@@ -8,9 +8,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from llmcomp_hf.card import CardError, CardStats, read_card, render_card
-from llmcomp_hf.stream import restore_card
 from llmcomp_hf.card_merge import BEGIN, is_merged, merge_card, unmerge_card
-from tests.cli.helpers import run_cli, tiny_checkpoint
+from llmcomp_hf.stream import restore_card
+from tests.cli.helpers import compressed_tiny, run_cli, tiny_checkpoint
 
 # YAML and opening text as sentence-transformers' save() writes them (generate_model_card / a reused base card)
 ST_CARD = """---
@@ -88,12 +88,7 @@ def test_a_card_without_yaml_gets_a_yaml_block():
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("merge")
-    src = tiny_checkpoint(root / "src")
-    from llmcomp_hf.cli import main
-
-    assert main(["compress", str(src), str(root / "c"), "-q", "--workers", "1", "--base-model", "org/tiny"]) == 0
-    return root / "c"
+    return compressed_tiny(tmp_path_factory.mktemp("merge"))
 
 
 def test_restore_card_after_a_foreign_card_was_written_over_ours(compressed, tmp_path):

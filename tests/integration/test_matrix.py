@@ -16,7 +16,7 @@ import torch
 import llmcomp_hf
 from llmcomp_hf.config import LosslessConfig
 from llmcomp_hf.modules import CompressedConv1D, CompressedEmbedding, CompressedLinear
-from tests.cli.test_push import FakeHub
+from tests.cli.helpers import FakeHub
 from tests.integration.helpers import assert_same_state, raw_bits, tiny_model
 
 CFG = LosslessConfig(min_numel=256)
