@@ -32,7 +32,7 @@ def __getattr__(name: str):  # lazy: the configs import transformers (~2 s), the
 
         return calibrate
     if name == "keep_compressed":
-        from llmcomp_hf.modules import keep_compressed
+        from llmcomp_hf.module_swap import keep_compressed
 
         return keep_compressed
     raise AttributeError(f"module 'llmcomp_hf' has no attribute {name!r}")

@@ -145,6 +145,55 @@ def loaded_names(keys: Iterable[str], conversions: list[Any] | None, model: torc
     return out
 
 
+def merge_targets(keys: Iterable[str], conversions: list[Any] | None, model: torch.nn.Module
+                  ) -> dict[str, tuple[Any, str, str, str | None]]:
+    """For each checkpoint weight a model converter merges: ``{key: (converter, source pattern, target, path)}``,
+    the converter, the pattern it matched, the model parameter it merges the key into (``rename_source_key``)
+    and the key's path below that parameter's module (``0.w1.weight``; None if it is not below it). Keys no
+    converter takes are left out."""
+    from transformers.core_model_loading import (WeightConverter, WeightRenaming, apply_converters, apply_renamings,
+                                                 rename_source_key)
+
+    renamings = [c for c in conversions or [] if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions or [] if isinstance(c, WeightConverter)]
+    by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    meta_state = model.state_dict()
+    out = {}
+    for key in keys:
+        target, pattern = rename_source_key(key, renamings, converters, prefix, meta_state)
+        if pattern is None or pattern not in by_pattern:
+            continue
+        renamed = apply_renamings(key, renamings)
+        module = apply_converters(renamed, converters)[0].rpartition(".")[0]
+        path = renamed[len(module) + 1:] if module and renamed.startswith(module + ".") else None
+        out[key] = (by_pattern[pattern], pattern, target, path)
+    return out
+
+
+def runs_pure_merge(converter: Any) -> bool:
+    """``converter`` only stacks, concatenates, interleaves or transposes its sources into one target, using
+    nothing but the tensors (so it can run again on decoded tensors, at every forward)."""
+    from transformers.core_model_loading import Concatenate, Interleave, MergeModulelist, Transpose
+
+    ops = list(getattr(converter, "operations", []) or [])
+    pure = (MergeModulelist, Concatenate, Interleave, Transpose)
+    return (len(converter.target_patterns) == 1 and bool(ops)
+            and all(type(op) in pure and not getattr(op, "check_dims", False) for op in ops))
+
+
+def run_merge(converter: Any, tensors: dict[str, list[torch.Tensor]], layer_name: str) -> torch.Tensor:
+    """The tensor ``converter``'s ops make of ``tensors`` (``{source pattern: tensors in load order}``), as in
+    ``WeightConverter.convert``; ``converter`` must pass ``runs_pure_merge``."""
+    collected: dict[str, Any] = dict(tensors)
+    for op in converter.operations:
+        collected = op.convert(collected, source_patterns=converter.source_patterns,
+                               target_patterns=converter.target_patterns, full_layer_name=layer_name,
+                               model=None, config=None, missing_keys=None)
+    (tensor,) = collected.values()
+    return tensor
+
+
 def revert_conversions(model: torch.nn.Module, state: dict[str, torch.Tensor], conversions: list[Any] | None) -> dict[str, torch.Tensor]:
     """``state`` (model names) under the checkpoint names ``conversions`` were loaded from
     (``revert_weight_conversion``: renames undone, fused experts split back into one tensor each)."""
@@ -194,6 +243,28 @@ def tied_weights(model: torch.nn.Module) -> dict[str, str]:
     return dict(getattr(model, "all_tied_weights_keys", None) or {})
 
 
+def mark_initialized(module: torch.nn.Module) -> None:
+    """Tell the loader's weight initialisation (``_initialize_weights``) to leave ``module`` alone."""
+    module._is_hf_initialized = True
+
+
+def untie(model: torch.nn.Module, names: Iterable[str]) -> dict[str, str]:
+    """Take the ties among ``names`` out of the model's tie map (``all_tied_weights_keys``, which the loader
+    and ``tie_weights(recompute_mapping=False)`` apply); returns the ``{copy: source}`` entries taken out."""
+    names = set(names)
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    taken = {copy: source for copy, source in tied.items() if copy in names and source in names}
+    for copy in taken:
+        del tied[copy]
+    return taken
+
+
+def retie(model: torch.nn.Module, taken: dict[str, str]) -> None:
+    """Put back the entries ``untie`` took out of the model's tie map."""
+    if taken:
+        model.all_tied_weights_keys.update(taken)
+
+
 def config_origin(config: Any) -> tuple[str | None, str | None]:
     """``(name_or_path, commit)`` a config was loaded from (``_name_or_path``, ``_commit_hash``)."""
     return getattr(config, "_name_or_path", None), getattr(config, "_commit_hash", None)
@@ -207,14 +278,20 @@ __all__ = [
     "ignore_unexpected",
     "loaded_names",
     "loader_key_order",
+    "mark_initialized",
+    "merge_targets",
     "model_conversions",
     "module_and_attr",
     "offloaded_parameter",
     "restore_unexpected",
+    "retie",
     "quantization_config_being_merged",
     "revert_conversions",
+    "run_merge",
+    "runs_pure_merge",
     "set_model_conversions",
     "tied_weights",
+    "untie",
     "weight_converter_class",
     "without_ops",
 ]

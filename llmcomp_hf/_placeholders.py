@@ -3,98 +3,167 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from llmcomp_hf import _hf_compat as hf_compat
+from llmcomp_hf.compressed_fused import CompressedFused
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.inventory import Inventory
-from llmcomp_hf.format.shard import part_key, read_tensor_header
-from llmcomp_hf.modules import EncodedWeight, compressed_module
+from llmcomp_hf._fused_placement import place_fused
+from llmcomp_hf._stored_parts import StoredParts
+from llmcomp_hf.format.shard import part_key
+from llmcomp_hf.module_swap import compressed_module, tied_twin
+from llmcomp_hf.modules import EncodedWeight
 
 logger = logging.getLogger(__name__)
 
 
-def install_placeholders(model: torch.nn.Module, placement: dict[str, tuple[str, str]]) -> list[str]:
+@dataclass
+class Placement:
+    """What ``place_compressed`` decided: weights to decode at load, and tied copies kept compressed."""
+
+    decode: list[str] = field(default_factory=list)  # names as the loader's converters see them
+    ties: dict[str, str] = field(default_factory=dict)  # tied copy -> the weight whose encoding it reads
+    untied: dict[str, str] = field(default_factory=dict)  # what hf_compat.untie took out (put back by dequantize)
+    unused_converters: list[Any] = field(default_factory=list)  # model converters whose weights all stay encoded
+
+
+def install_placeholders(model: torch.nn.Module, placement: dict[str, str], parts: StoredParts
+                         ) -> tuple[list[str], dict[str, EncodedWeight]]:
     """Swap modules for compressed twins with empty buffers: ``placement`` maps each model weight name
-    to ``(its checkpoint name, shard)``.
+    to its checkpoint name (see ``StoredParts.placeholder``).
 
-    Buffer sizes come from the shard headers, so the loader fills them like any other tensor. Returns
-    the model weight names that cannot stay compressed (no such parameter, a module without a
-    compressed twin, or a stored dtype other than the model's, e.g. ``dtype=torch.float32`` for a bf16
-    checkpoint); the loader decodes (and casts) those.
+    Returns the model weight names that cannot stay compressed (no such parameter, a module without a
+    compressed twin), which the loader decodes, and the placeholder of each other.
     """
-    from safetensors import safe_open
-
-    handles: dict[str, Any] = {}
-    decoded = []
-    try:
-        for name, (stored, file) in placement.items():
-            module_name, _, attr = name.rpartition(".")
-            try:
-                module = model.get_submodule(module_name) if attr == "weight" else None
-            except AttributeError:
-                module = None
-            if module is None or not isinstance(module._parameters.get("weight"), torch.nn.Parameter):
-                decoded.append(name)
-                continue
-            if file not in handles:
-                handles[file] = safe_open(file, framework="pt")
-            header = read_tensor_header(stored, handles[file].get_tensor(part_key(stored, "header")), file)
-            if header["dtype"] != str(module.weight.dtype).removeprefix("torch."):
-                decoded.append(name)  # loaded with another dtype=: decoded once and cast, not per forward
-                continue
-            sizes = tuple(int(handles[file].get_slice(part_key(stored, p)).get_shape()[0]) for p in ("data", "index", "header"))
-            twin = compressed_module(module, EncodedWeight.placeholder(stored, sizes))
-            if twin is None:
-                decoded.append(name)
-                continue
-            parent_name, _, child = module_name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
-    finally:
-        handles.clear()
-    return decoded
+    decoded, installed = [], {}
+    for name, stored in placement.items():
+        module = _weight_module(model, name)
+        twin = None
+        if module is not None:
+            placeholder = parts.placeholder(stored, module.weight.dtype)
+            twin = compressed_module(module, placeholder)
+        if twin is None:
+            decoded.append(name)
+            continue
+        _replace(model, name, twin)
+        installed[name] = placeholder
+    return decoded, installed
 
 
-def place_compressed(model: torch.nn.Module, conversions: list[Any], inventory: Inventory) -> list[str]:
+def place_compressed(model: torch.nn.Module, conversions: list[Any], inventory: Inventory,
+                     plain_keys: list[str] = ()) -> Placement:
     """On the fly: swap in a compressed twin wherever transformers will load a compressed weight.
 
     Each weight's parts follow transformers' own renaming (vision towers, multimodal wrappers) to the
-    module that receives them. Weights a model converter merges (MoE experts: that converter decodes
-    them), tied weights and modules without a compressed twin are decoded at load instead, and counted
-    in one log line. Returns the names (as the loader's converters see them) of those to decode.
+    module that receives them. Tied copies (``lm_head`` of tied embeddings) get a twin that reads the
+    encoded weight of the layer they are tied to, when the checkpoint stores that one weight of the
+    group (``plain_keys``: its other tensors, to check). Weights a model converter merges (MoE experts)
+    stay encoded in a ``CompressedFused`` that merges them per forward where it can (``_fused_placement``).
+    The others, ties that cannot share one encoded weight and modules without a compressed twin are
+    decoded at load instead, and counted in one log line.
     """
     tied = hf_compat.tied_weights(model)
-    tied_names = set(tied) | set(tied.values())
     suffix = len(part_key("", "data"))
     lossless = inventory.lossless
     placement = hf_compat.loaded_names([part_key(name, "data") for name in lossless], conversions, model)
-    keep: dict[str, tuple[str, str]] = {}
+    stored = {final[:-suffix] for _, final, _ in placement.values()}
+    stored |= {final for _, final, _ in hf_compat.loaded_names(plain_keys, conversions, model).values()}
+    keep: dict[str, str] = {}
     renamed_of: dict[str, str] = {}
-    decode: list[str] = []
-    merged = 0
-    for name, file in lossless.items():
+    result = Placement()
+    merged = []
+    for name in lossless:
         renamed, final, by_converter = placement[part_key(name, "data")]
         renamed, final = renamed[:-suffix], final[:-suffix]
+        group = tie_group(final, tied)
         if by_converter:
-            merged += 1
-        elif final in tied_names:
-            decode.append(renamed)
+            merged.append(name)
+        elif group and not _can_share(model, final, group, stored):
+            result.decode.append(renamed)  # transformers ties it once decoded
         else:
-            keep[final] = (name, file)
+            keep[final] = name
             renamed_of[final] = renamed
-    decode += [renamed_of[final] for final in install_placeholders(model, keep)]
-    if merged + len(decode):
-        logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in %s (merged on load, tied, "
-                       "no compressed twin, or another dtype) and are decoded at load", merged + len(decode),
-                       len(lossless), type(model).__name__)
-    return decode
+    with StoredParts(inventory.part_files) as parts:
+        decoded, installed = install_placeholders(model, keep, parts)
+        result.unused_converters, merged = place_fused(model, conversions, merged, plain_keys, parts)
+    result.decode += [renamed_of[final] for final in decoded]
+    for final, placeholder in installed.items():
+        for copy in tie_group(final, tied) - {final}:
+            _replace(model, copy, tied_twin(_weight_module(model, copy), placeholder))
+            result.ties[copy] = final
+    result.untied = hf_compat.untie(model, set(result.ties) | set(result.ties.values()))
+    if merged or result.decode:
+        logger.warning("llmcomp: %d of %d compressed weights cannot stay compressed in %s (merged on load by "
+                       "other than stacking, tied differently, or no compressed twin) and are decoded at load",
+                       len(merged) + len(result.decode), len(lossless), type(model).__name__)
+    return result
+
+
+def tie_kept(model: torch.nn.Module, swapped: list[str]) -> dict[str, str]:
+    """After ``keep_compressed``: the tied copies of each swapped weight read its encoded weight too, when
+    their layers can (same shape and dtype), instead of holding the dense tensor. Returns the ties taken
+    out of the model's tie map (``hf_compat.untie``)."""
+    tied = hf_compat.tied_weights(model)
+    shared: set[str] = set()
+    for name in swapped:
+        encoded = model.get_submodule(name)
+        for copy in tie_group(name, tied) - {name}:
+            module = _weight_module(model, copy)
+            if module is None or (tuple(module.weight.shape), module.weight.dtype) != (tuple(encoded.shape), encoded.dtype):
+                continue
+            twin = tied_twin(module, encoded)
+            if twin is not None:
+                _replace(model, copy, twin)
+                shared |= {copy, name}
+    return hf_compat.untie(model, shared)
+
+
+def tie_group(name: str, tied: dict[str, str]) -> set[str]:
+    """Every weight tied with ``name`` (``tied``: ``{copy: source}``), ``name`` included; empty if none."""
+    source = tied.get(name, name)
+    group = {copy for copy, src in tied.items() if src == source}
+    return group | {source} if group else set()
+
+
+def _can_share(model: torch.nn.Module, name: str, group: set[str], stored: set[str]) -> bool:
+    """The other weights of ``name``'s tie group are not in the checkpoint and their layers can read
+    ``name``'s encoded weight: twins of one shape and dtype."""
+    if any(other in stored for other in group - {name}):
+        return False  # stored twice: transformers compares them and may not tie; decoding keeps its rules
+    modules = [_weight_module(model, member) for member in group]
+    if any(m is None for m in modules) or len({(tuple(m.weight.shape), m.weight.dtype) for m in modules}) != 1:
+        return False
+    probe = EncodedWeight.placeholder(name, (0, 0, 0))
+    return all(compressed_module(m, probe) is not None for m in modules)
+
+
+def _weight_module(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    """The module whose ``weight`` parameter is ``name`` (None when there is no such parameter)."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if attr == "weight" else None
+    except AttributeError:
+        return None
+    return module if module is not None and isinstance(module._parameters.get("weight"), torch.nn.Parameter) else None
+
+
+def _replace(model: torch.nn.Module, weight_name: str, twin: torch.nn.Module) -> None:
+    module_name = weight_name.rpartition(".")[0]
+    parent_name, _, child = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, twin)
 
 
 def check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) -> None:
-    """Validate every encoded weight once (and check its checksum with a decode into scratch)."""
+    """Validate every encoded weight once (and check its checksum with a decode into scratch), and that the
+    weights of each ``CompressedFused`` merge into the parameters its module expects."""
+    fused = []
     for module_name, module in model.named_modules():
+        if isinstance(module, CompressedFused):
+            fused.append(module)
         if not isinstance(module, EncodedWeight):
             continue
         try:
@@ -109,6 +178,8 @@ def check_encoded_modules(model: torch.nn.Module, verify: bool, file_of: Any) ->
                 module.decode(verify=True)
         except FormatError as exc:
             raise type(exc)(f"{exc}{where(None, file_of(module_name))}") from exc
+    for module in fused:  # once every weight's header is known good
+        module.check(file_of)
 
 
-__all__ = ["check_encoded_modules", "install_placeholders", "place_compressed"]
+__all__ = ["Placement", "check_encoded_modules", "install_placeholders", "place_compressed", "tie_group", "tie_kept"]

@@ -17,6 +17,7 @@ from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf._select import compresses_key, fingerprint, select_weights, shared_tied_targets, tensor_of
 from llmcomp_hf.format.lossy import compress_lossy
 from llmcomp_hf.format.shard import SHARD_METADATA, pack, plain_checksums
+from llmcomp_hf.modules import EncodedWeight
 
 if TYPE_CHECKING:
     from llmcomp_hf.quantizer import LlmcompHfQuantizer
@@ -38,6 +39,7 @@ def checkpoint_state(q: LlmcompHfQuantizer, model: Any) -> tuple[dict[str, torch
     tied = shared_tied_targets(model)
     targets = set(select_weights(model, cfg)) - set(tied)
     state = {name: t for name, t in model.state_dict().items() if not (name in tied and tied[name] in targets)}
+    recast = _recast_weights(model, state, cfg)
     if q.conversions and any(t.device.type == "meta" for t in state.values()):
         state = {name: hf_compat.offloaded_parameter(model, name) if t.device.type == "meta" else t
                  for name, t in state.items()}
@@ -49,6 +51,9 @@ def checkpoint_state(q: LlmcompHfQuantizer, model: Any) -> tuple[dict[str, torch
         if name is None and compresses_key(key, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), cfg):
             out.update(pack(key, q.encode_weight(key, tensor, keep=False)))  # a slice of a fused weight
             encoded += 1
+        elif name in recast:
+            out.update(pack(key, q.encode_weight(key, tensor, keep=False)) if recast[name] else {key: tensor})
+            encoded += recast[name]
         elif name is None or name not in targets:
             out[key] = tensor
         elif not cfg.is_lossless or name in q.lossy:
@@ -96,6 +101,25 @@ def lossy_for_save(q: LlmcompHfQuantizer, model: Any, name: str, tensor: torch.T
     cfg = q.quantization_config
     fresh, _ = compress_lossy(name, tensor, pipeline, cfg.coder, cfg.block_size)
     return fresh.pack()
+
+
+def _recast_weights(model: Any, state: dict[str, torch.Tensor], cfg: Any) -> dict[str, bool]:
+    """Encoded weights converted to another dtype since they loaded (``dtype=``, ``.to(dtype)``): in ``state``,
+    their stored parts are replaced by the weight as the model computes with it, to be saved as a decoded
+    model would save it. Returns ``{weight name: whether the config compresses it}``."""
+    recast = {}
+    for name, module in model.named_modules():
+        parts = [f"{name}.{buffer}" for buffer, _ in module.named_buffers(recurse=False)]
+        if not isinstance(module, EncodedWeight) or not module.casts or parts[0] not in state:
+            continue
+        for part in parts:
+            del state[part]
+        state[name] = module.decoded()
+        layer = model.get_submodule(name.rpartition(".")[0])
+        kinds = set(cfg.module_types)
+        recast[name] = any(c.__name__ in kinds for c in getattr(layer, "plain_type", type(layer)).__mro__) and \
+            compresses_key(name, str(module.dtype).removeprefix("torch."), tuple(module.shape), cfg)
+    return recast
 
 
 def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:

@@ -5,7 +5,9 @@ whose buffers carry the checkpoint names of docs/format.md part 2
 (``X.weight.llmcomp_data|index|header``), so ``state_dict()`` and ``save_pretrained`` write the
 compressed shards as they are, without decoding. A Linear decodes into a per-thread scratch
 buffer shared by every layer (peak extra memory: the largest layer); an Embedding decodes only
-the blocks that hold the requested rows.
+the blocks that hold the requested rows. A weight asked for in another dtype (``dtype=`` at load,
+``.to(dtype)``) stays encoded as stored and is cast after each decode, exactly as the decoded weight
+would have been.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from llmcomp_hf.codec import EncodedTensor, decode
 from llmcomp_hf.codec.api import decode_rows, torch_dtype
 from llmcomp_hf.codec.encoded import load_json_object
-from llmcomp_hf.errors import where
+from llmcomp_hf.errors import LlmcompError, where
 
 
 class _Scratch(threading.local):
@@ -65,6 +67,7 @@ class EncodedWeight(nn.Module):
         self._encoded: EncodedTensor | None = enc
         self._key: tuple[int, int] | None = None
         self._device_enc: Any = None
+        self.casts: tuple[torch.dtype, ...] = ()  # dtype conversions applied to the decoded weight, in order
 
     @classmethod
     def placeholder(cls, name: str, sizes: tuple[int, int, int], device: str | torch.device = "meta") -> "EncodedWeight":
@@ -75,6 +78,7 @@ class EncodedWeight(nn.Module):
         self.register_buffer("llmcomp_index", torch.empty(sizes[1], dtype=torch.int64, device=device))
         self.register_buffer("llmcomp_header", torch.empty(sizes[2], dtype=torch.uint8, device=device))
         self._name, self._encoded, self._key, self._device_enc = name, None, None, None
+        self.casts = ()
         return self
 
     @property
@@ -89,6 +93,11 @@ class EncodedWeight(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the layer computes in: the stored one, or the last dtype it was converted to."""
+        return self.casts[-1] if self.casts else self.stored_dtype
+
+    @property
+    def stored_dtype(self) -> torch.dtype:
         return torch_dtype(self.encoded.dtype)
 
     @property
@@ -128,6 +137,41 @@ class EncodedWeight(nn.Module):
             )
         return self._device_enc.decode(out, verify=verify)
 
+    def cast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (decoded, stored dtype) through every dtype conversion the weight went through (a fresh
+        tensor per conversion, freed after use: the shared scratch may be an inference tensor)."""
+        for dtype in self.casts:
+            tensor = tensor.to(dtype)
+        return tensor
+
+    def decoded(self, verify: bool = False) -> torch.Tensor:
+        """A fresh tensor holding the weight as the model sees it (decoded, then cast)."""
+        return self.cast(self.decode(verify=verify))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "EncodedWeight":
+        """``.to(device/dtype)``, ``.half()``, ``.cuda()``...: the encoded bytes move, a dtype change is recorded.
+
+        The bytes keep their stored dtype; the new dtype is applied after each decode, in the order the
+        conversions were made (so ``.to(float16).to(float32)`` rounds through float16 as a decoded weight
+        would). A conversion that would rewrite the bytes themselves (``module.type(torch.float16)``) is refused.
+        """
+        def probe(dtype: torch.dtype) -> torch.dtype:
+            return fn(torch.empty(0, dtype=dtype, device=self.llmcomp_data.device)).dtype
+
+        if probe(torch.uint8) != torch.uint8:
+            raise LlmcompError(
+                f"this conversion would rewrite the encoded bytes of a compressed layer{where(self._name)}; "
+                "use model.to(dtype), which keeps them encoded, or model.dequantize() first"
+            )
+        target = probe(torch.float32)
+        changes_dtype = target != torch.float32 or probe(torch.bfloat16) != torch.bfloat16
+        super()._apply(fn, recurse)
+        loaded = self.llmcomp_header.device.type != "meta"
+        current = self.casts[-1] if self.casts else self.stored_dtype if loaded else None
+        if changes_dtype and target != current:
+            self.casts = self.casts + (target,)
+        return self
+
     def forward(self) -> torch.Tensor:  # pragma: no cover - not a layer
         raise RuntimeError("EncodedWeight holds data; call .decode()")
 
@@ -143,12 +187,14 @@ def _encoded_2d(enc: EncodedTensor | EncodedWeight, shape: tuple[int, ...] | Non
 
 
 def _scratch_decode(weight: EncodedWeight) -> torch.Tensor:
-    out = SCRATCH.get(tuple(weight.shape), weight.dtype, weight.device)
-    return weight.decode(out=out)
+    out = SCRATCH.get(tuple(weight.shape), weight.stored_dtype, weight.device)
+    return weight.cast(weight.decode(out=out))
 
 
 class CompressedLinear(nn.Module):
     """A Linear layer whose weight stays entropy-coded; decoded per forward into shared scratch."""
+
+    plain_type: type[nn.Module] = nn.Linear  # what plain_module rebuilds (a subclass it replaced, or nn.Linear)
 
     def __init__(self, enc: EncodedTensor | EncodedWeight, bias: torch.Tensor | None = None, shape: tuple[int, int] | None = None) -> None:
         super().__init__()
@@ -158,10 +204,13 @@ class CompressedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, _scratch_decode(self.weight), self.bias)
 
-    def plain_module(self) -> nn.Linear:
-        """An ordinary ``nn.Linear`` holding the decoded weight (and this layer's bias)."""
-        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        return _with_params(plain, self.weight, self.bias)
+    def plain_module(self, decoded: dict[int, nn.Parameter] | None = None) -> nn.Linear:
+        """An ordinary ``nn.Linear`` (or the subclass replaced) holding the decoded weight and this layer's bias."""
+        if self.plain_type is nn.Linear:
+            plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        else:
+            plain = _blank(self)
+        return _with_params(plain, self.weight, self.bias, decoded)
 
     def extra_repr(self) -> str:
         enc = self.weight.encoded
@@ -180,16 +229,15 @@ class CompressedConv1D(nn.Module):
         size_out = x.size()[:-1] + (self.nf,)  # the same op as Conv1D, so results are bit-identical
         return torch.addmm(self.bias, x.view(-1, x.size(-1)), _scratch_decode(self.weight)).view(size_out)
 
-    def plain_module(self) -> nn.Module:
+    def plain_module(self, decoded: dict[int, nn.Parameter] | None = None) -> nn.Module:
         """The transformers ``Conv1D`` this layer replaced, holding the decoded weight."""
-        plain = self.plain_type.__new__(self.plain_type)
-        nn.Module.__init__(plain)
-        plain.nf, plain.nx = self.nf, self.nx
-        return _with_params(plain, self.weight, self.bias)
+        return _with_params(_blank(self), self.weight, self.bias, decoded)
 
 
 class CompressedEmbedding(nn.Module):
     """An Embedding whose table stays entropy-coded; a lookup decodes only the blocks it needs."""
+
+    plain_type: type[nn.Module] = nn.Embedding
 
     def __init__(self, enc: EncodedTensor | EncodedWeight, padding_idx: int | None = None, shape: tuple[int, int] | None = None) -> None:
         super().__init__()
@@ -199,80 +247,43 @@ class CompressedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.weight.device.type != "cpu":
             return F.embedding(ids, _scratch_decode(self.weight), self.padding_idx)
-        return decode_rows(self.weight.encoded, ids.cpu()).to(ids.device)
+        return self.weight.cast(decode_rows(self.weight.encoded, ids.cpu())).to(ids.device)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, ratio={self.weight.encoded.ratio:.3f}"
 
-    def plain_module(self) -> nn.Embedding:
-        """An ordinary ``nn.Embedding`` holding the decoded table."""
-        plain = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, device="meta")
-        return _with_params(plain, self.weight, None)
+    def plain_module(self, decoded: dict[int, nn.Parameter] | None = None) -> nn.Embedding:
+        """An ordinary ``nn.Embedding`` (or the subclass replaced) holding the decoded table."""
+        if self.plain_type is nn.Embedding:
+            plain = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, device="meta")
+        else:
+            plain = _blank(self)
+        return _with_params(plain, self.weight, None, decoded)
 
 
-def _with_params(plain: nn.Module, weight: EncodedWeight, bias: torch.Tensor | None) -> nn.Module:
-    """``plain`` with ``weight`` decoded (a fresh tensor on the weight's device) and ``bias`` as parameters."""
-    plain.weight = nn.Parameter(weight.decode(verify=True), requires_grad=False)
+def _blank(twin: nn.Module) -> nn.Module:
+    """An instance of the class ``twin`` replaced, with that module's attributes and no parameters yet."""
+    plain = twin.plain_type.__new__(twin.plain_type)
+    nn.Module.__init__(plain)
+    plain.__dict__.update(twin.plain_attrs)
+    return plain
+
+
+def _with_params(plain: nn.Module, weight: EncodedWeight, bias: torch.Tensor | None,
+                 decoded: dict[int, nn.Parameter] | None = None) -> nn.Module:
+    """``plain`` with ``weight`` decoded (a fresh tensor on the weight's device) and ``bias`` as parameters.
+
+    ``decoded`` maps each EncodedWeight already decoded to its parameter, so tied layers share one again.
+    """
+    decoded = {} if decoded is None else decoded
+    if id(weight) not in decoded:
+        decoded[id(weight)] = nn.Parameter(weight.decoded(verify=True), requires_grad=False)
+    plain.weight = decoded[id(weight)]
     if bias is not None:
         plain.bias = nn.Parameter(bias.detach(), requires_grad=False)
     elif "bias" in plain._parameters:
         plain.bias = None
     return plain
-
-
-def compressed_module(module: nn.Module, enc: EncodedTensor | EncodedWeight) -> nn.Module | None:
-    """The compressed replacement of a plain Linear/Embedding for its encoded weight, or None.
-
-    ``enc`` may be an EncodedWeight placeholder (on the meta device) that the loader fills later.
-    Embeddings with ``max_norm`` (which rewrites the table) or sparse gradients are not replaced.
-    """
-    if type(module) is nn.Linear:
-        bias = None if module.bias is None else module.bias.detach()
-        return CompressedLinear(enc, bias, shape=(module.out_features, module.in_features))
-    if type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers."):
-        twin = CompressedConv1D(enc, module.bias.detach(), shape=tuple(module.weight.shape))
-        twin.plain_type = type(module)
-        return twin
-    if type(module) is nn.Embedding and module.max_norm is None and not module.sparse:
-        return CompressedEmbedding(enc, module.padding_idx, shape=(module.num_embeddings, module.embedding_dim))
-    return None
-
-
-def keep_compressed(model: nn.Module, encoded: dict[str, EncodedTensor]) -> list[str]:
-    """Swap every Linear/Embedding whose ``weight`` is in ``encoded`` for its compressed twin.
-
-    Returns the names of the swapped weights; the dense weights are released.
-    """
-    swapped = []
-    for name, enc in encoded.items():
-        module_name, _, attr = name.rpartition(".")
-        if attr != "weight":
-            continue
-        parent_name, _, child = module_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        module = getattr(parent, child, None)
-        replacement = compressed_module(module, enc) if module is not None else None
-        if replacement is not None:
-            replacement.to(module.weight.device)
-            setattr(parent, child, replacement)
-            swapped.append(name)
-    return swapped
-
-
-def decompress_modules(model: nn.Module) -> list[str]:
-    """Swap every compressed layer of ``model`` back for its plain module, its weight decoded (and verified).
-
-    Returns the names of the decoded weights. The inverse of :func:`keep_compressed`.
-    """
-    swapped = []
-    for module_name, module in list(model.named_modules()):
-        if not isinstance(module, (CompressedLinear, CompressedConv1D, CompressedEmbedding)):
-            continue
-        parent_name, _, child = module_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, module.plain_module())
-        swapped.append(f"{module_name}.weight")
-    return swapped
 
 
 def scratch_nbytes() -> int:

@@ -29,7 +29,7 @@ from llmcomp_hf import _hf_compat as hf_compat
 from llmcomp_hf import _save_hooks, loading
 from llmcomp_hf._guard import add_guard, strip_guard
 from llmcomp_hf._ledger import Ledger, read_tensor
-from llmcomp_hf._placeholders import check_encoded_modules, place_compressed
+from llmcomp_hf._placeholders import check_encoded_modules, place_compressed, tie_kept
 from llmcomp_hf._save_state import checkpoint_state
 from llmcomp_hf._select import Fingerprint, fingerprint, select_weights, tensor_of
 from llmcomp_hf.codec import EncodedTensor, encode
@@ -38,8 +38,9 @@ from llmcomp_hf.errors import FormatError, LlmcompError, where
 from llmcomp_hf.format.inventory import Inventory, check_plain_listed, inventory
 from llmcomp_hf.format.lossy import LossyWeight, compress_lossy
 from llmcomp_hf.format.reader import shard_keys
-from llmcomp_hf.format.shard import PARTS, check_plain_file, part_key, transform_base
-from llmcomp_hf.modules import EncodedWeight, decompress_modules, keep_compressed
+from llmcomp_hf.format.shard import PARTS, check_plain_file, part_key, split_key, transform_base
+from llmcomp_hf.module_swap import decompress_modules, keep_compressed
+from llmcomp_hf.modules import EncodedWeight
 
 logger = logging.getLogger(__name__)
 _DATA_AND_INDEX = r"\.llmcomp_(data|index)$"  # the keys a headers-only load leaves to the prefetcher
@@ -69,6 +70,8 @@ class LlmcompHfQuantizer(HfQuantizer):
         self._targets: set[str] = set()
         self._converters: list[Any] = []
         self._decode_names: list[str] = []  # on the fly: weights decoded at load (names as the converters see them)
+        self._plain_keys: list[str] = []  # on the fly: the checkpoint's tensors that are not encoded parts
+        self._untied: dict[str, str] = {}  # on the fly: ties now held by one shared encoded weight (see _placeholders)
         self.conversions: list[Any] | None = None  # the model's own conversions (renames, MoE merges), reverted on save
         self.prefetch: Any = None  # _prefetch.Prefetcher while a compressed checkpoint loads
         self.inventory = Inventory()  # the compressed weights of the checkpoint loading
@@ -117,6 +120,7 @@ class LlmcompHfQuantizer(HfQuantizer):
                     "llmcomp_hf.load_options(decode='on_the_fly')"
                 )
             self.serialized_names = _serialized_names(lossy_names, all_keys)
+            self._plain_keys = [key for key in all_keys if split_key(key)[1] is None]
             if not self.on_the_fly:  # on the fly, update_weight_conversions swaps the modules
                 self._start_prefetch(lossy_names, kwargs.get("device_map"), [file for file, _ in keys_by_file])
                 if self.prefetch is not None:
@@ -240,7 +244,10 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     def update_weight_conversions(self, weight_conversions: list[Any], model: Any) -> list[Any]:
         if self.pre_quantized and self.on_the_fly:
-            self._decode_names = place_compressed(model, weight_conversions, self.inventory)
+            placement = place_compressed(model, weight_conversions, self.inventory, self._plain_keys)
+            self._decode_names, self._untied = placement.decode, placement.untied
+            unused = {id(c) for c in placement.unused_converters}
+            weight_conversions = [c for c in weight_conversions if id(c) not in unused]
         return super().update_weight_conversions(weight_conversions, model)
 
     def get_weight_conversions(self) -> list[Any]:
@@ -291,8 +298,7 @@ class LlmcompHfQuantizer(HfQuantizer):
             if self.pre_quantized:
                 check_encoded_modules(model, self.options.verify, self.file_of)
             else:
-                tied = hf_compat.tied_weights(model)
-                keep_compressed(model, {n: e for n, e in self.encoded.items() if n not in tied.values()})
+                self._untied = tie_kept(model, keep_compressed(model, self.encoded))
                 self.encoded.clear()
             return model
         self.fingerprints = {}
@@ -400,6 +406,8 @@ class LlmcompHfQuantizer(HfQuantizer):
         """A plain model: compressed layers (on the fly) decoded in place; the encodings, card hooks and
         (through ``remove_quantization_config``) the config's ``quantization_config`` and guard go."""
         decoded = decompress_modules(model)
+        hf_compat.retie(model, self._untied)
+        self._untied = {}
         if decoded:
             tie = getattr(model, "tie_weights", None)
             if callable(tie):

@@ -100,6 +100,56 @@ def test_tied_weights_names_the_tied_copy():
     assert hf_compat.tied_weights(tiny_model("llama", tie=False)) == {}
 
 
+def test_untie_takes_a_tie_out_of_what_tie_weights_applies_and_retie_puts_it_back():
+    model = tiny_model("llama", tie=True)
+    taken = hf_compat.untie(model, {"lm_head.weight", "model.embed_tokens.weight"})
+    assert taken == {"lm_head.weight": "model.embed_tokens.weight"} and hf_compat.tied_weights(model) == {}
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model.tie_weights(recompute_mapping=False)  # what loading and init_weights call: the tie is no longer applied
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    hf_compat.retie(model, taken)
+    model.tie_weights(recompute_mapping=False)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def _mixtral_conversions(tmp_path):
+    tiny_model("mixtral", torch.bfloat16).save_pretrained(tmp_path)
+    model = tf.MixtralForCausalLM.from_pretrained(tmp_path)
+    return model, hf_compat.model_conversions(model)
+
+
+def test_merge_targets_names_the_converter_the_fused_parameter_and_the_path_below_it(tmp_path):
+    model, conversions = _mixtral_conversions(tmp_path)
+    key = "model.layers.1.block_sparse_moe.experts.3.w1.weight"
+    targets = hf_compat.merge_targets([key, "model.layers.1.self_attn.q_proj.weight"], conversions, model)
+    converter, pattern, target, path = targets[key]
+    assert list(targets) == [key] and pattern in converter.source_patterns
+    assert (target, path) == ("model.layers.1.mlp.experts.gate_up_proj", "3.w1.weight")
+
+
+def test_a_pure_merge_runs_again_on_tensors_as_the_loader_ran_it(tmp_path):
+    model, conversions = _mixtral_conversions(tmp_path)
+    gate_up = next(c for c in conversions if "gate_up_proj" in c.target_patterns[0])
+    assert hf_compat.runs_pure_merge(gate_up)
+    w1 = [torch.full((2, 3), float(i)) for i in range(4)]
+    w3 = [torch.full((2, 3), float(10 + i)) for i in range(4)]
+    merged = hf_compat.run_merge(gate_up, dict(zip(gate_up.source_patterns, [w1, w3])), "model.layers.0.mlp.experts.gate_up_proj")
+    assert torch.equal(merged, torch.cat([torch.stack(w1), torch.stack(w3)], dim=1))
+    renaming = next(c for c in conversions if not getattr(c, "operations", None))
+    assert not hf_compat.runs_pure_merge(renaming)
+
+
+def test_a_module_marked_initialized_is_left_alone_by_weight_init():
+    model = tiny_model("llama")
+    for module in model.modules():  # as a model fresh from the loader, before its missing weights are initialised
+        module.__dict__.pop("_is_hf_initialized", None)
+    kept, other = model.model.layers[0].mlp.up_proj, model.model.layers[0].mlp.down_proj
+    before = {id(m): m.weight.detach().clone() for m in (kept, other)}
+    hf_compat.mark_initialized(kept)
+    model.initialize_weights()
+    assert torch.equal(kept.weight, before[id(kept)]) and not torch.equal(other.weight, before[id(other)])
+
+
 def test_config_origin_is_where_a_config_was_loaded_from(tmp_path):
     tiny_model("llama").config.save_pretrained(tmp_path)
     name, _commit = hf_compat.config_origin(tf.AutoConfig.from_pretrained(tmp_path))

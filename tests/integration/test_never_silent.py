@@ -171,8 +171,8 @@ def test_a_header_declaring_another_shape_is_refused_before_decoding(compressed,
 
 
 def test_on_the_fly_with_another_dtype_decodes_at_load_and_casts(compressed, monkeypatch):
-    """A bf16 checkpoint loaded on the fly with dtype=float32: the compressed layers would compute in
-    bf16 against float32 activations; those weights are decoded at load (and cast) instead."""
+    """A bf16 checkpoint loaded on the fly with dtype=float32: the compressed layers must not compute in
+    bf16 against float32 activations; each decoded weight is cast, as a decoded load casts it once."""
     dense = tf.LlamaForCausalLM.from_pretrained(compressed / "dense", dtype=torch.float32)
     with llmcomp_hf.load_options(decode="on_the_fly"):
         model = tf.LlamaForCausalLM.from_pretrained(compressed / "c", dtype=torch.float32)
