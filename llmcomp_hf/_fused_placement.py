@@ -26,6 +26,8 @@ def place_fused(model: torch.nn.Module, conversions: list[Any], merged: list[str
     the checkpoint's other tensors. Returns the converters to drop from the loader's conversions and the
     weights of ``merged`` left to the converters (decoded at load).
     """
+    if not merged:
+        return [], []
     merges = hf_compat.merge_targets([*merged, *plain_keys], conversions, model)
     stored = set(merged)
     ok: dict[int, bool] = {}
