@@ -205,6 +205,23 @@ def test_tied_dequantize_gives_one_tied_parameter(tmp_path) -> None:
     assert plain.lm_head.weight is plain.model.embed_tokens.weight
     assert plain.all_tied_weights_keys == decoded.all_tied_weights_keys
     assert_same_state(decoded.state_dict(), plain.state_dict())
+    assert torch.equal(_logits(decoded.dequantize().half()), _logits(plain.half()))  # a plain model converts as usual
+
+
+def test_half_on_a_compressed_model_acts_as_on_a_decoded_one(tmp_path) -> None:
+    """transformers refuses ``.half()``/``.float()`` on any quantized model, at the call; if it ever allows
+    them, the on-the-fly model must convert as the decoded one does."""
+    cls, folder = _compressed(tiny_model("llama", torch.bfloat16), tmp_path)
+    decoded, fly = cls.from_pretrained(folder), _load(cls, folder, "on_the_fly")
+    for convert in ("half", "float"):
+        try:
+            getattr(decoded, convert)()
+        except ValueError:
+            with pytest.raises(ValueError, match=convert):
+                getattr(fly, convert)()
+        else:
+            getattr(fly, convert)()
+        assert torch.equal(_logits(decoded), _logits(fly)), convert
 
 
 def test_compress_on_load_keeps_tied_embeddings_compressed(tmp_path) -> None:
