@@ -8,7 +8,9 @@ by name. Cheap to import: torch and transformers load inside the functions that 
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -177,8 +179,6 @@ def quantization_config_being_merged() -> Any | None:
     ``AutoHfQuantizer.merge_quantization_configs``, a few frames up while it builds the checkpoint's
     config with ``from_dict``. None when called from anywhere else.
     """
-    import sys
-
     frame = sys._getframe(1)
     for _ in range(6):  # from_dict <- AutoQuantizationConfig.from_dict <- merge_quantization_configs, with slack
         if frame is None:
@@ -195,8 +195,26 @@ def tied_weights(model: torch.nn.Module) -> dict[str, str]:
 
 
 def config_origin(config: Any) -> tuple[str | None, str | None]:
-    """``(name_or_path, commit)`` a config was loaded from (``_name_or_path``, ``_commit_hash``)."""
-    return getattr(config, "_name_or_path", None), getattr(config, "_commit_hash", None)
+    """``(name_or_path, commit)`` a config was loaded from (``_name_or_path``, ``_commit_hash``).
+
+    A model class's own ``from_pretrained`` (``LlamaForCausalLM.from_pretrained(path)``, not an Auto class)
+    builds its config without ``_name_or_path`` and sets it only after the quantizer has seen the config;
+    then the path is read (never changed) from that ``from_pretrained``'s argument, a few frames up.
+    """
+    name = getattr(config, "_name_or_path", None) or _loading_from(sys._getframe(1))
+    return name, getattr(config, "_commit_hash", None)
+
+
+def _loading_from(frame: Any) -> str | None:
+    """``pretrained_model_name_or_path`` of the transformers ``from_pretrained`` running above ``frame``."""
+    for _ in range(8):  # _early_prefetch <- update_attn_implementation <- get_hf_quantizer <- from_pretrained
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "from_pretrained" and frame.f_globals.get("__name__") == "transformers.modeling_utils":
+            value = frame.f_locals.get("pretrained_model_name_or_path")
+            return os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+        frame = frame.f_back
+    return None
 
 
 __all__ = [

@@ -15,6 +15,7 @@ import numpy as np
 
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.safetensors_header import CODE_TO_NAME, NAME_TO_CODE
 from llmcomp_hf.format.shard import check_metadata, check_plain_file, split_key
 from llmcomp_hf.stream.expand import (
     CompressedMap,
@@ -23,9 +24,7 @@ from llmcomp_hf.stream.expand import (
 )
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.source import (
-    CODE_TO_NAME,
     INDEX_NAME,
-    NAME_TO_CODE,
     ShardInfo,
     VerificationError,
     read_checkpoint,
