@@ -93,7 +93,7 @@ def _entry(name: str, entry: object, data_start: int, size: int, file: str) -> E
     if not isinstance(entry, dict):
         raise bad("safetensors header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in ITEMSIZE:
+    if type(dtype) is not str or dtype not in ITEMSIZE:  # a list or dict is not hashable
         raise bad(f"unknown safetensors dtype {str(dtype)[:40]!r}")
     if type(shape) is not list or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
         raise bad(f"bad shape {str(shape)[:80]}")

@@ -44,6 +44,8 @@ LAYOUTS = {  # name: file bytes that safe_open refuses
     "first tensor not at the start": _file({"a": _u8(2, 4)}, b"x" * 4),
     "header past the end": struct.pack("<Q", 1 << 20) + b"{}",
     "metadata not strings": _file({"__metadata__": {"k": 1}, "a": _u8(0, 2)}, b"xx"),
+    "dtype a list (fuzz campaign: TypeError)": _file({"a": {"dtype": ["U8"], "shape": [2], "data_offsets": [0, 2]}}, b"xx"),
+    "dtype an object": _file({"a": {"dtype": {"U8": 1}, "shape": [2], "data_offsets": [0, 2]}}, b"xx"),
     "shape and bytes disagree": _file({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"x" * 8),
 }
 
