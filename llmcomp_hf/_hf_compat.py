@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from llmcomp_hf.errors import LlmcompError
+from llmcomp_hf.errors import FormatError, LlmcompError
 
 if TYPE_CHECKING:
     import torch
@@ -189,6 +189,29 @@ def quantization_config_being_merged() -> Any | None:
     return None
 
 
+def check_model_config(folder: str | os.PathLike) -> None:
+    """FormatError when transformers cannot read ``config.json`` (or ``generation_config.json``, which a
+    generative model's ``from_pretrained`` reads) of ``folder``: it does so before any llmcomp code runs,
+    so its own error would be transformers'."""
+    import transformers
+    from transformers import AutoConfig, GenerationConfig
+
+    folder = os.fspath(folder)
+    readers = [("config.json", AutoConfig)]
+    if os.path.lexists(os.path.join(folder, "generation_config.json")):
+        readers.append(("generation_config.json", GenerationConfig))
+    for name, reader in readers:
+        try:
+            reader.from_pretrained(folder, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - transformers and huggingface_hub raise many types here
+            detail = " ".join(str(exc).split())[:300]
+            raise FormatError(
+                f"transformers {transformers.__version__} cannot read {os.path.join(folder, name)!r} "
+                f"({type(exc).__name__}: {detail}), so from_pretrained would fail; restore {name} from the "
+                "original checkpoint"
+            ) from exc
+
+
 def tied_weights(model: torch.nn.Module) -> dict[str, str]:
     """``{tied copy: source}`` of the model (``all_tied_weights_keys``)."""
     return dict(getattr(model, "all_tied_weights_keys", None) or {})
@@ -219,6 +242,7 @@ def _loading_from(frame: Any) -> str | None:
 
 __all__ = [
     "SUPPORTED_TRANSFORMERS",
+    "check_model_config",
     "check_transformers_version",
     "config_origin",
     "conversion_ops_base",

@@ -213,6 +213,10 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
         if sharded:
             _check_index(path, shards)
         report.config = read_config(path)
+        if report.config is not None:  # what from_pretrained reads first, before llmcomp code runs
+            from llmcomp_hf._hf_compat import check_model_config
+
+            check_model_config(path)
         qc = (report.config or {}).get("quantization_config")
         cmap = CompressedMap(shards, max_output_bytes)
         if cmap.files and not (isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD):

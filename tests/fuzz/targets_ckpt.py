@@ -127,7 +127,7 @@ class CheckpointTargets:
                 decompress_checkpoint(folder, self.tmp / "out")
                 diff = _same_state(load_checkpoint(self.tmp / "out"), want)
             elif inp.target.startswith("cli:"):
-                return self._cli(inp.target.split(":")[1], folder, want)
+                return self._cli(inp, folder, want)
             else:
                 diff = self._from_pretrained(inp, folder)
                 if diff and inp.file == "config.json" and "quantization_config" not in inp.what:
@@ -138,7 +138,7 @@ class CheckpointTargets:
             return foreign(exc)
         return (SILENT, diff) if diff else (IDENTICAL, "")
 
-    def _cli(self, command: str, folder: Path, want: dict[str, torch.Tensor]) -> tuple[str, str]:
+    def _cli(self, inp: CkptInput, folder: Path, want: dict[str, torch.Tensor]) -> tuple[str, str]:
         """``llmcomp COMMAND`` in-process: exit 0 (then judged like the library call), 1 (damaged) or 2 (cannot
         run as asked); anything else, or a traceback on stderr, is a failure."""
         import contextlib
@@ -147,6 +147,7 @@ class CheckpointTargets:
         from llmcomp_hf.cli import main
         from llmcomp_hf.format.reader import load_checkpoint
 
+        command = inp.target.split(":")[1]
         args = {"verify": ["verify", str(folder), "-q"], "inspect": ["inspect", str(folder)],
                 "decompress": ["decompress", str(folder), str(self.tmp / "out"), "-q"]}[command]
         out, err = io.StringIO(), io.StringIO()
@@ -161,10 +162,25 @@ class CheckpointTargets:
             return ERROR, f"exit {rc}"
         if command == "inspect":
             return IDENTICAL, ""
+        if command == "verify":  # exit 0 promises that from_pretrained loads it (docs: llmcomp verify)
+            return self._verified_loads(inp, folder, want)
         try:
             diff = _same_state(load_checkpoint(self.tmp / "out" if command == "decompress" else folder), want)
         except LlmcompError as exc:
             return FOREIGN, f"llmcomp {command} exited 0 but load_checkpoint refuses: {exc}"[:300]
+        return (SILENT, diff) if diff else (IDENTICAL, "")
+
+    def _verified_loads(self, inp: CkptInput, folder: Path, want: dict[str, torch.Tensor]) -> tuple[str, str]:
+        from llmcomp_hf.format.reader import load_checkpoint
+
+        try:
+            diff = _same_state(load_checkpoint(folder), want)
+            if not diff:
+                diff = self._from_pretrained(CkptInput(inp.checkpoint, "from_pretrained:load", inp.file, b"", ""), folder)
+        except Exception as exc:  # noqa: BLE001 - any refusal after verify said ok breaks its promise
+            return FOREIGN, f"llmcomp verify exited 0 but loading refuses: {type(exc).__name__}: {exc}"[:300]
+        if diff and inp.file == "config.json" and "quantization_config" not in inp.what:
+            return UNVERIFIED, "config.json defines the model (dtype, rope, ...): other logits expected"
         return (SILENT, diff) if diff else (IDENTICAL, "")
 
     def _from_pretrained(self, inp: CkptInput, folder: Path) -> str:

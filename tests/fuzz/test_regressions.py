@@ -108,3 +108,24 @@ def test_from_pretrained_names_a_shard_the_damaged_index_invents(fuzz_checkpoint
     index.write_text(index.read_text().replace("model-00002-of-00003", "model-0000203", 1))
     with pytest.raises(FormatError, match="model-0000203.safetensors"):
         transformers.AutoModelForCausalLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("file,damage", [
+    ("generation_config.json", b'{"deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),  # seed 32, input 1349
+    ("config.json", None),  # a field of the wrong type: transformers' strict dataclass check (seed 31, input 1245)
+])
+def test_verify_exits_0_only_if_transformers_reads_the_configs(fuzz_checkpoints, tmp_path, capsys, file, damage):
+    # was: llmcomp verify said ok, then from_pretrained raised RecursionError / StrictDataclassFieldValidationError
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints["lossy"], tmp_path)
+    if damage is None:
+        config = json.loads((folder / file).read_text())
+        config["num_attention_heads"] = "llmcomp.tensor"
+        damage = json.dumps(config).encode()
+    (folder / file).write_bytes(damage)
+    assert (folder / file).exists()
+    with pytest.raises(Exception):  # noqa: B017 - the premise: transformers cannot load this folder
+        transformers.AutoModelForCausalLM.from_pretrained(folder)
+    rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
+    assert rc == 1 and file in err and "from_pretrained would fail" in err, err
