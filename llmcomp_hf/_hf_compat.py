@@ -202,7 +202,9 @@ def check_model_config(folder: str | os.PathLike) -> None:
         readers.append(("generation_config.json", GenerationConfig))
     for name, reader in readers:
         try:
-            reader.from_pretrained(folder, local_files_only=True)
+            config = reader.from_pretrained(folder, local_files_only=True)
+            if name == "config.json":
+                _check_fusion_config(config)
         except Exception as exc:  # noqa: BLE001 - transformers and huggingface_hub raise many types here
             detail = " ".join(str(exc).split())[:300]
             raise FormatError(
@@ -210,6 +212,20 @@ def check_model_config(folder: str | os.PathLike) -> None:
                 f"({type(exc).__name__}: {detail}), so from_pretrained would fail; restore {name} from the "
                 "original checkpoint"
             ) from exc
+
+
+def _check_fusion_config(config: Any) -> None:
+    """transformers' check of ``fusion_config`` in from_pretrained, after the quantizer removed its guard entry."""
+    from llmcomp_hf._guard import strip_guard
+
+    strip_guard(config)
+    fusion = getattr(config, "fusion_config", None)
+    if fusion:
+        from transformers import fusion_mapping
+
+        validate = getattr(fusion_mapping, "_iter_enabled_fusions", None)
+        if validate is not None:  # transformers >= 5.21; older ones have no fusion_config
+            validate(fusion)
 
 
 def tied_weights(model: torch.nn.Module) -> dict[str, str]:

@@ -123,7 +123,12 @@ def order0_bits(tensor: Any) -> float:
 def _stages(config: dict[str, Any] | None) -> list[str]:
     from llmcomp_hf.card import stage_names
 
-    return stage_names(((config or {}).get("quantization_config") or {}).get("stages"))
+    qc = (config or {}).get("quantization_config")
+    stages = qc.get("stages") if isinstance(qc, dict) else None
+    if stages is not None and not isinstance(stages, list):
+        raise FormatError(f"config.json's quantization_config 'stages' must be a list, got {str(stages)[:60]!r}; "
+                          "restore config.json from the original checkpoint")
+    return stage_names(stages)
 
 
 def _rows(shards: list[ShardInfo], cmap: CompressedMap, config: dict[str, Any] | None) -> dict[str, TensorRow]:
