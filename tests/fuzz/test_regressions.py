@@ -191,3 +191,18 @@ def test_inspect_refuses_stages_that_are_not_a_list(fuzz_checkpoints, tmp_path, 
     (folder / "config.json").write_text(json.dumps(config))
     rc, _, err = run_cli(capsys, "inspect", str(folder))
     assert rc == 1 and "'stages' must be a list" in err, err
+
+
+@pytest.mark.parametrize("qc", ["llmcomp", 7, ["x"]])
+def test_inspect_and_verify_take_a_quantization_config_that_is_not_an_object(fuzz_checkpoints, tmp_path, capsys, qc):
+    # was: AttributeError: 'str' object has no attribute 'get' in llmcomp inspect (seed 40, input 9550)
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = qc
+    (folder / "config.json").write_text(json.dumps(config))
+    rc, out, err = run_cli(capsys, "inspect", str(folder))
+    assert rc == 0 and "Traceback" not in err, err  # inspect reports what the shards hold
+    rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
+    assert rc == 1 and "config.json" in err, err
