@@ -31,6 +31,10 @@ def __getattr__(name: str):  # lazy: the configs import transformers (~2 s), the
         from llmcomp_hf.calibration import calibrate
 
         return calibrate
+    if name == "lora_for_compressed":  # imports peft
+        from llmcomp_hf._peft import lora_for_compressed
+
+        return lora_for_compressed
     if name == "keep_compressed":
         from llmcomp_hf.module_swap import keep_compressed
 
@@ -49,4 +53,5 @@ __all__ = [
     "calibrate",
     "keep_compressed",
     "load_options",
+    "lora_for_compressed",
 ]

@@ -8,11 +8,13 @@ by name. Cheap to import: torch and transformers load inside the functions that 
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from llmcomp_hf.errors import LlmcompError
+from llmcomp_hf.errors import FormatError, LlmcompError
 
 if TYPE_CHECKING:
     import torch
@@ -226,8 +228,6 @@ def quantization_config_being_merged() -> Any | None:
     ``AutoHfQuantizer.merge_quantization_configs``, a few frames up while it builds the checkpoint's
     config with ``from_dict``. None when called from anywhere else.
     """
-    import sys
-
     frame = sys._getframe(1)
     for _ in range(6):  # from_dict <- AutoQuantizationConfig.from_dict <- merge_quantization_configs, with slack
         if frame is None:
@@ -236,6 +236,45 @@ def quantization_config_being_merged() -> Any | None:
             return frame.f_locals.get("quantization_config_from_args")
         frame = frame.f_back
     return None
+
+
+def check_model_config(folder: str | os.PathLike) -> None:
+    """FormatError when transformers cannot read ``config.json`` (or ``generation_config.json``, which a
+    generative model's ``from_pretrained`` reads) of ``folder``: it does so before any llmcomp code runs,
+    so its own error would be transformers'."""
+    import transformers
+    from transformers import AutoConfig, GenerationConfig
+
+    folder = os.fspath(folder)
+    readers = [("config.json", AutoConfig)]
+    if os.path.lexists(os.path.join(folder, "generation_config.json")):
+        readers.append(("generation_config.json", GenerationConfig))
+    for name, reader in readers:
+        try:
+            config = reader.from_pretrained(folder, local_files_only=True)
+            if name == "config.json":
+                _check_fusion_config(config)
+        except Exception as exc:  # noqa: BLE001 - transformers and huggingface_hub raise many types here
+            detail = " ".join(str(exc).split())[:300]
+            raise FormatError(
+                f"transformers {transformers.__version__} cannot read {os.path.join(folder, name)!r} "
+                f"({type(exc).__name__}: {detail}), so from_pretrained would fail; restore {name} from the "
+                "original checkpoint"
+            ) from exc
+
+
+def _check_fusion_config(config: Any) -> None:
+    """transformers' check of ``fusion_config`` in from_pretrained, after the quantizer removed its guard entry."""
+    from llmcomp_hf._guard import strip_guard
+
+    strip_guard(config)
+    fusion = getattr(config, "fusion_config", None)
+    if fusion:
+        from transformers import fusion_mapping
+
+        validate = getattr(fusion_mapping, "_iter_enabled_fusions", None)
+        if validate is not None:  # transformers >= 5.21; older ones have no fusion_config
+            validate(fusion)
 
 
 def tied_weights(model: torch.nn.Module) -> dict[str, str]:
@@ -266,12 +305,31 @@ def retie(model: torch.nn.Module, taken: dict[str, str]) -> None:
 
 
 def config_origin(config: Any) -> tuple[str | None, str | None]:
-    """``(name_or_path, commit)`` a config was loaded from (``_name_or_path``, ``_commit_hash``)."""
-    return getattr(config, "_name_or_path", None), getattr(config, "_commit_hash", None)
+    """``(name_or_path, commit)`` a config was loaded from (``_name_or_path``, ``_commit_hash``).
+
+    A model class's own ``from_pretrained`` (``LlamaForCausalLM.from_pretrained(path)``, not an Auto class)
+    builds its config without ``_name_or_path`` and sets it only after the quantizer has seen the config;
+    then the path is read (never changed) from that ``from_pretrained``'s argument, a few frames up.
+    """
+    name = getattr(config, "_name_or_path", None) or _loading_from(sys._getframe(1))
+    return name, getattr(config, "_commit_hash", None)
+
+
+def _loading_from(frame: Any) -> str | None:
+    """``pretrained_model_name_or_path`` of the transformers ``from_pretrained`` running above ``frame``."""
+    for _ in range(8):  # _early_prefetch <- update_attn_implementation <- get_hf_quantizer <- from_pretrained
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "from_pretrained" and frame.f_globals.get("__name__") == "transformers.modeling_utils":
+            value = frame.f_locals.get("pretrained_model_name_or_path")
+            return os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+        frame = frame.f_back
+    return None
 
 
 __all__ = [
     "SUPPORTED_TRANSFORMERS",
+    "check_model_config",
     "check_transformers_version",
     "config_origin",
     "conversion_ops_base",

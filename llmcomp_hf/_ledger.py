@@ -85,9 +85,9 @@ def _header_bytes(header: torch.Tensor) -> bytes:
 
 def read_tensor(file: str, key: str) -> torch.Tensor:
     """One tensor of a shard (small ones: headers), read on its own."""
-    from safetensors import safe_open
+    from llmcomp_hf.format.safetensors_file import SafetensorsFile
 
-    with safe_open(file, framework="pt") as handle:
+    with SafetensorsFile(file) as handle:
         return handle.get_tensor(key)
 
 

@@ -40,9 +40,9 @@ from llmcomp_hf.codec.encoded import EncodedTensor, expected_sum, is_checksum
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
 from llmcomp_hf.errors import ChecksumMismatchError, FormatError, LlmcompError, where
 from llmcomp_hf.format.inventory import Inventory, inventory
-from llmcomp_hf.format.safetensors_header import read_header
+from llmcomp_hf.format.safetensors_file import SafetensorsFile
+from llmcomp_hf.format.safetensors_header import CODE_TO_NAME
 from llmcomp_hf.format.shard import PLAIN_PREFIX, part_key, raw_checksum, read_tensor_header, split_key
-from llmcomp_hf.paths import open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -297,15 +297,12 @@ class _MappedShard:
     _DTYPES = {"U8": np.uint8, "I64": np.int64}
 
     def __init__(self, file: str) -> None:
-        with os.fdopen(open_regular(file), "rb") as handle:  # a FIFO is refused, never waited on
-            mapped = np.memmap(handle, dtype=np.uint8, mode="c")  # private mapping: writable type, never written
-        self.raw = mapped.view(np.ndarray)
-        self.header = read_header(lambda n, at: bytes(self.raw[at : at + n]), self.raw.shape[0], file)
+        with SafetensorsFile(file, mapped=True) as handle:  # the mapping outlives the descriptor
+            self.header = handle.header
+            self.raw = handle.raw if handle.raw is not None else np.zeros(0, np.uint8)
 
     def check_plain(self, file: str) -> None:
         """``format.shard.check_plain`` over this mapping: plain tensors with a ``llmcomp.plain.<key>`` entry."""
-        from llmcomp_hf.stream.source import CODE_TO_NAME
-
         metadata = self.header.metadata
         for key, entry in self.header.entries.items():
             want = metadata.get(PLAIN_PREFIX + key)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from llmcomp_hf.errors import LlmcompError
+from llmcomp_hf.errors import FormatError, LlmcompError
 
 CALIBRATION_FORMAT = "llmcomp.calibration"
 CALIBRATION_VERSION = 1
@@ -73,13 +73,14 @@ class Calibration:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Calibration:
         """Read a file written by :meth:`save`; ValueError naming the file and the fix otherwise."""
-        from safetensors.torch import load_file
+        from llmcomp_hf.format.safetensors_file import SafetensorsFile
 
         meta = read_meta(path)
         try:
-            tensors = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"calibration file {os.fspath(path)!r} is unreadable ({exc}); {FIX}") from exc
+            with SafetensorsFile(path) as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (LlmcompError, OSError) as exc:
+            raise FormatError(f"calibration file {os.fspath(path)!r} is unreadable ({exc}); {FIX}") from exc
         imp = {k[len("importance."):]: v for k, v in tensors.items() if k.startswith("importance.")}
         sens = {k[len("sensitivity."):]: float(v.reshape(-1)[0]) for k, v in tensors.items()
                 if k.startswith("sensitivity.")}
@@ -96,16 +97,16 @@ class Calibration:
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a calibration file (checks that it is one, and its version)."""
-    from safetensors import safe_open
+    from llmcomp_hf.format.safetensors_file import SafetensorsFile
 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"calibration file {os.fspath(p)!r} does not exist; {FIX}")
     try:
-        with safe_open(str(p), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(META_KEY)
-    except Exception as exc:  # not safetensors, unreadable
-        raise ValueError(f"calibration file {os.fspath(p)!r} is unreadable ({exc}); {FIX}") from exc
+        with SafetensorsFile(p) as handle:
+            raw = handle.metadata().get(META_KEY)
+    except (LlmcompError, OSError) as exc:  # not safetensors, unreadable
+        raise FormatError(f"calibration file {os.fspath(p)!r} is unreadable ({exc}); {FIX}") from exc
     try:
         meta = json.loads(raw) if raw else None
     except json.JSONDecodeError:

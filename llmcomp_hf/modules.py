@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcomp_hf import _graph_ops as graph_ops
 from llmcomp_hf.codec import EncodedTensor, decode
 from llmcomp_hf.codec.api import decode_rows, torch_dtype
 from llmcomp_hf.codec.encoded import load_json_object
@@ -65,6 +66,7 @@ class EncodedWeight(nn.Module):
         self.register_buffer("llmcomp_header", torch.from_numpy(header))
         self._name = enc.name
         self._encoded: EncodedTensor | None = enc
+        self.decoded_dtype: torch.dtype | None = torch_dtype(enc.dtype)  # a plain attribute for torch.compile
         self._key: tuple[int, int] | None = None
         self._device_enc: Any = None
         self.casts: tuple[torch.dtype, ...] = ()  # dtype conversions applied to the decoded weight, in order
@@ -78,6 +80,7 @@ class EncodedWeight(nn.Module):
         self.register_buffer("llmcomp_index", torch.empty(sizes[1], dtype=torch.int64, device=device))
         self.register_buffer("llmcomp_header", torch.empty(sizes[2], dtype=torch.uint8, device=device))
         self._name, self._encoded, self._key, self._device_enc = name, None, None, None
+        self.decoded_dtype = None  # known once the header is loaded (``encoded``)
         self.casts = ()
         return self
 
@@ -89,6 +92,7 @@ class EncodedWeight(nn.Module):
             header = load_json_object(bytes(self.llmcomp_header.cpu().numpy()), "encoded-tensor header", where(self._name))
             self._encoded = EncodedTensor.from_parts(header, self.llmcomp_data.cpu(), self.llmcomp_index.cpu(), self._name)
             self._key = key
+            self.decoded_dtype = torch_dtype(self._encoded.dtype)
         return self._encoded
 
     @property
@@ -202,7 +206,9 @@ class CompressedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, _scratch_decode(self.weight), self.bias)
+        if graph_ops.weight_outlives_call(x, self.bias):  # training below this layer, or torch.compile
+            return graph_ops.linear(x, self.weight, self.bias, _scratch_decode)
+        return F.linear(x, graph_ops.widened(_scratch_decode(self.weight), x), self.bias)
 
     def plain_module(self, decoded: dict[int, nn.Parameter] | None = None) -> nn.Linear:
         """An ordinary ``nn.Linear`` (or the subclass replaced) holding the decoded weight and this layer's bias."""
@@ -227,7 +233,10 @@ class CompressedConv1D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size_out = x.size()[:-1] + (self.nf,)  # the same op as Conv1D, so results are bit-identical
-        return torch.addmm(self.bias, x.view(-1, x.size(-1)), _scratch_decode(self.weight)).view(size_out)
+        if graph_ops.weight_outlives_call(x, self.bias):  # training below this layer, or torch.compile
+            return graph_ops.addmm(self.bias, x.view(-1, x.size(-1)), self.weight, _scratch_decode).view(size_out)
+        weight = graph_ops.widened(_scratch_decode(self.weight), x)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), weight).view(size_out)
 
     def plain_module(self, decoded: dict[int, nn.Parameter] | None = None) -> nn.Module:
         """The transformers ``Conv1D`` this layer replaced, holding the decoded weight."""
@@ -245,6 +254,8 @@ class CompressedEmbedding(nn.Module):
         self.padding_idx = padding_idx
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # the table is frozen: autograd keeps nothing of it
+            return graph_ops.embedding(ids, self.weight, self.padding_idx)
         if self.weight.device.type != "cpu":
             return F.embedding(ids, _scratch_decode(self.weight), self.padding_idx)
         return self.weight.cast(decode_rows(self.weight.encoded, ids.cpu())).to(ids.device)

@@ -138,6 +138,9 @@ def read_weight_map(index: str | os.PathLike) -> dict[str, str]:
             f"{os.fspath(index)!r} is not a valid safetensors index (it needs a non-empty 'weight_map' object of "
             "tensor name -> file name strings); restore or re-download it"
         )
+    if not isinstance(data.get("metadata"), dict):  # transformers adds its own keys to it when loading
+        raise FormatError(f"{os.fspath(index)!r} is not a valid safetensors index (its 'metadata' must be a JSON "
+                          "object, as save_pretrained writes it); restore or re-download it")
     return weight_map
 
 

@@ -395,11 +395,13 @@ class LlmcompHfQuantizer(HfQuantizer):
 
     @property
     def is_trainable(self) -> bool:
-        # Decoded weights are ordinary tensors (changed ones are re-encoded on save); encoded ones are not.
-        return not self.on_the_fly
+        # Decoded weights are ordinary tensors (changed ones are re-encoded on save). On the fly the encoded
+        # weights stay frozen and adapters train on top (llmcomp_hf.lora_for_compressed), as on a 4-bit base.
+        return True
 
     @property
     def is_compileable(self) -> bool:
+        # On the fly, compiled graphs decode through the custom ops of _graph_ops (llmcomp::decode).
         return True
 
     def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:

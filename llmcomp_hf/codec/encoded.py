@@ -164,15 +164,20 @@ class EncodedTensor:
             )
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's parser takes NaN/Infinity; strict ones (safetensors') do not
+
+
 def load_json_object(raw: bytes | str, what: str, at: str) -> dict[str, Any]:
     """Parse stored JSON (UTF-8 bytes or text) that must be an object; FormatError otherwise.
 
     ``what`` names the object in the message, ``at`` is a ``where(...)`` suffix. Invalid UTF-8,
-    invalid JSON, numbers Python refuses and nesting deep enough to exhaust the recursion limit are
+    invalid JSON (``NaN``/``Infinity`` too, as safetensors refuses them), numbers Python refuses and nesting deep enough to exhaust the recursion limit are
     all reported as damage, never as the parser's own exception types.
     """
     try:
-        obj = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw)
+        obj = json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw,
+                         parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
         raise FormatError(f"{what} is not valid UTF-8 JSON{at}: {reason}. The file is damaged: re-download "

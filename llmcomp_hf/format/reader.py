@@ -6,16 +6,15 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from llmcomp_hf.codec import decode
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.errors import FormatError, where
 from llmcomp_hf.format.inventory import check_keys, check_plain_listed
 from llmcomp_hf.format.lossy import claim_parts, decode_lossy
+from llmcomp_hf.format.safetensors_file import SafetensorsFile
 from llmcomp_hf.format.shard import check_metadata, check_plain, split_key, transform_base, unpack, with_file
 from llmcomp_hf.paths import check_link, check_regular, index_shards, link_root, single_shard
 
@@ -24,23 +23,16 @@ SINGLE_NAME = "model.safetensors"
 
 
 @contextmanager
-def _open(file: str | os.PathLike) -> Iterator[Any]:
-    """``safe_open`` of a regular file (a FIFO would block it); SafetensorError, also from reading a tensor,
-    becomes a FormatError naming the file."""
+def _open(file: str | os.PathLike) -> Iterator[SafetensorsFile]:
+    """A shard of a checkpoint folder, opened with :class:`SafetensorsFile` (regular files only, header
+    checked); a link out of the folder and a missing shard are FormatErrors naming the file."""
     file = os.fspath(file)
     check_link(Path(file), link_root(os.path.dirname(file) or "."))  # also guards files transformers lists
     if not os.path.exists(file):  # e.g. a shard name in a damaged index, which transformers lists as is
         raise FormatError(f"shard file is missing{where(None, file)}; the checkpoint is incomplete or its "
                           "model.safetensors.index.json is damaged: re-download it")
-    check_regular(file)
-    try:
-        with safe_open(file, framework="pt") as handle:
-            yield handle
-    except SafetensorError as exc:
-        raise FormatError(
-            f"cannot read safetensors shard{where(None, file)}: {exc}. The file is truncated or "
-            "corrupted: re-download it or re-save the model."
-        ) from exc
+    with SafetensorsFile(file) as handle:
+        yield handle
 
 
 def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
@@ -49,7 +41,7 @@ def shard_keys(file: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
     Raises FormatError naming the file when it is truncated, not safetensors, or of another version.
     """
     with _open(file) as handle:
-        keys, metadata = list(handle.keys()), handle.metadata() or {}
+        keys, metadata = handle.keys(), dict(handle.metadata())
     check_metadata(metadata, os.fspath(file))
     return keys, metadata
 

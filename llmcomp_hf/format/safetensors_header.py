@@ -1,9 +1,10 @@
-"""The header of a safetensors file, parsed and checked once for the readers that do not use safe_open.
+"""The header of a safetensors file, parsed and checked once, with safetensors' own rules.
 
-``_prefetch`` maps shards and ``stream.reader`` reads byte ranges with ``pread``; both take the tensor
-table from :func:`read_header`, so a damaged or crafted header gets the same verdict in each: a
-FormatError naming the file (and tensor), never an exception of another type or a range outside the
-file. (``format.reader`` and ``stream.source`` go through safetensors' own ``safe_open``.)
+Every reader of this package takes its tensor table from :func:`read_header` (through
+``format.safetensors_file.SafetensorsFile``), so a damaged or crafted header gets the same verdict
+everywhere: a FormatError naming the file (and tensor), never an exception of another type or a range
+outside the file. The rules are at least those of ``safe_open``, which transformers uses: a file this
+accepts is one transformers can read (tensors tile the data section exactly, no gap, overlap or tail).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from llmcomp_hf.errors import FormatError, where
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+# safetensors dtype code <-> llmcomp format dtype name (docs/format.md part 1): the dtypes llmcomp handles
+CODE_TO_NAME = {
+    "BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2", "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64",
+    "BOOL": "bool",
+}
+NAME_TO_CODE = {name: code for code, name in CODE_TO_NAME.items()}
+TORCH_NAME = {**CODE_TO_NAME, "U16": "uint16", "U32": "uint32", "U64": "uint64"}  # every code torch can hold
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,22 @@ def read_header(read: Callable[[int, int], bytes], size: int, file: str) -> Head
             out.metadata = dict(entry)
             continue
         out.entries[name] = _entry(name, entry, out.data_start, size, file)
+    _check_tiling(out, size, file)
     return out
+
+
+def _check_tiling(header: Header, size: int, file: str) -> None:
+    """safetensors' layout rule: in offset order, each tensor starts where the previous one ended, and the
+    last one ends at the end of the file (``safe_open`` refuses anything else, so transformers would)."""
+    at = header.data_start
+    for name, entry in sorted(header.entries.items(), key=lambda item: (item[1].start, item[1].end)):
+        if entry.start != at:
+            raise FormatError(f"tensor bytes overlap another tensor or leave a gap before them{where(name, file)}; "
+                              "the file is damaged: re-download it")
+        at = entry.end
+    if at != size:
+        raise FormatError(f"{size - at} bytes after the last tensor are not covered by the header{where(None, file)}; "
+                          "the file is damaged or was appended to: re-download it")
 
 
 def _entry(name: str, entry: object, data_start: int, size: int, file: str) -> Entry:
@@ -67,7 +93,7 @@ def _entry(name: str, entry: object, data_start: int, size: int, file: str) -> E
     if not isinstance(entry, dict):
         raise bad("safetensors header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in ITEMSIZE:
+    if type(dtype) is not str or dtype not in ITEMSIZE:  # a list or dict is not hashable
         raise bad(f"unknown safetensors dtype {str(dtype)[:40]!r}")
     if type(shape) is not list or len(shape) > 64 or not all(type(d) is int and d >= 0 for d in shape):
         raise bad(f"bad shape {str(shape)[:80]}")
@@ -81,4 +107,4 @@ def _entry(name: str, entry: object, data_start: int, size: int, file: str) -> E
     return Entry(dtype, tuple(shape), start, end)
 
 
-__all__ = ["Entry", "Header", "ITEMSIZE", "read_header"]
+__all__ = ["CODE_TO_NAME", "Entry", "Header", "ITEMSIZE", "NAME_TO_CODE", "TORCH_NAME", "read_header"]

@@ -208,13 +208,9 @@ def check_plain(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
 
 def check_plain_file(file: str) -> int:
     """``check_plain`` over one safetensors shard file (its metadata and its plain tensors)."""
-    from safetensors import SafetensorError, safe_open
+    from llmcomp_hf.format.safetensors_file import SafetensorsFile
 
-    try:
-        with safe_open(file, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            keys = [k for k in handle.keys() if PLAIN_PREFIX + k in metadata and split_key(k)[1] is None]
-            return check_plain({k: handle.get_tensor(k) for k in keys}, metadata, file)
-    except SafetensorError as exc:
-        raise FormatError(f"cannot read safetensors shard{where(None, file)}: {exc}. The file is truncated or "
-                          "corrupted: re-download it or re-save the model.") from exc
+    with SafetensorsFile(file) as handle:
+        metadata = handle.metadata()
+        keys = [k for k in handle.keys() if PLAIN_PREFIX + k in metadata and split_key(k)[1] is None]
+        return check_plain({k: handle.get_tensor(k) for k in keys}, metadata, file)

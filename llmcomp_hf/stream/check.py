@@ -15,6 +15,7 @@ import numpy as np
 
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.safetensors_header import CODE_TO_NAME, NAME_TO_CODE
 from llmcomp_hf.format.shard import check_metadata, check_plain_file, split_key
 from llmcomp_hf.stream.expand import (
     CompressedMap,
@@ -23,9 +24,7 @@ from llmcomp_hf.stream.expand import (
 )
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.source import (
-    CODE_TO_NAME,
     INDEX_NAME,
-    NAME_TO_CODE,
     ShardInfo,
     VerificationError,
     read_checkpoint,
@@ -124,7 +123,12 @@ def order0_bits(tensor: Any) -> float:
 def _stages(config: dict[str, Any] | None) -> list[str]:
     from llmcomp_hf.card import stage_names
 
-    return stage_names(((config or {}).get("quantization_config") or {}).get("stages"))
+    qc = (config or {}).get("quantization_config")
+    stages = qc.get("stages") if isinstance(qc, dict) else None
+    if stages is not None and not isinstance(stages, list):
+        raise FormatError(f"config.json's quantization_config 'stages' must be a list, got {str(stages)[:60]!r}; "
+                          "restore config.json from the original checkpoint")
+    return stage_names(stages)
 
 
 def _rows(shards: list[ShardInfo], cmap: CompressedMap, config: dict[str, Any] | None) -> dict[str, TensorRow]:
@@ -214,6 +218,10 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
         if sharded:
             _check_index(path, shards)
         report.config = read_config(path)
+        if report.config is not None:  # what from_pretrained reads first, before llmcomp code runs
+            from llmcomp_hf._hf_compat import check_model_config
+
+            check_model_config(path)
         qc = (report.config or {}).get("quantization_config")
         cmap = CompressedMap(shards, max_output_bytes)
         if cmap.files and not (isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD):

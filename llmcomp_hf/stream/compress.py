@@ -30,6 +30,7 @@ from llmcomp_hf._select import compresses_key
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.config import QUANT_METHOD, CompressionConfig, LosslessConfig
+from llmcomp_hf.format.safetensors_header import CODE_TO_NAME
 from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, pack, part_key, raw_checksum
 from llmcomp_hf.stream.files import (
     CARD_NAME,
@@ -41,7 +42,6 @@ from llmcomp_hf.stream.files import (
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.records import RunResult, TensorRecord
 from llmcomp_hf.stream.source import (
-    CODE_TO_NAME,
     CONFIG_NAME,
     INDEX_NAME,
     CheckpointError,

@@ -20,6 +20,7 @@ import numpy as np
 from llmcomp_hf.codec.api import MAX_OUTPUT_BYTES
 from llmcomp_hf.codec.encoded import load_json_object, validate_header
 from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.safetensors_header import NAME_TO_CODE
 from llmcomp_hf.format.shard import (
     PARTS,
     check_plain_file,
@@ -36,7 +37,6 @@ from llmcomp_hf.stream.records import TensorRecord
 from llmcomp_hf.stream.source import (
     CONFIG_NAME,
     INDEX_NAME,
-    NAME_TO_CODE,
     ShardInfo,
     open_shard,
     read_checkpoint,

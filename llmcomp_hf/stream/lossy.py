@@ -23,10 +23,11 @@ import numpy as np
 
 from llmcomp_hf.config import CompressionConfig
 from llmcomp_hf.errors import LlmcompError, where
+from llmcomp_hf.format.safetensors_header import CODE_TO_NAME, NAME_TO_CODE
 from llmcomp_hf.format.shard import PLAIN_PREFIX, SHARD_METADATA, raw_checksum, transform_key
 from llmcomp_hf.stream.reader import BufferPool, ShardReader
 from llmcomp_hf.stream.records import TensorRecord
-from llmcomp_hf.stream.source import CODE_TO_NAME, NAME_TO_CODE, CheckpointError, ShardInfo, TensorInfo, tensor_bytes
+from llmcomp_hf.stream.source import CheckpointError, ShardInfo, TensorInfo, tensor_bytes
 from llmcomp_hf.stream.writer import StreamingShardWriter, dtype_itemsize
 
 

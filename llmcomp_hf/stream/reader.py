@@ -1,10 +1,10 @@
 """Read tensors of a safetensors shard with ``pread`` into reusable buffers.
 
-``safe_open`` (used to list and validate every shard, see source.py) memory-maps the file by
-default, which keeps every page read so far resident: a shard's worth of RSS. Its ``pread``
-backend allocates a fresh buffer per tensor, and the page faults on that fresh memory cost as much
-as the copy itself. Here a tensor is read into a buffer from a small pool, reused once the tensor
-is consumed, so reading runs at memory-copy speed and RSS stays at a few tensors.
+A fresh buffer per tensor costs as much in page faults as the copy itself, and a memory map keeps
+every page read so far resident (a shard's worth of RSS). Here a tensor is read (through
+``format.safetensors_file.SafetensorsFile``, the package's one reader) into a buffer from a small
+pool, reused once the tensor is consumed, so reading runs at memory-copy speed and RSS stays at a
+few tensors.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from llmcomp_hf.errors import FormatError, where
-from llmcomp_hf.format.safetensors_header import read_header
-from llmcomp_hf.paths import open_regular
-from llmcomp_hf.stream.source import CODE_TO_NAME, ShardInfo
+from llmcomp_hf.format.safetensors_file import SafetensorsFile
+from llmcomp_hf.format.safetensors_header import CODE_TO_NAME
+from llmcomp_hf.stream.source import ShardInfo
 
 SMALL = 1 << 16  # smaller buffers are not pooled: cheap to allocate, and they would crowd out big ones
 
@@ -68,42 +68,29 @@ class BufferPool:
 
 
 class ShardReader:
-    """Byte ranges of the tensors of one shard (header parsed here, checked against ``info``)."""
+    """Tensors of one listed shard read into pooled buffers (the file must still hold what ``info`` lists)."""
 
     def __init__(self, info: ShardInfo) -> None:
         self.path = os.fspath(info.path)
-        self._fd = open_regular(self.path)  # a FIFO is refused, never waited on
+        self._file = SafetensorsFile(self.path)  # a FIFO is refused, never waited on; header checked
         try:
-            header = read_header(lambda n, at: self._pread_exact(n, at, "header"), os.fstat(self._fd).st_size, self.path)
-            self._start = header.data_start
-            self.ranges: dict[str, tuple[int, int]] = {}
             for t in info.tensors:
-                entry = header.entries.get(t.name)
-                if entry is None or entry.dtype != t.dtype:
-                    raise FormatError(f"header entry differs from safe_open's{where(t.name, self.path)}")
-                self.ranges[t.name] = (entry.start - self._start, entry.end - self._start)
+                entry = self._file.header.entries.get(t.name)
+                if entry is None or entry.dtype != t.dtype or entry.shape != t.shape:
+                    raise FormatError(f"the shard changed since it was listed{where(t.name, self.path)}; "
+                                      "run again once nothing else writes to the folder")
         except BaseException:
-            os.close(self._fd)
+            self._file.close()
             raise
         self.dtypes = {t.name: t.dtype for t in info.tensors}
         self.shapes = {t.name: t.shape for t in info.tensors}
 
     def nbytes(self, name: str) -> int:
-        start, end = self.ranges[name]
-        return end - start
+        return self._file.nbytes(name)
 
     def read_into(self, name: str, buf: np.ndarray) -> np.ndarray:
         """Read tensor ``name``'s raw bytes into ``buf``; returns the uint8 view holding them."""
-        start, end = self.ranges[name]
-        view = buf[: end - start]
-        done, pos = 0, self._start + start
-        mv = memoryview(view)
-        while done < view.nbytes:
-            got = os.preadv(self._fd, [mv[done:]], pos + done)
-            if got <= 0:
-                raise FormatError(f"shard ended early while reading{where(name, self.path)}; re-download it")
-            done += got
-        return view
+        return self._file.read_into(name, buf)
 
     def read(self, name: str, pool: BufferPool) -> tuple[Any, np.ndarray]:
         """(torch tensor viewing the bytes, buffer to give back to ``pool`` once the tensor is unused)."""
@@ -120,21 +107,13 @@ class ShardReader:
         return tensor, buf
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._file.close()
 
     def __enter__(self) -> ShardReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _pread_exact(self, n: int, pos: int, what: str) -> bytes:
-        data = os.pread(self._fd, n, pos)
-        if len(data) != n:
-            raise FormatError(f"shard is truncated in its {what}{where(None, self.path)}; re-download it")
-        return data
 
 
 def open_reader(path: Path | str, info: ShardInfo | None = None) -> ShardReader:

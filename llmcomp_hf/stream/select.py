@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from llmcomp_hf.config import LOSSY_DTYPES, CompressionConfig
-from llmcomp_hf.stream.source import CODE_TO_NAME, CheckpointError, ShardInfo
+from llmcomp_hf.format.safetensors_header import CODE_TO_NAME
+from llmcomp_hf.stream.source import CheckpointError, ShardInfo
 
 
 def skeleton(src: Path) -> Any:

@@ -1,8 +1,8 @@
 """Reading checkpoints lazily: shard lists, per-tensor dtype/shape from headers, one tensor at a time.
 
-Tensors are read with ``safe_open(..., backend="pread")`` where available: each ``get_tensor`` is a
-fresh buffer freed when dropped, whereas the default memory map keeps every page touched so far
-resident until the file is closed (a whole shard's worth of RSS).
+Shards are opened with ``format.safetensors_file.SafetensorsFile`` (the package's one reader): each
+``get_tensor`` is a fresh buffer read with ``pread`` and freed when dropped, whereas a memory map keeps
+every page touched so far resident until the file is closed (a whole shard's worth of RSS).
 """
 
 from __future__ import annotations
@@ -15,22 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
-
-from llmcomp_hf.errors import FormatError, LlmcompError, where
-from llmcomp_hf.paths import check_regular, confine, index_shards, read_json, single_shard
+from llmcomp_hf.errors import FormatError, LlmcompError
+from llmcomp_hf.format.safetensors_file import SafetensorsFile
+from llmcomp_hf.paths import confine, index_shards, read_json, single_shard
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-# safetensors dtype code <-> llmcomp format dtype name (docs/format.md part 1)
-CODE_TO_NAME = {
-    "BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2", "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64",
-    "BOOL": "bool",
-}
-NAME_TO_CODE = {name: code for code, name in CODE_TO_NAME.items()}
 
 
 class CheckpointError(LlmcompError):
@@ -93,32 +84,17 @@ def shard_files(folder: Path, variant: str | None = None) -> tuple[list[Path], b
 
 
 @contextmanager
-def open_shard(path: Path | str) -> Iterator[Any]:
-    """``safe_open`` of a shard for torch, reading tensors with pread when supported (regular files only)."""
-    path = os.fspath(path)
-    check_regular(path)
-    try:
-        try:
-            handle = safe_open(path, framework="pt", backend="pread")
-        except TypeError:  # safetensors < 0.8: no backend argument
-            handle = safe_open(path, framework="pt")
-    except SafetensorError as exc:
-        raise FormatError(
-            f"cannot read safetensors shard{where(None, path)}: {exc}; re-download or re-save it"
-        ) from exc
-    with handle as h:
-        yield h
+def open_shard(path: Path | str) -> Iterator[SafetensorsFile]:
+    """A shard opened for reading tensors one at a time (regular files only, header checked)."""
+    with SafetensorsFile(path) as handle:
+        yield handle
 
 
 def read_shard(path: Path, folder: Path) -> ShardInfo:
     """Header of one shard: metadata and every tensor's dtype and shape, in file order."""
-    with open_shard(path) as h:
-        keys = h.offset_keys() if hasattr(h, "offset_keys") else list(h.keys())
-        tensors = []
-        for key in keys:
-            sl = h.get_slice(key)
-            tensors.append(TensorInfo(key, sl.get_dtype(), tuple(int(d) for d in sl.get_shape())))
-        return ShardInfo(path, path.relative_to(folder).as_posix(), dict(h.metadata() or {}), tensors)
+    with SafetensorsFile(path) as h:
+        tensors = [TensorInfo(key, h.entry(key).dtype, h.entry(key).shape) for key in h.keys()]
+        return ShardInfo(path, path.relative_to(folder).as_posix(), dict(h.metadata()), tensors)
 
 
 def read_checkpoint(folder: Path, variant: str | None = None) -> tuple[list[ShardInfo], bool]:

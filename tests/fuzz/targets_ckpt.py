@@ -19,7 +19,8 @@ from .targets_codec import ERROR, FOREIGN, IDENTICAL, SILENT, UNVERIFIED, foreig
 
 CKPT_TARGETS = ("load_checkpoint", "prefetch", "verify_checkpoint", "decompress_checkpoint",
                 "from_pretrained:load", "from_pretrained:load:no-prefetch",
-                "from_pretrained:on_the_fly", "from_pretrained:on_the_fly:no-prefetch")
+                "from_pretrained:on_the_fly", "from_pretrained:on_the_fly:no-prefetch",
+                "cli:verify", "cli:decompress", "cli:inspect")
 DECLINED = "declined"  # the prefetcher left every damaged weight to the loader (documented)
 
 
@@ -125,6 +126,8 @@ class CheckpointTargets:
 
                 decompress_checkpoint(folder, self.tmp / "out")
                 diff = _same_state(load_checkpoint(self.tmp / "out"), want)
+            elif inp.target.startswith("cli:"):
+                return self._cli(inp, folder, want)
             else:
                 diff = self._from_pretrained(inp, folder)
                 if diff and inp.file == "config.json" and "quantization_config" not in inp.what:
@@ -133,6 +136,51 @@ class CheckpointTargets:
             return ERROR, type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - what the fuzzer looks for
             return foreign(exc)
+        return (SILENT, diff) if diff else (IDENTICAL, "")
+
+    def _cli(self, inp: CkptInput, folder: Path, want: dict[str, torch.Tensor]) -> tuple[str, str]:
+        """``llmcomp COMMAND`` in-process: exit 0 (then judged like the library call), 1 (damaged) or 2 (cannot
+        run as asked); anything else, or a traceback on stderr, is a failure."""
+        import contextlib
+        import io
+
+        from llmcomp_hf.cli import main
+        from llmcomp_hf.format.reader import load_checkpoint
+
+        command = inp.target.split(":")[1]
+        args = {"verify": ["verify", str(folder), "-q"], "inspect": ["inspect", str(folder)],
+                "decompress": ["decompress", str(folder), str(self.tmp / "out"), "-q"]}[command]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(args)
+            except SystemExit as exc:  # argparse only
+                rc = exc.code
+        if "Traceback" in err.getvalue() or rc not in (0, 1, 2):
+            return FOREIGN, f"llmcomp {command} exit {rc}: {err.getvalue()[-300:]}"
+        if rc:
+            return ERROR, f"exit {rc}"
+        if command == "inspect":
+            return IDENTICAL, ""
+        if command == "verify":  # exit 0 promises that from_pretrained loads it (docs: llmcomp verify)
+            return self._verified_loads(inp, folder, want)
+        try:
+            diff = _same_state(load_checkpoint(self.tmp / "out" if command == "decompress" else folder), want)
+        except LlmcompError as exc:
+            return FOREIGN, f"llmcomp {command} exited 0 but load_checkpoint refuses: {exc}"[:300]
+        return (SILENT, diff) if diff else (IDENTICAL, "")
+
+    def _verified_loads(self, inp: CkptInput, folder: Path, want: dict[str, torch.Tensor]) -> tuple[str, str]:
+        from llmcomp_hf.format.reader import load_checkpoint
+
+        try:
+            diff = _same_state(load_checkpoint(folder), want)
+            if not diff:
+                diff = self._from_pretrained(CkptInput(inp.checkpoint, "from_pretrained:load", inp.file, b"", ""), folder)
+        except Exception as exc:  # noqa: BLE001 - any refusal after verify said ok breaks its promise
+            return FOREIGN, f"llmcomp verify exited 0 but loading refuses: {type(exc).__name__}: {exc}"[:300]
+        if diff and inp.file == "config.json" and "quantization_config" not in inp.what:
+            return UNVERIFIED, "config.json defines the model (dtype, rope, ...): other logits expected"
         return (SILENT, diff) if diff else (IDENTICAL, "")
 
     def _from_pretrained(self, inp: CkptInput, folder: Path) -> str:
@@ -149,10 +197,9 @@ class CheckpointTargets:
         return "" if same_bits(got, self.logits[(inp.checkpoint, mode)]) else "logits differ from the original's"
 
     def _prefetch(self, folder: Path, want: dict[str, torch.Tensor]) -> tuple[str, str]:
-        from safetensors import safe_open
-
         from llmcomp_hf._prefetch import Prefetcher, discover
         from llmcomp_hf.format.reader import checkpoint_files as files_of
+        from llmcomp_hf.format.safetensors_file import SafetensorsFile
 
         found = discover(files_of(folder))
         if found.lossy or not found.weights:  # as prefetch_checkpoint: lossy checkpoints are not prefetched
@@ -163,7 +210,7 @@ class CheckpointTargets:
         try:
             for name in names:
                 key = f"{name}.llmcomp_header"
-                with safe_open(found.part_files[key], framework="pt") as handle:
+                with SafetensorsFile(found.part_files[key]) as handle:
                     header = handle.get_tensor(key)
                 got = pre.take(header)
                 if got is None:

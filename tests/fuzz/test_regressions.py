@@ -108,3 +108,101 @@ def test_from_pretrained_names_a_shard_the_damaged_index_invents(fuzz_checkpoint
     index.write_text(index.read_text().replace("model-00002-of-00003", "model-0000203", 1))
     with pytest.raises(FormatError, match="model-0000203.safetensors"):
         transformers.AutoModelForCausalLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("file,damage", [
+    ("generation_config.json", b'{"deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),  # seed 32, input 1349
+    ("config.json", None),  # a field of the wrong type: transformers' strict dataclass check (seed 31, input 1245)
+])
+def test_verify_exits_0_only_if_transformers_reads_the_configs(fuzz_checkpoints, tmp_path, capsys, file, damage):
+    # was: llmcomp verify said ok, then from_pretrained raised RecursionError / StrictDataclassFieldValidationError
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints["lossy"], tmp_path)
+    if damage is None:
+        config = json.loads((folder / file).read_text())
+        config["num_attention_heads"] = "llmcomp.tensor"
+        damage = json.dumps(config).encode()
+    (folder / file).write_bytes(damage)
+    assert (folder / file).exists()
+    with pytest.raises(Exception):  # noqa: B017 - the premise: transformers cannot load this folder
+        transformers.AutoModelForCausalLM.from_pretrained(folder)
+    rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
+    assert rc == 1 and file in err and "from_pretrained would fail" in err, err
+
+
+def test_verify_refuses_a_damaged_missing_plugin_guard(fuzz_checkpoints, tmp_path, capsys):
+    # was: verify ok, then from_pretrained raised transformers' "Unknown fusion type" (seed 40, input 55)
+    from llmcomp_hf._guard import GUARD_KEY
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["fusion_config"] = {GUARD_KEY.replace("install", "insvall"): False}
+    (folder / "config.json").write_text(json.dumps(config))
+    rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
+    assert rc == 1 and "Unknown fusion type" in err and "config.json" in err, err
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_shard_header_with_a_nan_literal_is_refused_as_safe_open_does(fuzz_checkpoints, tmp_path, constant):
+    # was: our parser took {"__proto__": [NaN]} in an entry, safe_open (transformers) refused it (seed 40, input 6886)
+    from llmcomp_hf.format.reader import load_checkpoint
+
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    shard = sorted(folder.glob("*.safetensors"))[-1]
+    raw = shard.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    text = raw[8 : 8 + n].decode()
+    new = text.replace('"data_offsets"', f'"x":[{constant}],"data_offsets"', 1).encode()
+    new += b" " * (-len(new) % 8)
+    shard.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n :])
+    with pytest.raises(FormatError, match="not JSON|not valid"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("metadata", [False, [], "x", None])
+def test_an_index_whose_metadata_is_not_an_object_is_refused(fuzz_checkpoints, tmp_path, capsys, metadata):
+    # was: verify ok, then transformers' get_checkpoint_shard_files raised TypeError/KeyError (seed 40, input 7199)
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints["lossy"], tmp_path)
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    if metadata is None:
+        del data["metadata"]
+    else:
+        data["metadata"] = metadata
+    index.write_text(json.dumps(data))
+    rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
+    assert rc == 1 and "'metadata' must be a JSON object" in err, err
+    with pytest.raises(FormatError, match="metadata"):
+        transformers.AutoModelForCausalLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("stages", [-256, "ecq4", {"transform": "nf4"}])
+def test_inspect_refuses_stages_that_are_not_a_list(fuzz_checkpoints, tmp_path, capsys, stages):
+    # was: TypeError: 'int' object is not iterable in card.stage_names (seed 40, input 3486)
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints["lossy"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["stages"] = stages
+    (folder / "config.json").write_text(json.dumps(config))
+    rc, _, err = run_cli(capsys, "inspect", str(folder))
+    assert rc == 1 and "'stages' must be a list" in err, err
+
+
+@pytest.mark.parametrize("qc", ["llmcomp", 7, ["x"]])
+def test_inspect_and_verify_take_a_quantization_config_that_is_not_an_object(fuzz_checkpoints, tmp_path, capsys, qc):
+    # was: AttributeError: 'str' object has no attribute 'get' in llmcomp inspect (seed 40, input 9550)
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints["lossless"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = qc
+    (folder / "config.json").write_text(json.dumps(config))
+    rc, out, err = run_cli(capsys, "inspect", str(folder))
+    assert rc == 0 and "Traceback" not in err, err  # inspect reports what the shards hold
+    rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
+    assert rc == 1 and "config.json" in err, err

@@ -216,10 +216,12 @@ def test_a_renamed_lossy_transform_key_is_refused_after_llmcomp_compress(tmp_pat
     assert rc == 1 and key in err, err
 
 
+@pytest.mark.parametrize("cls", [tf.AutoModelForCausalLM, tf.LlamaForCausalLM], ids=["auto", "model-class"])
 @pytest.mark.parametrize("how", sorted(LOADS))
 @pytest.mark.parametrize("damage", ["values-not-strings", "deep", "not-utf8"])
-def test_a_damaged_index_is_a_format_error_before_transformers_parses_it(tmp_path, how, damage, monkeypatch):
-    """transformers' own parse of model.safetensors.index.json gave TypeError/RecursionError (fuzz campaign)."""
+def test_a_damaged_index_is_a_format_error_before_transformers_parses_it(tmp_path, how, damage, cls, monkeypatch):
+    """transformers' own parse of model.safetensors.index.json gave TypeError/RecursionError (fuzz campaign);
+    a model class's own from_pretrained (no ``_name_or_path`` on its config yet) too."""
     import json
 
     tiny_model("llama", torch.bfloat16).save_pretrained(tmp_path / "dense")
@@ -234,10 +236,8 @@ def test_a_damaged_index_is_a_format_error_before_transformers_parses_it(tmp_pat
         index.write_bytes(b'{"weight_map": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     else:
         index.write_bytes(b"\xff\xfe" + index.read_bytes())
-    # (the Auto classes give the quantizer the folder before transformers reads the index; a model class's own
-    # from_pretrained does not, and transformers' parse error stands there)
     with pytest.raises(FormatError, match="model.safetensors.index.json"):
-        _load(tmp_path / "c", how, monkeypatch, cls=tf.AutoModelForCausalLM)
+        _load(tmp_path / "c", how, monkeypatch, cls=cls)
 
 
 def test_readers_take_the_files_transformers_takes(compressed, tmp_path):
