@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from llmcomp_hf.errors import FormatError, where
+from llmcomp_hf.format.safetensors_file import SafetensorsFile
 from llmcomp_hf.format.shard import part_key, read_tensor_header
 from llmcomp_hf.modules import EncodedWeight
 
@@ -16,21 +18,28 @@ class StoredParts:
 
     def __init__(self, part_files: dict[str, str]) -> None:
         self.part_files = part_files
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, SafetensorsFile] = {}
 
     def __enter__(self) -> StoredParts:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
 
-    def _handle(self, key: str) -> Any:
-        from safetensors import safe_open
-
+    def _handle(self, key: str) -> SafetensorsFile:
         file = self.part_files[key]
         if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="pt")
+            self._handles[file] = SafetensorsFile(file)
         return self._handles[file]
+
+    def _length(self, key: str) -> int:
+        shape = self._handle(key).entry(key).shape
+        if len(shape) != 1:
+            raise FormatError(f"a stored part must be 1-D, got shape {list(shape)}"
+                              f"{where(key, self.part_files[key])}; the shard is damaged: re-download it")
+        return shape[0]
 
     def placeholder(self, stored: str, dtype: torch.dtype) -> EncodedWeight:
         """An empty EncodedWeight for stored weight ``stored``, computing in ``dtype``.
@@ -41,8 +50,7 @@ class StoredParts:
         """
         header_key = part_key(stored, "header")
         header = read_tensor_header(stored, self._handle(header_key).get_tensor(header_key), self.part_files[header_key])
-        sizes = tuple(int(self._handle(part_key(stored, p)).get_slice(part_key(stored, p)).get_shape()[0])
-                      for p in ("data", "index", "header"))
+        sizes = tuple(self._length(part_key(stored, p)) for p in ("data", "index", "header"))
         placeholder = EncodedWeight.placeholder(stored, sizes)
         if header["dtype"] != str(dtype).removeprefix("torch."):
             placeholder.casts = (dtype,)
