@@ -16,6 +16,7 @@ from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, 
 from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
+from llmcomp_hf.codec.coders import CODERS, coder as coder_entry
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
 from llmcomp_hf.errors import CorruptStreamError, FormatError, checksum_mismatch, corrupt_block, where
 
@@ -27,9 +28,9 @@ DEFAULT_BLOCK_SIZE = 1 << 16
 MAX_OUTPUT_BYTES = 16 << 30
 MANY_CHUNK_BLOCKS = 8  # decode_many's unit of work: ~0.25 ms of decoding at 64K blocks
 PARALLEL_MIN_BLOCKS = 2  # decode in parallel from this many blocks (one block takes ~30-60 us)
-# A plane is entropy-coded only when it saves at least this share of its raw size; below that the
-# decode time is not worth it (bf16's sign+mantissa byte saves ~0.4% and stays raw).
-DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "rans-ctx": 0.0, "raw": 0.0}
+# A plane is entropy-coded only when it saves at least this share of its raw size (per coder, from
+# the registry; huffman's 3%: bf16's sign+mantissa byte saves ~0.4% and stays raw).
+DEFAULT_MIN_GAIN = {name: c.min_gain for name, c in CODERS.items()}
 
 # numba's parallel loop (decode of one tensor) must not be entered from two Python threads at once.
 _KERNEL_LOCK = threading.Lock()
@@ -156,11 +157,34 @@ def encode(
         min_gain: code a plane only if it saves this share of its raw size (default per coder).
     """
     ensure_consistent()
-    job = _Encoding(tensor, coder, block_size, min_gain, name)
-    job.tmp = _encode_tmp(job.tmp_bytes)
+    jobs = _candidates(tensor, coder, block_size, min_gain, name)
+    _stage(jobs)
     count = _thread_count(threads)
-    _run_parallel(job.tasks(count), count)
-    return job.finish()
+    _run_parallel([task for job in jobs for task in job.tasks(count)], count)
+    return _smallest(jobs)
+
+
+def _candidates(tensor: Any, coder: str, block_size: int, min_gain: float | None, name: str | None) -> list[_Encoding]:
+    """The encodings to try: one, or for ``rans-scale`` also ``rans-ctx`` (the smaller is kept; a
+    tensor mode 5 does not apply to, such as a 1-D one, gets ``rans-ctx`` alone)."""
+    job = _Encoding(tensor, coder, block_size, min_gain, name)
+    if coder != "rans-scale":
+        return [job]
+    fallback = _Encoding(tensor, "rans-ctx", block_size, min_gain, name)
+    return [job, fallback] if job.scale[0] else [fallback]
+
+
+def _stage(jobs: list[_Encoding]) -> None:
+    """Give every job its slice of one staging buffer."""
+    arena, offset = _encode_tmp(sum(job.tmp_bytes for job in jobs)), 0
+    for job in jobs:
+        job.tmp, offset = arena[offset : offset + job.tmp_bytes], offset + job.tmp_bytes
+
+
+def _smallest(jobs: list[_Encoding]) -> EncodedTensor:
+    """The smallest of the finished candidates (the first on a tie)."""
+    encs = [job.finish() for job in jobs]
+    return min(encs, key=lambda e: e.nbytes)
 
 
 class _Encoding:
@@ -174,9 +198,9 @@ class _Encoding:
 
     def __init__(self, tensor: Any, coder: str, block_size: int, min_gain: float | None, name: str | None) -> None:
         from llmcomp_hf.codec.blocks import CODER_IDS, block_capacity
+        from llmcomp_hf.codec.scale_blocks import NO_MAPS, scale_maps
 
-        if coder not in CODER_IDS:
-            raise ValueError(f"unknown coder {coder!r}; choose one of {sorted(CODER_IDS)}")
+        coder_entry(coder)  # ValueError naming the known coders
         if not (isinstance(block_size, int) and MIN_BLOCK <= block_size <= MAX_BLOCK and block_size % 64 == 0):
             raise ValueError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}], got {block_size!r}")
         gain = DEFAULT_MIN_GAIN[coder] if min_gain is None else float(min_gain)
@@ -197,23 +221,28 @@ class _Encoding:
         self.csum = np.zeros(n_blocks, np.uint64)
         keep_num = int((1.0 - gain) * 1024)
         self.args = (words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32)
+        self.scale = scale_maps(words, kind, shape) if coder == "rans-scale" else NO_MAPS
 
     def run_group(self, g: int, part: int = 0, parts: int = 1) -> None:
         """Encode part ``part`` of ``parts`` of group ``g`` single-threaded (the kernel releases the GIL)."""
         from llmcomp_hf.codec.blocks import encode_groups
+        from llmcomp_hf.codec.scale_blocks import encode_groups_scale
 
-        encode_groups(*self.args, g, part, parts, self.tmp, self.cap, self.sizes, self.csum)
+        if self.scale[0]:
+            encode_groups_scale(*self.args, g, part, parts, self.tmp, self.cap, self.sizes, self.csum, *self.scale)
+        else:
+            encode_groups(*self.args, g, part, parts, self.tmp, self.cap, self.sizes, self.csum)
 
     def tasks(self, threads: int) -> list[Callable[[], None]]:
         """Units of work for ``threads`` threads: whole groups, or parts of them when there are fewer
-        groups than threads (not for rans-ctx, whose blocks share tables chosen over the group).
+        groups than threads (not for the context coders, whose blocks share tables chosen over the group).
 
         A part of a Huffman group replays the table choices of the blocks before it (their split and
         histograms, not their coding), so parts are only as many as the threads need.
         """
         n_blocks = self.sizes.shape[0]
         parts = 1
-        if self.coder != "rans-ctx" and 1 <= self.n_groups < threads:
+        if not coder_entry(self.coder).context_modes and 1 <= self.n_groups < threads:
             parts = min(-(-threads // self.n_groups), GROUP, max(1, n_blocks // self.n_groups))
         return [functools.partial(self.run_group, g, part, parts) for g in range(self.n_groups) for part in range(parts)]
 
@@ -480,19 +509,18 @@ def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None 
     ensure_consistent()
     count = _thread_count(threads)
     block_size = kwargs.get("block_size", DEFAULT_BLOCK_SIZE)
-    jobs = [_Encoding(t, coder, block_size, kwargs.get("min_gain"), kwargs.get("name")) for t in tensors]
+    cands = [_candidates(t, coder, block_size, kwargs.get("min_gain"), kwargs.get("name")) for t in tensors]
     out: list[EncodedTensor] = []
     start = 0
-    while start < len(jobs):
-        end, total = start + 1, jobs[start].tmp_bytes
-        while end < len(jobs) and total + jobs[end].tmp_bytes <= _TMP_KEEP_BYTES:
-            total += jobs[end].tmp_bytes
+    while start < len(cands):
+        end, total = start + 1, sum(job.tmp_bytes for job in cands[start])
+        while end < len(cands) and total + sum(job.tmp_bytes for job in cands[end]) <= _TMP_KEEP_BYTES:
+            total += sum(job.tmp_bytes for job in cands[end])
             end += 1
-        arena, offset = _encode_tmp(total), 0
-        for job in jobs[start:end]:
-            job.tmp, offset = arena[offset : offset + job.tmp_bytes], offset + job.tmp_bytes
-        _run_parallel([functools.partial(job.run_group, g) for job in jobs[start:end] for g in range(job.n_groups)], count)
-        out += [job.finish() for job in jobs[start:end]]
+        batch = [job for jobs in cands[start:end] for job in jobs]
+        _stage(batch)
+        _run_parallel([functools.partial(job.run_group, g) for job in batch for g in range(job.n_groups)], count)
+        out += [_smallest(jobs) for jobs in cands[start:end]]
         start = end
     return out
 
