@@ -161,7 +161,7 @@ class EncodedTensor:
             )
         if fault == _MODE4_IN_V1:
             raise CorruptStreamError(
-                f"a stream of version {version}, coder {h['coder']!r} holds a context section (mode 4 or 5) it "
+                f"a stream of version {version}, coder {h['coder']!r} holds a context section (mode-4 or mode-5) it "
                 f"does not allow{at}; the file is "
                 "corrupted: re-download or re-compress it"
             )

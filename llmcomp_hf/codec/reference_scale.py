@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmcomp_hf.codec import rans_ctx
+from llmcomp_hf.codec import rans_ctx, rans_scale
 from llmcomp_hf.errors import CorruptStreamError
 
 MODE = 5
@@ -62,7 +62,10 @@ def model_bytes(k: int, L: int, cols: np.ndarray, has_col: bool, freq: np.ndarra
 
 
 def group_model(hists: list[np.ndarray], L, cols, has_col, tables):
-    """(k, freq, present) minimising estimated bits plus model bytes; k = -1 under 2 symbols."""
+    """(k, freq, present) minimising estimated bits plus model bytes; k = -1 under 2 symbols.
+
+    The estimate (frequency fitting, costs, model size) is the encoder's model, shared with the
+    kernels (compiled, as pure Python it takes minutes); the bytes written are this module's."""
     total = sum(hists)
     present = total.sum(axis=0)
     if np.count_nonzero(present) < 2:
@@ -70,8 +73,9 @@ def group_model(hists: list[np.ndarray], L, cols, has_col, tables):
     best = None
     for k in range(4):
         counts = fold(total, k)
-        freq = rans_ctx.tables.py_func(counts, present)
-        c = rans_ctx.cost.py_func(counts, freq) + len(model_bytes(k, L, cols, has_col, freq, present, tables)) * 8 * rans_ctx.COST_ONE
+        freq = rans_ctx.tables(counts, present)
+        size = rans_scale.model_bytes(k, L, cols, has_col, freq, present)
+        c = rans_ctx.cost(counts, freq) + size * 8 * rans_ctx.COST_ONE
         if best is None or c < best[0]:
             best = (c, k, freq)
     return best[1], best[2], present
