@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, checksum_of, format_version
-from llmcomp_hf.codec import memory
+import llmcomp_hf.codec.memory as memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
-from llmcomp_hf.codec.coders import CODERS, coder as coder_entry
+from llmcomp_hf.coders import CODERS, coder as coder_entry
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
 from llmcomp_hf.errors import CorruptStreamError, FormatError, checksum_mismatch, corrupt_block, where
 

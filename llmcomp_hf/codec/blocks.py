@@ -12,9 +12,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from llmcomp_hf.codec import huffman, rans, rans_ctx, rans_scale
+import llmcomp_hf.codec.huffman as huffman
+import llmcomp_hf.codec.rans as rans
+import llmcomp_hf.codec.rans_ctx as rans_ctx
+import llmcomp_hf.codec.rans_scale as rans_scale
 from llmcomp_hf.codec.checksum import sum32_range
-from llmcomp_hf.codec.coders import CODERS, MODE_RANS_SCALE
+from llmcomp_hf.coders import CODERS, MODE_RANS_SCALE
 from llmcomp_hf.codec.models import (
     BITMAP_BYTES,
     RANS_SCALE,

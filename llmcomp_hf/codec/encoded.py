@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from llmcomp_hf.codec.coders import CODERS as _REGISTRY
-from llmcomp_hf.codec.coders import NAMES, context_modes_allowed, forbidden_mask
+from llmcomp_hf.coders import CODERS as _REGISTRY
+from llmcomp_hf.coders import NAMES, context_modes_allowed, forbidden_mask
 from llmcomp_hf.errors import CorruptStreamError, FormatError, shown, where
 
 FORMAT_NAME = "llmcomp.tensor"
 # Versions (docs/format.md part 1): 1, section modes 0-3; 2, adds mode 4 (rANS with context, coder
 # rans-ctx only); 3, what most encoders write: the checksum also binds dtype, shape and byte length
 # (``header_key``), and context modes are allowed for their own coder only; 4, adds mode 5 (rANS
-# with scale context, coder rans-scale). Each coder's version is in the registry (coders.py).
+# with scale context, coder rans-scale). Each coder's version is in the registry (llmcomp_hf/coders.py).
 FORMAT_VERSION = 3
 FORMAT_VERSIONS = (1, 2, 3, 4)  # what decoders read
 BINDING_VERSION = 3  # the first version whose checksum binds the header

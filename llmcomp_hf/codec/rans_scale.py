@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from llmcomp_hf.codec import rans_ctx
+import llmcomp_hf.codec.rans_ctx as rans_ctx
 from llmcomp_hf.codec.models import RANS_SCALE, RANS_SCALE_BITS
 
 N_CTX = 32  # 4 quarters x 2**3 mantissa contexts, the format's limit

@@ -17,7 +17,7 @@ from llmcomp_hf.codec import models, rans_ctx
 from llmcomp_hf.codec import reference_scale as scale
 from llmcomp_hf.codec.api import DEFAULT_BLOCK_SIZE, DEFAULT_MIN_GAIN, _raw_bytes, torch_dtype
 from llmcomp_hf.codec.blocks import GROUP
-from llmcomp_hf.codec.coders import MODE_RANS_SCALE, coder as coder_entry, context_modes_allowed
+from llmcomp_hf.coders import MODE_RANS_SCALE, coder as coder_entry, context_modes_allowed
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, EncodedTensor, checksum_of, format_version, mode4_allowed
 from llmcomp_hf.codec.planes import layout_of
 from llmcomp_hf.codec.scale_blocks import scale_maps

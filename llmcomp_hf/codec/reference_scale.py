@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmcomp_hf.codec import rans_ctx, rans_scale
+import llmcomp_hf.codec.rans_ctx as rans_ctx
+import llmcomp_hf.codec.rans_scale as rans_scale
 from llmcomp_hf.errors import CorruptStreamError
 
 MODE = 5

@@ -14,7 +14,8 @@ import math
 import numpy as np
 from numba import njit
 
-from llmcomp_hf.codec import rans_ctx, rans_scale
+import llmcomp_hf.codec.rans_ctx as rans_ctx
+import llmcomp_hf.codec.rans_scale as rans_scale
 from llmcomp_hf.codec.blocks import GROUP, MODE_CONST, MODE_RANS, MODE_RAW, _copy, _put_u32, encode_plane
 from llmcomp_hf.codec.checksum import sum32_range
 from llmcomp_hf.codec.planes import KIND_BYTES, KIND_F32, split_block

@@ -51,6 +51,9 @@ CODERS: dict[str, Coder] = {
     )
 }
 NAMES = tuple(CODERS)
+# What a checkpoint's config (and ``llmcomp compress --coder``) may name: every coder but ``raw``,
+# which stores byte planes only (a codec-level choice, not a compression setting).
+CHECKPOINT_CODERS = tuple(name for name in NAMES if name != "raw")
 MAX_VERSION = max(c.version for c in CODERS.values())
 
 
