@@ -27,7 +27,7 @@ DEFAULT_BLOCK_SIZE = 1 << 16
 #: (a 405B model's embedding is 4.2 GB in bf16); pass ``max_output_bytes=None`` to lift it.
 MAX_OUTPUT_BYTES = 16 << 30
 MANY_CHUNK_BLOCKS = 8  # decode_many's unit of work: ~0.25 ms of decoding at 64K blocks
-PARALLEL_MIN_BLOCKS = 2  # decode in parallel from this many blocks (one block takes ~30-60 us)
+PARALLEL_MIN_BLOCKS = 4  # decode one tensor on several threads from this many blocks (a pool wake-up ~0.1 ms)
 # A plane is entropy-coded only when it saves at least this share of its raw size (per coder, from
 # the registry; huffman's 3%: bf16's sign+mantissa byte saves ~0.4% and stays raw).
 DEFAULT_MIN_GAIN = {name: c.min_gain for name, c in CODERS.items()}
@@ -300,15 +300,28 @@ class _Decoding:
         decode_range(*self.args, b_lo, b_hi, self.errs, self.err_plane, self.csum, *(part[0] for part in scratch))
 
     def run_all(self, threads: int | None) -> None:
-        """Decode every block, in parallel over numba threads when there are enough blocks.
+        """Decode every block: on this thread, or with pool threads pulling ranges from one queue.
 
-        One tensor uses numba's parallel loop: its threads wake within microseconds, where a Python
-        pool thread took ~0.1 ms, more than a 3-block tensor takes to decode (MiniLM's 39 weights at
-        2 threads: 14 ms vs 22 ms). Many tensors share a pool queue instead (``decode_many``).
+        Not numba's parallel loop: its threads wake faster (~µs against ~0.1 ms), but the loop ends
+        only when every thread has run its share, so when another process holds a core a 2-thread
+        decode took longer than a 1-thread one (140-490 against 580-1440 MB/s, issue 16). Here the
+        calling thread decodes too and returns once every range is done, whether or not a pool
+        thread woke, so 2 threads are never much slower than 1; below ``PARALLEL_MIN_BLOCKS`` blocks
+        a pool wake-up costs more than it saves.
         """
+        count = _thread_count(threads)
+        if self.n_blocks < PARALLEL_MIN_BLOCKS or count == 1:
+            self.run_range(0, self.n_blocks)
+            return
+        step = max(1, min(MANY_CHUNK_BLOCKS, self.n_blocks // (4 * count)))  # >= 4 ranges per thread: balance
+        _run_parallel([functools.partial(self.run_range, lo, min(lo + step, self.n_blocks))
+                       for lo in range(0, self.n_blocks, step)], count)
+
+    def run_all_openmp(self, threads: int | None) -> None:
+        """The former per-tensor path (numba's parallel loop), kept for side-by-side benchmarks."""
         from llmcomp_hf.codec.blocks import decode_blocks
 
-        if self.n_blocks < PARALLEL_MIN_BLOCKS or threads == 1:  # small: a thread-pool launch costs more
+        if self.n_blocks < 2 or threads == 1:
             self.run_range(0, self.n_blocks)
             return
         with _kernel_threads(threads) as count:

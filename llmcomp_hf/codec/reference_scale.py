@@ -72,7 +72,7 @@ def group_model(hists: list[np.ndarray], L, cols, has_col, tables):
     if np.count_nonzero(present) < 2:
         return -1, None, present
     best = None
-    for k in range(4):
+    for k in range(rans_scale.ENCODER_MAX_K + 1):
         counts = fold(total, k)
         freq = rans_ctx.tables(counts, present)
         size = rans_scale.model_bytes(k, L, cols, has_col, freq, present)

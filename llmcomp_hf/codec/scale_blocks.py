@@ -51,7 +51,7 @@ def scale_maps(words: np.ndarray, kind: int, shape: list[int]) -> tuple[int, np.
 def _group_model(planes, words, kind, itemsize, numel, block_size, g_lo, g_hi, L, rows, cols, has_col, ctx, sym):
     """The group's model: (k, freq[4 * 2**k, 256], present); k = -1 when plane 0 has < 2 symbols.
 
-    k minimises the estimated coded size plus the model bytes over the group."""
+    k (<= ENCODER_MAX_K) minimises the estimated coded size plus the model bytes over the group."""
     total = np.zeros((rans_scale.N_CTX, 256), np.int64)
     for b in range(g_lo, g_hi):
         start = b * block_size
@@ -63,7 +63,7 @@ def _group_model(planes, words, kind, itemsize, numel, block_size, g_lo, g_hi, L
     best = np.zeros((1, 256), np.int64)
     if np.count_nonzero(present) < 2:
         return best_k, best, present
-    for k in range(4):
+    for k in range(rans_scale.ENCODER_MAX_K + 1):
         counts = rans_scale.fold(total, k)
         freq = rans_ctx.tables(counts, present)
         c = rans_ctx.cost(counts, freq) + rans_scale.model_bytes(k, L, cols, has_col, freq, present) * 8 * rans_ctx.COST_ONE

@@ -167,3 +167,32 @@ def test_mode5_is_corrupt_unless_the_coder_is_rans_scale() -> None:
             decode(bad, verify=False)
     with pytest.raises(Exception, match="version 4"):
         EncodedTensor.from_parts(dict(enc.header, version=3), enc.data, enc.index)
+
+
+def test_k3_models_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder stops at k = 2; the format allows k = 3 (32 tables): a reference encoder made to
+    use k = 3 writes such models, and the kernels and the spec oracle decode them."""
+    import llmcomp_hf.codec.rans_ctx as rans_ctx
+    import llmcomp_hf.codec.reference_scale as reference_scale
+
+    def k3(hists, L, cols, has_col, tables):
+        total = sum(hists)
+        present = total.sum(axis=0)
+        return 3, rans_ctx.tables(reference_scale.fold(total, 3), present), present
+
+    monkeypatch.setattr(reference_scale, "group_model", k3)
+    t = real_rows(torch.bfloat16)
+    enc = encode_reference(t, coder="rans-scale", block_size=32768)
+    heads = [int(enc.data[enc.index[b] + 6]) & 3 for b in mode5_blocks(enc) if enc.data[enc.index[b] + 5] & 15 == 0]
+    assert heads and set(heads) == {3}
+    assert_same_bits(decode(enc), t)
+    assert_same_bits(decode(enc, threads=1), t)
+    spec.decode(enc.header, enc.data, enc.index)
+
+
+def real_rows(dtype: torch.dtype) -> torch.Tensor:
+    """The first 256 rows of MiniLM's word embedding (tokens whose scales differ a lot)."""
+    from tests.fuzz.seeds import _minilm_weights
+
+    (_, w), = _minilm_weights((("embeddings.word_embeddings.weight", 256, 384),))
+    return w.to(dtype).contiguous()
