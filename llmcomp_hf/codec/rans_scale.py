@@ -13,6 +13,13 @@ flag, ``L``, the column values, the tables in mode 4's format), the block's row 
 lane states and the words. Every read is checked against the section end; values past 127 and
 non-zero padding are corrupt. Decoding: the scale ``s`` of each element is first written into
 the output plane, then the rANS loop reads it back, picks the table and writes the exponent.
+
+CUDA: no decoder yet (``llmcomp_hf.codec.cuda`` refuses rans-scale streams). One needs, per group
+of 16 blocks, the model parsed once into global memory (column map u8[L]; 4 * 2**k tables of 4096
+slot entries, 16 at the encoder's k <= 2, or per-context cumulative frequencies searched per symbol),
+per block the row list parsed (a sequential exp-Golomb walk, <= n/16 + 2 values), and the 4-lane
+rANS loop with ``s = R[row] + C[col]`` per element; 4 lanes give only 4 threads per block, as for
+mode 4, so a fast GPU decoder wants a variant with many more interleaved lanes (a new mode).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from llmcomp_hf.codec import models, rans_ctx
 from llmcomp_hf.codec import reference_scale as scale
 from llmcomp_hf.codec.api import DEFAULT_BLOCK_SIZE, DEFAULT_MIN_GAIN, _raw_bytes, torch_dtype
 from llmcomp_hf.codec.blocks import GROUP
-from llmcomp_hf.coders import MODE_RANS_SCALE, coder as coder_entry, context_modes_allowed
+from llmcomp_hf.coders import MODE_RANS_SCALE, context_modes_allowed
+from llmcomp_hf.coders import coder as coder_entry
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, EncodedTensor, checksum_of, format_version, mode4_allowed
 from llmcomp_hf.codec.planes import layout_of
 from llmcomp_hf.codec.scale_blocks import scale_maps
@@ -263,9 +264,9 @@ def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFA
     ``rans-scale``: the mode-5 stream and the ``rans-ctx`` one, the smaller kept (the first on a tie),
     as ``encode`` does; a tensor mode 5 does not apply to gets ``rans-ctx``.
     """
-    coder_entry(coder)
+    entry = coder_entry(coder)  # the registry names the reference plane coder of each coder
     u8, dtype, shape = _raw_bytes(tensor)
-    if coder == "rans-scale":
+    if entry.reference == "rans-scale":
         fallback = encode_reference(tensor, "rans-ctx", block_size, name, min_gain)
         itemsize = DTYPES[dtype][0]
         words = u8.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize])
@@ -280,8 +281,8 @@ def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFA
     planes = split_planes(u8, dtype) if u8.size else np.zeros((DTYPES[dtype][1], 0), np.uint8)
     numel = math.prod(shape)
     keep_num = int((1.0 - (DEFAULT_MIN_GAIN[coder] if min_gain is None else min_gain)) * 1024)
-    with_ctx = coder == "rans-ctx" and dtype in ("bfloat16", "float16", "float32")
-    plane_coder = "rans" if coder == "rans-ctx" else coder
+    with_ctx = entry.reference == "rans-ctx" and dtype in ("bfloat16", "float16", "float32")
+    plane_coder = "rans" if entry.context_modes else entry.reference  # context coders: other planes as rans
     blocks, prev = [], [dict() for _ in range(planes.shape[0])]
     n_blocks = -(-numel // block_size)
     for b in range(n_blocks):

@@ -48,7 +48,7 @@ def _header_field(h: dict, rng: np.random.Generator) -> tuple[dict, str]:
             shape = [shape[0] + 1] + shape[1:] if shape else [1]
         h[key] = shape
     elif key == "version" and r < 0.5:
-        h[key] = int(rng.choice([0, 1, 2, 3, 4, -3, 2**63]))
+        h[key] = int(rng.choice([0, 1, 2, 3, 4, 5, -3, 2**63]))
     elif key == "coder" and r < 0.5:
         h[key] = str(rng.choice(["huffman", "rans", "rans-ctx", "rans-scale", "raw", "zstd", "RANS"]))
     elif key == "block_size" and r < 0.6:
