@@ -14,6 +14,7 @@ import torch
 
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, checksum_of, format_version
 import llmcomp_hf.codec.memory as memory
+from llmcomp_hf.codec.pool import run_parallel, thread_count
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
 from llmcomp_hf.coders import CODERS, coder as coder_entry
@@ -34,7 +35,6 @@ DEFAULT_MIN_GAIN = {name: c.min_gain for name, c in CODERS.items()}
 
 # numba's parallel loop (decode of one tensor) must not be entered from two Python threads at once.
 _KERNEL_LOCK = threading.Lock()
-_POOL_LOCK = threading.Lock()
 _SCRATCH = threading.local()  # per Python thread: decode buffers reused across calls
 
 
@@ -159,8 +159,8 @@ def encode(
     ensure_consistent()
     jobs = _candidates(tensor, coder, block_size, min_gain, name)
     _stage(jobs)
-    count = _thread_count(threads)
-    _run_parallel([task for job in jobs for task in job.tasks(count)], count)
+    count = thread_count(threads)
+    run_parallel([task for job in jobs for task in job.tasks(count)], count)
     return _smallest(jobs)
 
 
@@ -309,12 +309,12 @@ class _Decoding:
         thread woke, so 2 threads are never much slower than 1; below ``PARALLEL_MIN_BLOCKS`` blocks
         a pool wake-up costs more than it saves.
         """
-        count = _thread_count(threads)
+        count = thread_count(threads)
         if self.n_blocks < PARALLEL_MIN_BLOCKS or count == 1:
             self.run_range(0, self.n_blocks)
             return
         step = max(1, min(MANY_CHUNK_BLOCKS, self.n_blocks // (4 * count)))  # >= 4 ranges per thread: balance
-        _run_parallel([functools.partial(self.run_range, lo, min(lo + step, self.n_blocks))
+        run_parallel([functools.partial(self.run_range, lo, min(lo + step, self.n_blocks))
                        for lo in range(0, self.n_blocks, step)], count)
 
     def run_all_openmp(self, threads: int | None) -> None:
@@ -369,56 +369,6 @@ def _allocate(enc: EncodedTensor) -> torch.Tensor:
             f"({enc.dtype} {list(enc.shape)}): {str(exc)[:200]}. Free memory, or check that the file is not "
             "damaged (its header declares this size)."
         ) from exc
-
-
-def _thread_count(threads: int | None) -> int:
-    import numba
-
-    return numba.config.NUMBA_NUM_THREADS if threads is None else max(1, int(threads))
-
-
-def _run_parallel(tasks: list[Callable[[], None]], count: int) -> None:
-    """Run ``tasks`` on ``count`` threads (the caller and pooled ones) pulling from one queue.
-
-    Tasks call single-threaded kernels, which release the GIL. Compared with numba's parallel loop
-    (OpenMP), this degrades gracefully when the cores are shared, where a parallel region waits for
-    its slowest thread (a 9-block bf16 tensor at 2 threads on a busy 2-core machine: 1773 vs
-    182 MB/s median); on an idle machine it only pays for work spread over many tensors or groups.
-    """
-    if count == 1 or len(tasks) <= 1:
-        for task in tasks:
-            task()
-        return
-    cond = threading.Condition()
-    state: dict[str, Any] = {"next": 0, "left": len(tasks), "error": None}
-
-    def work() -> None:
-        while True:
-            with cond:
-                i = state["next"]
-                if i >= len(tasks):
-                    return
-                state["next"] = i + 1
-            try:
-                tasks[i]()
-            except BaseException as exc:  # re-raised on the caller's thread
-                with cond:
-                    state["error"] = state["error"] or exc
-            finally:
-                with cond:
-                    state["left"] -= 1
-                    if not state["left"]:
-                        cond.notify_all()
-
-    pool = _pool(count - 1)
-    for _ in range(min(count, len(tasks)) - 1):
-        pool.submit(work)
-    work()
-    with cond:  # wait for the tasks, not for helper threads that woke too late to take one
-        while state["left"]:
-            cond.wait()
-    if state["error"] is not None:
-        raise state["error"]
 
 
 def decode(
@@ -499,19 +449,6 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     return gathered[inverse].reshape(out_shape)
 
 
-_POOLS: dict[int, Any] = {}
-
-
-def _pool(workers: int) -> Any:
-    """A long-lived thread pool per size, so each worker keeps its decode scratch between calls."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with _POOL_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="llmcomp")
-        return _POOLS[workers]
-
-
 def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None = None, **kwargs: Any) -> list[EncodedTensor]:
     """Encode many tensors (a model) with ``threads`` threads sharing one queue of block groups.
 
@@ -520,7 +457,7 @@ def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None 
     the reused one (``_TMP_KEEP_BYTES``). ``kwargs``: ``block_size``, ``min_gain``, ``name`` as in ``encode``.
     """
     ensure_consistent()
-    count = _thread_count(threads)
+    count = thread_count(threads)
     block_size = kwargs.get("block_size", DEFAULT_BLOCK_SIZE)
     cands = [_candidates(t, coder, block_size, kwargs.get("min_gain"), kwargs.get("name")) for t in tensors]
     out: list[EncodedTensor] = []
@@ -532,7 +469,7 @@ def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None 
             end += 1
         batch = [job for jobs in cands[start:end] for job in jobs]
         _stage(batch)
-        _run_parallel([functools.partial(job.run_group, g) for job in batch for g in range(job.n_groups)], count)
+        run_parallel([functools.partial(job.run_group, g) for job in batch for g in range(job.n_groups)], count)
         out += [_smallest(jobs) for jobs in cands[start:end]]
         start = end
     return out
@@ -549,12 +486,12 @@ def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: b
     ``max_output_bytes`` bounds the outputs of the whole call together, checked before allocating any.
     """
     ensure_consistent()
-    count = _thread_count(threads)
+    count = thread_count(threads)
     for enc in encs:
         enc.validate()
     check_output_size(encs, max_output_bytes)
     jobs = [_Decoding(enc, None, validate=False) for enc in encs]
-    _run_parallel(_decode_tasks(jobs), count)
+    run_parallel(_decode_tasks(jobs), count)
     return [job.finish(verify) for job in jobs]
 
 

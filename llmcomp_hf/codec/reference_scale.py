@@ -12,6 +12,7 @@ import numpy as np
 
 import llmcomp_hf.codec.rans_ctx as rans_ctx
 import llmcomp_hf.codec.rans_scale as rans_scale
+import llmcomp_hf.codec.scale_blocks as scale_blocks
 from llmcomp_hf.errors import CorruptStreamError
 
 MODE = 5
@@ -75,7 +76,7 @@ def group_model(hists: list[np.ndarray], L, cols, has_col, tables):
     for k in range(rans_scale.ENCODER_MAX_K + 1):
         counts = fold(total, k)
         freq = rans_ctx.tables(counts, present)
-        size = rans_scale.model_bytes(k, L, cols, has_col, freq, present)
+        size = scale_blocks.model_bytes(k, L, cols, has_col, freq, present)
         c = rans_ctx.cost(counts, freq) + size * 8 * rans_ctx.COST_ONE
         if best is None or c < best[0]:
             best = (c, k, freq)
