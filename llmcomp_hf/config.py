@@ -23,12 +23,13 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from llmcomp_hf._conflict import conflict_error
 from llmcomp_hf._hf_compat import quantization_config_being_merged
+from llmcomp_hf.coders import CHECKPOINT_CODERS
 from llmcomp_hf.codec.encoded import DTYPES, MAX_BLOCK, MIN_BLOCK
 from llmcomp_hf.errors import FormatError
 from llmcomp_hf.format.shard import SHARD_VERSION
 
 QUANT_METHOD = "llmcomp"
-CODERS = ("huffman", "rans", "rans-ctx")
+CODERS = CHECKPOINT_CODERS  # from the coder registry (llmcomp_hf.coders)
 DEFAULT_DTYPES = ("bfloat16", "float16", "float32")
 LOSSY_DTYPES = DEFAULT_DTYPES  # float weights the transforms accept
 DEFAULT_MODULE_TYPES = ("Linear", "Embedding", "Conv1D")
@@ -51,8 +52,10 @@ class CompressionConfig(QuantizationConfigMixin):
     """llmcomp compression: optional lossy ``stages``, then entropy coding (docs/format.md).
 
     Args:
-        coder: ``"huffman"`` (fastest decode, default), ``"rans"`` (slightly smaller) or ``"rans-ctx"``
-            (smallest, ~20% slower decode, format version 2: no CUDA decoder).
+        coder: ``"huffman"`` (fastest decode, default), ``"rans"`` (slightly smaller), ``"rans-ctx"``
+            (smaller, ~20% slower decode: no CUDA decoder) or ``"rans-scale"`` (smallest: exponent
+            modelled per row and column scale, format version 4, slower decode, no CUDA decoder); see
+            ``llmcomp_hf.coders``.
         block_size: elements per independently decodable block: a multiple of 64 in [256, 2**24].
         min_numel: tensors with fewer elements stay uncompressed (headers would outweigh the gain).
         dtypes: dtype names whose weights are compressed (``"bfloat16"``, ``"float16"``, ``"float32"``...).

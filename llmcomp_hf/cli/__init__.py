@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from llmcomp_hf.coders import CHECKPOINT_CODERS
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -130,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "under 'quantization_config'), or a preset name")
     g.add_argument("--preset", metavar="NAME", help=f"a named configuration from configs/ ({_presets()}; default: "
                    "lossless defaults)")
-    p.add_argument("--coder", choices=["huffman", "rans"], help="entropy coder (overrides config/preset)")
+    p.add_argument("--coder", choices=list(CHECKPOINT_CODERS), help="entropy coder (overrides config/preset; see "
+                   "the README for each one's ratio and decode speed)")
     p.add_argument("--block-size", type=int, metavar="N", help="elements per block (multiple of 64)")
     p.add_argument("--min-numel", type=int, metavar="N", help="smaller tensors stay uncompressed")
     p.add_argument("--calibration", metavar="FILE", help="calibration file from `llmcomp calibrate` (for calibrated "

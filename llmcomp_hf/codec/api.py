@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, MAX_BLOCK, MIN_BLOCK, EncodedTensor, checksum_of, format_version
-from llmcomp_hf.codec import memory
+import llmcomp_hf.codec.memory as memory
+from llmcomp_hf.codec.pool import run_parallel, thread_count
 from llmcomp_hf.codec._jit_cache import ensure_consistent
 from llmcomp_hf.codec.blocks import GROUP
+from llmcomp_hf.coders import CODERS, coder as coder_entry
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of
 from llmcomp_hf.errors import CorruptStreamError, FormatError, checksum_mismatch, corrupt_block, where
 
@@ -26,14 +28,13 @@ DEFAULT_BLOCK_SIZE = 1 << 16
 #: (a 405B model's embedding is 4.2 GB in bf16); pass ``max_output_bytes=None`` to lift it.
 MAX_OUTPUT_BYTES = 16 << 30
 MANY_CHUNK_BLOCKS = 8  # decode_many's unit of work: ~0.25 ms of decoding at 64K blocks
-PARALLEL_MIN_BLOCKS = 2  # decode in parallel from this many blocks (one block takes ~30-60 us)
-# A plane is entropy-coded only when it saves at least this share of its raw size; below that the
-# decode time is not worth it (bf16's sign+mantissa byte saves ~0.4% and stays raw).
-DEFAULT_MIN_GAIN = {"huffman": 0.03, "rans": 0.0, "rans-ctx": 0.0, "raw": 0.0}
+PARALLEL_MIN_BLOCKS = 4  # decode one tensor on several threads from this many blocks (a pool wake-up ~0.1 ms)
+# A plane is entropy-coded only when it saves at least this share of its raw size (per coder, from
+# the registry; huffman's 3%: bf16's sign+mantissa byte saves ~0.4% and stays raw).
+DEFAULT_MIN_GAIN = {name: c.min_gain for name, c in CODERS.items()}
 
 # numba's parallel loop (decode of one tensor) must not be entered from two Python threads at once.
 _KERNEL_LOCK = threading.Lock()
-_POOL_LOCK = threading.Lock()
 _SCRATCH = threading.local()  # per Python thread: decode buffers reused across calls
 
 
@@ -156,11 +157,34 @@ def encode(
         min_gain: code a plane only if it saves this share of its raw size (default per coder).
     """
     ensure_consistent()
+    jobs = _candidates(tensor, coder, block_size, min_gain, name)
+    _stage(jobs)
+    count = thread_count(threads)
+    run_parallel([task for job in jobs for task in job.tasks(count)], count)
+    return _smallest(jobs)
+
+
+def _candidates(tensor: Any, coder: str, block_size: int, min_gain: float | None, name: str | None) -> list[_Encoding]:
+    """The encodings to try: one, or for ``rans-scale`` also ``rans-ctx`` (the smaller is kept; a
+    tensor mode 5 does not apply to, such as a 1-D one, gets ``rans-ctx`` alone)."""
     job = _Encoding(tensor, coder, block_size, min_gain, name)
-    job.tmp = _encode_tmp(job.tmp_bytes)
-    count = _thread_count(threads)
-    _run_parallel(job.tasks(count), count)
-    return job.finish()
+    if coder != "rans-scale":
+        return [job]
+    fallback = _Encoding(tensor, "rans-ctx", block_size, min_gain, name)
+    return [job, fallback] if job.scale[0] else [fallback]
+
+
+def _stage(jobs: list[_Encoding]) -> None:
+    """Give every job its slice of one staging buffer."""
+    arena, offset = _encode_tmp(sum(job.tmp_bytes for job in jobs)), 0
+    for job in jobs:
+        job.tmp, offset = arena[offset : offset + job.tmp_bytes], offset + job.tmp_bytes
+
+
+def _smallest(jobs: list[_Encoding]) -> EncodedTensor:
+    """The smallest of the finished candidates (the first on a tie)."""
+    encs = [job.finish() for job in jobs]
+    return min(encs, key=lambda e: e.nbytes)
 
 
 class _Encoding:
@@ -174,9 +198,9 @@ class _Encoding:
 
     def __init__(self, tensor: Any, coder: str, block_size: int, min_gain: float | None, name: str | None) -> None:
         from llmcomp_hf.codec.blocks import CODER_IDS, block_capacity
+        from llmcomp_hf.codec.scale_blocks import NO_MAPS, scale_maps
 
-        if coder not in CODER_IDS:
-            raise ValueError(f"unknown coder {coder!r}; choose one of {sorted(CODER_IDS)}")
+        coder_entry(coder)  # ValueError naming the known coders
         if not (isinstance(block_size, int) and MIN_BLOCK <= block_size <= MAX_BLOCK and block_size % 64 == 0):
             raise ValueError(f"block_size must be a multiple of 64 in [{MIN_BLOCK}, {MAX_BLOCK}], got {block_size!r}")
         gain = DEFAULT_MIN_GAIN[coder] if min_gain is None else float(min_gain)
@@ -197,23 +221,28 @@ class _Encoding:
         self.csum = np.zeros(n_blocks, np.uint64)
         keep_num = int((1.0 - gain) * 1024)
         self.args = (words, kind, itemsize, numel, block_size, n_planes, CODER_IDS[coder], keep_num, u8, u32)
+        self.scale = scale_maps(words, kind, shape) if coder == "rans-scale" else NO_MAPS
 
     def run_group(self, g: int, part: int = 0, parts: int = 1) -> None:
         """Encode part ``part`` of ``parts`` of group ``g`` single-threaded (the kernel releases the GIL)."""
         from llmcomp_hf.codec.blocks import encode_groups
+        from llmcomp_hf.codec.scale_blocks import encode_groups_scale
 
-        encode_groups(*self.args, g, part, parts, self.tmp, self.cap, self.sizes, self.csum)
+        if self.scale[0]:
+            encode_groups_scale(*self.args, g, part, parts, self.tmp, self.cap, self.sizes, self.csum, *self.scale)
+        else:
+            encode_groups(*self.args, g, part, parts, self.tmp, self.cap, self.sizes, self.csum)
 
     def tasks(self, threads: int) -> list[Callable[[], None]]:
         """Units of work for ``threads`` threads: whole groups, or parts of them when there are fewer
-        groups than threads (not for rans-ctx, whose blocks share tables chosen over the group).
+        groups than threads (not for the context coders, whose blocks share tables chosen over the group).
 
         A part of a Huffman group replays the table choices of the blocks before it (their split and
         histograms, not their coding), so parts are only as many as the threads need.
         """
         n_blocks = self.sizes.shape[0]
         parts = 1
-        if self.coder != "rans-ctx" and 1 <= self.n_groups < threads:
+        if not coder_entry(self.coder).context_modes and 1 <= self.n_groups < threads:
             parts = min(-(-threads // self.n_groups), GROUP, max(1, n_blocks // self.n_groups))
         return [functools.partial(self.run_group, g, part, parts) for g in range(self.n_groups) for part in range(parts)]
 
@@ -271,15 +300,28 @@ class _Decoding:
         decode_range(*self.args, b_lo, b_hi, self.errs, self.err_plane, self.csum, *(part[0] for part in scratch))
 
     def run_all(self, threads: int | None) -> None:
-        """Decode every block, in parallel over numba threads when there are enough blocks.
+        """Decode every block: on this thread, or with pool threads pulling ranges from one queue.
 
-        One tensor uses numba's parallel loop: its threads wake within microseconds, where a Python
-        pool thread took ~0.1 ms, more than a 3-block tensor takes to decode (MiniLM's 39 weights at
-        2 threads: 14 ms vs 22 ms). Many tensors share a pool queue instead (``decode_many``).
+        Not numba's parallel loop: its threads wake faster (~µs against ~0.1 ms), but the loop ends
+        only when every thread has run its share, so when another process holds a core a 2-thread
+        decode took longer than a 1-thread one (140-490 against 580-1440 MB/s, issue 16). Here the
+        calling thread decodes too and returns once every range is done, whether or not a pool
+        thread woke, so 2 threads are never much slower than 1; below ``PARALLEL_MIN_BLOCKS`` blocks
+        a pool wake-up costs more than it saves.
         """
+        count = thread_count(threads)
+        if self.n_blocks < PARALLEL_MIN_BLOCKS or count == 1:
+            self.run_range(0, self.n_blocks)
+            return
+        step = max(1, min(MANY_CHUNK_BLOCKS, self.n_blocks // (4 * count)))  # >= 4 ranges per thread: balance
+        run_parallel([functools.partial(self.run_range, lo, min(lo + step, self.n_blocks))
+                       for lo in range(0, self.n_blocks, step)], count)
+
+    def run_all_openmp(self, threads: int | None) -> None:
+        """The former per-tensor path (numba's parallel loop), kept for side-by-side benchmarks."""
         from llmcomp_hf.codec.blocks import decode_blocks
 
-        if self.n_blocks < PARALLEL_MIN_BLOCKS or threads == 1:  # small: a thread-pool launch costs more
+        if self.n_blocks < 2 or threads == 1:
             self.run_range(0, self.n_blocks)
             return
         with _kernel_threads(threads) as count:
@@ -327,56 +369,6 @@ def _allocate(enc: EncodedTensor) -> torch.Tensor:
             f"({enc.dtype} {list(enc.shape)}): {str(exc)[:200]}. Free memory, or check that the file is not "
             "damaged (its header declares this size)."
         ) from exc
-
-
-def _thread_count(threads: int | None) -> int:
-    import numba
-
-    return numba.config.NUMBA_NUM_THREADS if threads is None else max(1, int(threads))
-
-
-def _run_parallel(tasks: list[Callable[[], None]], count: int) -> None:
-    """Run ``tasks`` on ``count`` threads (the caller and pooled ones) pulling from one queue.
-
-    Tasks call single-threaded kernels, which release the GIL. Compared with numba's parallel loop
-    (OpenMP), this degrades gracefully when the cores are shared, where a parallel region waits for
-    its slowest thread (a 9-block bf16 tensor at 2 threads on a busy 2-core machine: 1773 vs
-    182 MB/s median); on an idle machine it only pays for work spread over many tensors or groups.
-    """
-    if count == 1 or len(tasks) <= 1:
-        for task in tasks:
-            task()
-        return
-    cond = threading.Condition()
-    state: dict[str, Any] = {"next": 0, "left": len(tasks), "error": None}
-
-    def work() -> None:
-        while True:
-            with cond:
-                i = state["next"]
-                if i >= len(tasks):
-                    return
-                state["next"] = i + 1
-            try:
-                tasks[i]()
-            except BaseException as exc:  # re-raised on the caller's thread
-                with cond:
-                    state["error"] = state["error"] or exc
-            finally:
-                with cond:
-                    state["left"] -= 1
-                    if not state["left"]:
-                        cond.notify_all()
-
-    pool = _pool(count - 1)
-    for _ in range(min(count, len(tasks)) - 1):
-        pool.submit(work)
-    work()
-    with cond:  # wait for the tasks, not for helper threads that woke too late to take one
-        while state["left"]:
-            cond.wait()
-    if state["error"] is not None:
-        raise state["error"]
 
 
 def decode(
@@ -457,19 +449,6 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     return gathered[inverse].reshape(out_shape)
 
 
-_POOLS: dict[int, Any] = {}
-
-
-def _pool(workers: int) -> Any:
-    """A long-lived thread pool per size, so each worker keeps its decode scratch between calls."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with _POOL_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="llmcomp")
-        return _POOLS[workers]
-
-
 def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None = None, **kwargs: Any) -> list[EncodedTensor]:
     """Encode many tensors (a model) with ``threads`` threads sharing one queue of block groups.
 
@@ -478,21 +457,20 @@ def encode_many(tensors: list[Any], coder: str = "huffman", threads: int | None 
     the reused one (``_TMP_KEEP_BYTES``). ``kwargs``: ``block_size``, ``min_gain``, ``name`` as in ``encode``.
     """
     ensure_consistent()
-    count = _thread_count(threads)
+    count = thread_count(threads)
     block_size = kwargs.get("block_size", DEFAULT_BLOCK_SIZE)
-    jobs = [_Encoding(t, coder, block_size, kwargs.get("min_gain"), kwargs.get("name")) for t in tensors]
+    cands = [_candidates(t, coder, block_size, kwargs.get("min_gain"), kwargs.get("name")) for t in tensors]
     out: list[EncodedTensor] = []
     start = 0
-    while start < len(jobs):
-        end, total = start + 1, jobs[start].tmp_bytes
-        while end < len(jobs) and total + jobs[end].tmp_bytes <= _TMP_KEEP_BYTES:
-            total += jobs[end].tmp_bytes
+    while start < len(cands):
+        end, total = start + 1, sum(job.tmp_bytes for job in cands[start])
+        while end < len(cands) and total + sum(job.tmp_bytes for job in cands[end]) <= _TMP_KEEP_BYTES:
+            total += sum(job.tmp_bytes for job in cands[end])
             end += 1
-        arena, offset = _encode_tmp(total), 0
-        for job in jobs[start:end]:
-            job.tmp, offset = arena[offset : offset + job.tmp_bytes], offset + job.tmp_bytes
-        _run_parallel([functools.partial(job.run_group, g) for job in jobs[start:end] for g in range(job.n_groups)], count)
-        out += [job.finish() for job in jobs[start:end]]
+        batch = [job for jobs in cands[start:end] for job in jobs]
+        _stage(batch)
+        run_parallel([functools.partial(job.run_group, g) for job in batch for g in range(job.n_groups)], count)
+        out += [_smallest(jobs) for jobs in cands[start:end]]
         start = end
     return out
 
@@ -508,12 +486,12 @@ def decode_many(encs: list[EncodedTensor], threads: int | None = None, verify: b
     ``max_output_bytes`` bounds the outputs of the whole call together, checked before allocating any.
     """
     ensure_consistent()
-    count = _thread_count(threads)
+    count = thread_count(threads)
     for enc in encs:
         enc.validate()
     check_output_size(encs, max_output_bytes)
     jobs = [_Decoding(enc, None, validate=False) for enc in encs]
-    _run_parallel(_decode_tasks(jobs), count)
+    run_parallel(_decode_tasks(jobs), count)
     return [job.finish(verify) for job in jobs]
 
 

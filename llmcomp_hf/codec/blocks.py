@@ -12,8 +12,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from llmcomp_hf.codec import huffman, rans, rans_ctx
+import llmcomp_hf.codec.huffman as huffman
+import llmcomp_hf.codec.rans as rans
+import llmcomp_hf.codec.rans_ctx as rans_ctx
+import llmcomp_hf.codec.rans_scale as rans_scale
 from llmcomp_hf.codec.checksum import sum32_range
+from llmcomp_hf.coders import CODERS, MODE_RANS_SCALE
 from llmcomp_hf.codec.models import (
     BITMAP_BYTES,
     RANS_SCALE,
@@ -26,7 +30,9 @@ from llmcomp_hf.codec.models import (
 from llmcomp_hf.codec.planes import KIND_BYTES, merge_block, split_block
 
 MODE_RAW, MODE_CONST, MODE_HUFFMAN, MODE_RANS, MODE_RANS_CTX = 0, 1, 2, 3, 4
-CODER_IDS = {"raw": MODE_RAW, "huffman": MODE_HUFFMAN, "rans": MODE_RANS, "rans-ctx": MODE_RANS_CTX}
+CODER_IDS = {name: c.mode for name, c in CODERS.items()}  # the kernels' coder argument: its section mode
+SLOTS_CTX = RANS_SCALE  # mode 4's tables start here in a thread's slots; mode 5's after them
+SLOTS_SCALE = (1 + rans_ctx.N_CTX) * RANS_SCALE
 GROUP = 16
 ERR_MODE = -4
 ERR_TRAILING = -5
@@ -336,17 +342,17 @@ def compact(tmp, cap, sizes):
 
 
 @njit(cache=True, nogil=True)
-def decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4):
+def decode_block(data, index, b, block_size, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4):
     """Decode the sections of block ``b`` (``data[index[b]:index[b+1]]``); returns (0, -1) or
     (error code, plane).
 
     Raw planes are not copied: ``src[p]`` is set to their offset in ``data`` (else -1 and the
-    plane is in ``planes[p]``). A mode-4 section (plane 0 of a float only) is decoded last, once
-    plane 1, its context, is known.
+    plane is in ``planes[p]``). A mode-4 or mode-5 section (plane 0 of a float only) is decoded
+    last, once plane 1, its context, is known. ``memo4`` holds mode 4's memo, then mode 5's.
     """
     lo, hi = index[b], index[b + 1]
     pos = lo
-    ctx_pos, ctx_end = -1, -1
+    ctx_pos, ctx_end, ctx_mode = -1, -1, 0
     for p in range(n_planes):
         src[p] = -1
         if pos >= hi:
@@ -363,7 +369,7 @@ def decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, 
                 return huffman.ERR_TRUNCATED, p
             planes[p, :n] = data[pos]
             pos += 1
-        elif mode == MODE_HUFFMAN or mode == MODE_RANS or mode == MODE_RANS_CTX:
+        elif mode == MODE_HUFFMAN or mode == MODE_RANS or mode == MODE_RANS_CTX or mode == MODE_RANS_SCALE:
             if pos + 4 > hi:
                 return huffman.ERR_TRUNCATED, p
             size = 0
@@ -379,7 +385,7 @@ def decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, 
             elif p != 0 or kind == KIND_BYTES:
                 return ERR_MODE, p
             else:
-                ctx_pos, ctx_end = pos, pos + size
+                ctx_pos, ctx_end, ctx_mode = pos, pos + size, mode
                 err = 0
             if err < 0:
                 return err, p
@@ -390,7 +396,12 @@ def decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, 
         return ERR_TRAILING, n_planes - 1
     if ctx_pos >= 0:
         ctx = data[src[1] : src[1] + n] if src[1] >= 0 else planes[1, :n]
-        err = rans_ctx.decode_payload(data, index, b, ctx_pos, ctx_end, n, ctx, planes[0], slots[RANS_SCALE:], memo4)
+        if ctx_mode == MODE_RANS_CTX:
+            err = rans_ctx.decode_payload(data, index, b, ctx_pos, ctx_end, n, ctx, planes[0], slots[SLOTS_CTX:SLOTS_SCALE],
+                                          memo4[: rans_ctx.MEMO_BYTES])
+        else:
+            err = rans_scale.decode_payload(data, index, b, block_size, ctx_pos, ctx_end, n, ctx, planes[0],
+                                            slots[SLOTS_SCALE:], memo4[rans_ctx.MEMO_BYTES :])
         if err < 0:
             return err, 0
     return 0, -1
@@ -398,7 +409,7 @@ def decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, 
 
 def decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.ndarray, ...]:
     """Per-thread decode buffers (planes, raw offsets, Huffman tables + memo, rANS slots: mode 3's
-    table then mode 4's, mode-4 table memo).
+    table, mode 4's, then mode 5's tables and column map; mode-4 table memo then mode-5 model memo).
 
     Kept by the caller and passed to every decode, so decoding allocates nothing per call.
     """
@@ -408,8 +419,8 @@ def decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.n
         np.empty((n_threads, n_planes, huffman.LUT_SIZE), np.uint16),
         np.empty((n_threads, n_planes, huffman.MULTI_SIZE), np.uint64),
         np.zeros((n_threads, n_planes, huffman.MEMO_SIZE), np.uint8),
-        np.empty((n_threads, (1 + rans_ctx.N_CTX) * RANS_SCALE), np.uint32),
-        np.zeros((n_threads, rans_ctx.MEMO_BYTES), np.uint8),
+        np.empty((n_threads, SLOTS_SCALE + rans_scale.SLOTS), np.uint32),
+        np.zeros((n_threads, rans_ctx.MEMO_BYTES + rans_scale.MEMO_BYTES), np.uint8),
     )
 
 
@@ -425,7 +436,8 @@ def decode_range(data, index, kind, itemsize, numel, block_size, n_planes, words
     for b in range(b_lo, b_hi):
         start = b * block_size
         n = min(block_size, numel - start)
-        err, plane = decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4)
+        err, plane = decode_block(data, index, b, block_size, n, kind, n_planes, planes, src, single, multi, memo, slots,
+                                  memo4)
         if err < 0:
             errs[b] = err
             err_plane[b] = plane
@@ -468,7 +480,8 @@ def decode_block_list(data, index, kind, itemsize, numel, block_size, n_planes, 
             errs[j] = ERR_MODE
             continue
         n = min(block_size, numel - b * block_size)
-        err, plane = decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4)
+        err, plane = decode_block(data, index, b, block_size, n, kind, n_planes, planes, src, single, multi, memo, slots,
+                                  memo4)
         if err < 0:
             errs[j] = err
             for p in range(n_planes):

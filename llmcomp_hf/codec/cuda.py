@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec.cuda_runtime import PAD, kernel_array, numba_cuda, resolve_device, upload, simulating
-from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, checksum_of, load_json_object, mode4_allowed
+from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, checksum_of, load_json_object, context_allowed
 from llmcomp_hf.errors import ChecksumMismatchError, FormatError, checksum_mismatch, corrupt_block, where
 
 
@@ -52,10 +52,10 @@ class DeviceEncodedTensor:
         from llmcomp_hf.codec.planes import layout_of
 
         enc.validate()
-        if mode4_allowed(enc.header):
+        if context_allowed(enc.header):
             raise FormatError(
-                f"the CUDA decoder has no decoder for mode-4 sections{where(enc.name)}: this tensor is version "
-                f"{enc.header['version']}, coder {enc.header['coder']!r} (rANS with context); decode on the CPU "
+                f"the CUDA decoder has no decoder for context sections (modes 4, 5){where(enc.name)}: this tensor is "
+                f"version {enc.header['version']}, coder {enc.header['coder']!r} (rANS with context); decode on the CPU "
                 "(llmcomp_hf.codec.decode) or re-compress with coder='huffman' or 'rans'"
             )
         self.header = dict(enc.header)

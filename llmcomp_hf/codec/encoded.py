@@ -15,18 +15,20 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from llmcomp_hf.coders import CODERS as _REGISTRY
+from llmcomp_hf.coders import NAMES, context_modes_allowed, forbidden_mask
 from llmcomp_hf.errors import CorruptStreamError, FormatError, shown, where
 
 FORMAT_NAME = "llmcomp.tensor"
 # Versions (docs/format.md part 1): 1, section modes 0-3; 2, adds mode 4 (rANS with context, coder
-# rans-ctx only); 3, what encoders write: the checksum also binds dtype, shape and byte length
-# (``header_key``), and mode 4 is allowed when the coder is rans-ctx.
+# rans-ctx only); 3, what most encoders write: the checksum also binds dtype, shape and byte length
+# (``header_key``), and context modes are allowed for their own coder only; 4, adds mode 5 (rANS
+# with scale context, coder rans-scale). Each coder's version is in the registry (llmcomp_hf/coders.py).
 FORMAT_VERSION = 3
-FORMAT_VERSIONS = (1, 2, 3)  # what decoders read
+FORMAT_VERSIONS = (1, 2, 3, 4)  # what decoders read
 BINDING_VERSION = 3  # the first version whose checksum binds the header
 MODE_RANS_CTX = 4
-CODERS = ("huffman", "rans", "raw", "rans-ctx")
-VERSION_2_CODERS = ("rans-ctx",)  # coders whose streams may hold mode-4 sections (from version 2)
+CODERS = NAMES
 MIN_BLOCK, MAX_BLOCK = 256, 1 << 24
 MAX_NUMEL = 1 << 40
 
@@ -146,7 +148,7 @@ class EncodedTensor:
         idx = self.index if isinstance(self.index, np.ndarray) else _host_copy(self.index)
         on_host = isinstance(self.data, np.ndarray)
         fault = _index_fault(np.ascontiguousarray(idx), self.data.shape[0], 2 * DTYPES[h["dtype"]][1],
-                             self.data if on_host else _NO_DATA, on_host and not mode4_allowed(h))
+                             self.data if on_host else _NO_DATA, forbidden(h) if on_host else 0)
         if fault == _NOT_COVERED:
             raise CorruptStreamError(
                 f"block index does not cover the data ({int(idx[-1])} vs {self.data.shape[0]} bytes){at}; "
@@ -159,7 +161,8 @@ class EncodedTensor:
             )
         if fault == _MODE4_IN_V1:
             raise CorruptStreamError(
-                f"a stream of version {version}, coder {h['coder']!r} holds a mode-4 section{at}; the file is "
+                f"a stream of version {version}, coder {h['coder']!r} holds a context section (mode-4 or mode-5) it "
+                f"does not allow{at}; the file is "
                 "corrupted: re-download or re-compress it"
             )
 
@@ -236,10 +239,11 @@ _NOT_COVERED, _SHORT_BLOCK, _MODE4_IN_V1 = 1, 2, 3
 
 
 @njit(cache=True, nogil=True)
-def _index_fault(idx: np.ndarray, n_data: int, min_block: int, data: np.ndarray, v1: bool) -> int:
+def _index_fault(idx: np.ndarray, n_data: int, min_block: int, data: np.ndarray, forbid: int) -> int:
     """0, or why the block index cannot describe ``n_data`` bytes of blocks (one pass, no allocation):
     not starting at 0 / not ending at ``n_data`` / decreasing, a block under ``min_block`` bytes, or
-    (``v1``: a stream whose header forbids mode 4) a block starting with a mode-4 section."""
+    a block starting with a context section of a mode ``m`` the header forbids (bit ``m`` of
+    ``forbid``, ``forbidden``)."""
     n = idx.shape[0]
     if idx[0] != 0 or idx[n - 1] != n_data:
         return _NOT_COVERED
@@ -252,27 +256,36 @@ def _index_fault(idx: np.ndarray, n_data: int, min_block: int, data: np.ndarray,
             short = True
     if short:
         return _SHORT_BLOCK
-    if v1:
+    if forbid:
         for b in range(n - 1):
-            if idx[b + 1] > idx[b] and data[idx[b]] == MODE_RANS_CTX:
+            if idx[b + 1] > idx[b] and data[idx[b]] < 8 and (forbid >> data[idx[b]]) & 1:
                 return _MODE4_IN_V1
     return 0
 
 
 def format_version(coder: str) -> int:
-    """The version an encoder writes for ``coder`` (every coder: ``FORMAT_VERSION``)."""
-    return FORMAT_VERSION
+    """The version an encoder writes for ``coder`` (the registry's; 3, or 4 for ``rans-scale``)."""
+    return _REGISTRY[coder].version
 
 
 def min_version(coder: str) -> int:
-    """The oldest version a stream of ``coder`` may have: 2 for ``rans-ctx`` (mode-4 sections), else 1."""
-    return 2 if coder in VERSION_2_CODERS else 1
+    """The oldest version a stream of ``coder`` may have: 2 for ``rans-ctx``, 4 for ``rans-scale``, else 1."""
+    return _REGISTRY[coder].min_version
 
 
 def mode4_allowed(header: dict[str, Any]) -> bool:
-    """Whether a (validated) header allows mode-4 sections: version 2, or 3 with coder ``rans-ctx``."""
-    version = header["version"]
-    return version == 2 or (version >= BINDING_VERSION and header["coder"] in VERSION_2_CODERS)
+    """Whether a (validated) header allows mode-4 sections: version 2, or 3+ with coder ``rans-ctx``."""
+    return MODE_RANS_CTX in context_modes_allowed(header["version"], header["coder"])
+
+
+def context_allowed(header: dict[str, Any]) -> bool:
+    """Whether a (validated) header allows any context section (mode 4 or 5): the CUDA decoder has none."""
+    return bool(context_modes_allowed(header["version"], header["coder"]))
+
+
+def forbidden(header: dict[str, Any]) -> int:
+    """Bit mask of the context modes a (validated) header forbids (for the kernels)."""
+    return forbidden_mask(header["version"], header["coder"])
 
 
 def header_key(header: dict[str, Any]) -> int:

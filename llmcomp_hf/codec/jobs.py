@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire, store_release
 from llmcomp_hf.codec.blocks import decode_block
 from llmcomp_hf.codec.checksum import sum32_range
-from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, _index_fault, mode4_allowed
+from llmcomp_hf.codec.encoded import DTYPES, EncodedTensor, _index_fault, forbidden
 from llmcomp_hf.codec.planes import KIND_F32, KIND_HALF, layout_of, merge_block
 
 PENDING, RUNNING, DONE, FAILED, CLAIMED = 0, 1, 2, 3, 4
@@ -47,7 +47,7 @@ def job_row(enc: EncodedTensor, index_at: int) -> list[int]:
     row[INDEX_LO], row[INDEX_HI] = index_at, index_at + enc.index.shape[0]
     row[KIND], row[ITEMSIZE], row[NUMEL] = layout_of(enc.dtype, itemsize), itemsize, enc.numel
     row[BLOCK], row[PLANES] = enc.header["block_size"], n_planes
-    row[V1] = int(not mode4_allowed(enc.header))  # a mode-4 section is corrupt in this stream
+    row[V1] = forbidden(enc.header)  # bit m: a mode-m context section is corrupt in this stream
     row[NBYTES] = enc.numel * itemsize
     return row
 
@@ -77,7 +77,7 @@ def _decode_one(data, index, kind, itemsize, numel, block_size, n_planes, v1, wo
     for b in range(index.shape[0] - 1):
         start = b * block_size
         n = min(block_size, numel - start)
-        err, _ = decode_block(data, index, b, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4)
+        err, _ = decode_block(data, index, b, block_size, n, kind, n_planes, planes, src, single, multi, memo, slots, memo4)
         if err < 0:
             for p in range(n_planes):
                 memo[p, 0] = 0
@@ -112,7 +112,7 @@ def decode_jobs(table, indexes, state, csums, first, stop, step, watch, max_byte
             index = indexes[row[INDEX_LO] : row[INDEX_HI]]
             u8 = numba.carray(_bytes_at(row[OUT]), row[NBYTES])
             u32 = u8[: (u8.shape[0] // 4) * 4].view(np.uint32)
-            kind, size, numel, bs, n_planes, v1 = row[KIND], row[ITEMSIZE], row[NUMEL], row[BLOCK], row[PLANES], row[V1] != 0
+            kind, size, numel, bs, n_planes, v1 = row[KIND], row[ITEMSIZE], row[NUMEL], row[BLOCK], row[PLANES], row[V1]
             if kind == KIND_HALF:
                 ok, acc = _decode_one(data, index, kind, size, numel, bs, n_planes, v1, u8.view(np.uint16), u8, u32,
                                       planes, src, single, multi, memo, slots, memo4)

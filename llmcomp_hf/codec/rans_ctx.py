@@ -234,7 +234,7 @@ def write_tables(freq: np.ndarray, k: int, present: np.ndarray, out: np.ndarray,
     out[pos + 3] = r0 | (r1 << 4)
     pos += TABLE_HEAD
     acc, nbits = np.int64(0), 0  # bits not yet written, LSB first
-    for c in range(1 << k):
+    for c in range(freq.shape[0]):  # 2**k tables (mode 4), 4 * 2**k (mode 5)
         r = r0 if c == 0 else r1
         for j in range(lo, lo + m):
             if j == lo + skip:
@@ -358,14 +358,15 @@ def _read_code(data: np.ndarray, q: int, end: int, bit: int, r: int) -> tuple[in
 
 
 @njit(cache=True, nogil=True)
-def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: np.ndarray) -> tuple[int, int]:
+def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: np.ndarray, extra: int = 0) -> tuple[int, int]:
     """Parse tables at ``data[pos:end]`` into ``slots[c*4096 + slot]`` (mode 3's entry layout).
 
-    Returns (position after the tables or <0 error, k). ``memo`` (u8[MEMO_BYTES]) keeps the
-    bytes of the tables now in ``slots``; the same leading bytes parse the same, so they skip
-    the rebuild.
+    Returns (position after the tables or <0 error, k); there are ``2**(k + extra)`` tables
+    (``extra``: 0 for mode 4, 2 for mode 5). ``memo`` (u8[MEMO_BYTES]) keeps the bytes of the
+    tables now in ``slots``; the same leading bytes parse the same, so they skip the rebuild
+    (``memo`` of fewer than 2 bytes: no memo).
     """
-    known = np.int64(memo[0]) | (np.int64(memo[1]) << 8)
+    known = np.int64(memo[0]) | (np.int64(memo[1]) << 8) if memo.shape[0] >= 2 else 0
     if known > 0 and pos + known <= end:
         same = True
         for j in range(known):
@@ -379,14 +380,15 @@ def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: 
     k, skip = np.int64(data[pos] & 3), np.int64(data[pos] >> 2)
     lo, m = np.int64(data[pos + 1]), np.int64(data[pos + 2]) + 1
     r0, r1 = np.int64(data[pos + 3] & 15), np.int64(data[pos + 3] >> 4)
-    if skip >= m or lo + m > 256 or r0 > MAX_ORDER or r1 > MAX_ORDER or (k == 0 and r1 != 0):
+    if skip >= m or lo + m > 256 or r0 > MAX_ORDER or r1 > MAX_ORDER or (k + extra == 0 and r1 != 0):
         return ERR_TABLE, 0
-    memo[0] = 0
-    memo[1] = 0
+    if memo.shape[0] >= 2:
+        memo[0] = 0
+        memo[1] = 0
     q = pos + TABLE_HEAD
     bit = 0
     prev = np.zeros(256, np.int64)
-    for c in range(1 << k):
+    for c in range(1 << (k + extra)):
         total = 0
         for j in range(m):
             if j == skip:
@@ -413,9 +415,10 @@ def build_tables(data: np.ndarray, pos: int, end: int, slots: np.ndarray, memo: 
     if bit & 7 and data[q - 1] >> (bit & 7):  # padding bits must be zero
         return ERR_TABLE, 0
     size = q - pos
-    memo[2 : 2 + size] = data[pos:q]
-    memo[0] = size & 0xFF
-    memo[1] = size >> 8
+    if 2 + size <= memo.shape[0]:
+        memo[2 : 2 + size] = data[pos:q]
+        memo[0] = size & 0xFF
+        memo[1] = size >> 8
     return q, k
 
 

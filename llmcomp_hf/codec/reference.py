@@ -14,9 +14,14 @@ import numpy as np
 import torch
 
 from llmcomp_hf.codec import models, rans_ctx
+from llmcomp_hf.codec import reference_scale as scale
 from llmcomp_hf.codec.api import DEFAULT_BLOCK_SIZE, DEFAULT_MIN_GAIN, _raw_bytes, torch_dtype
 from llmcomp_hf.codec.blocks import GROUP
+from llmcomp_hf.coders import MODE_RANS_SCALE, context_modes_allowed
+from llmcomp_hf.coders import coder as coder_entry
 from llmcomp_hf.codec.encoded import DTYPES, FORMAT_NAME, EncodedTensor, checksum_of, format_version, mode4_allowed
+from llmcomp_hf.codec.planes import layout_of
+from llmcomp_hf.codec.scale_blocks import scale_maps
 from llmcomp_hf.errors import ChecksumMismatchError, CorruptStreamError
 
 _M32 = 0xFFFFFFFF
@@ -155,7 +160,7 @@ def _ctx_tables(freq: np.ndarray, k: int, present: np.ndarray) -> bytes:
     for skip in range(min(m, 64)):
         js = [j for j in range(m) if j != skip]
         vals0 = [int(freq[0, lo + j]) for j in js]
-        deltas = [_zigzag(int(freq[c, lo + j] - freq[c - 1, lo + j])) for c in range(1, 1 << k) for j in js]
+        deltas = [_zigzag(int(freq[c, lo + j] - freq[c - 1, lo + j])) for c in range(1, freq.shape[0]) for j in js]
         r0 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in vals0), r))
         r1 = min(range(13), key=lambda r: (sum(len(_eg(v, r)) for v in deltas), r)) if deltas else 0
         bits = "".join(_eg(v, r0) for v in vals0) + "".join(_eg(v, r1) for v in deltas)
@@ -254,13 +259,30 @@ def _plane0_ctx(p0, p1, hist, gk, gfreq, gpresent, ref, keep_num, b, tabs) -> tu
 
 
 def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFAULT_BLOCK_SIZE, name: str | None = None, min_gain: float | None = None) -> EncodedTensor:
-    """Reference encoder: same bytes as ``encode`` (tiny inputs only: it is pure Python)."""
+    """Reference encoder: same bytes as ``encode`` (tiny inputs only: it is pure Python).
+
+    ``rans-scale``: the mode-5 stream and the ``rans-ctx`` one, the smaller kept (the first on a tie),
+    as ``encode`` does; a tensor mode 5 does not apply to gets ``rans-ctx``.
+    """
+    entry = coder_entry(coder)  # the registry names the reference plane coder of each coder
     u8, dtype, shape = _raw_bytes(tensor)
+    if entry.reference == "rans-scale":
+        fallback = encode_reference(tensor, "rans-ctx", block_size, name, min_gain)
+        itemsize = DTYPES[dtype][0]
+        words = u8.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize])
+        maps = scale_maps(words, layout_of(dtype, itemsize), shape)
+        if not maps[0]:
+            return fallback
+        planes = split_planes(u8, dtype)
+        keep_num = int((1.0 - (DEFAULT_MIN_GAIN[coder] if min_gain is None else min_gain)) * 1024)
+        blocks = scale.encode_blocks(planes, math.prod(shape), block_size, keep_num, maps, _section, _ctx_tables)
+        enc = _assemble(blocks, u8, dtype, shape, coder, block_size, name)
+        return enc if enc.nbytes <= fallback.nbytes else fallback
     planes = split_planes(u8, dtype) if u8.size else np.zeros((DTYPES[dtype][1], 0), np.uint8)
     numel = math.prod(shape)
     keep_num = int((1.0 - (DEFAULT_MIN_GAIN[coder] if min_gain is None else min_gain)) * 1024)
-    with_ctx = coder == "rans-ctx" and dtype in ("bfloat16", "float16", "float32")
-    plane_coder = "rans" if coder == "rans-ctx" else coder
+    with_ctx = entry.reference == "rans-ctx" and dtype in ("bfloat16", "float16", "float32")
+    plane_coder = "rans" if entry.context_modes else entry.reference  # context coders: other planes as rans
     blocks, prev = [], [dict() for _ in range(planes.shape[0])]
     n_blocks = -(-numel // block_size)
     for b in range(n_blocks):
@@ -281,6 +303,11 @@ def encode_reference(tensor: Any, coder: str = "huffman", block_size: int = DEFA
                 tabs.append(stored)
             first = 1
         blocks.append(head + b"".join(_section(part[p], plane_coder, keep_num, prev[p]) for p in range(first, planes.shape[0])))
+    return _assemble(blocks, u8, dtype, shape, coder, block_size, name)
+
+
+def _assemble(blocks: list[bytes], u8: np.ndarray, dtype: str, shape: list[int], coder: str, block_size: int,
+              name: str | None) -> EncodedTensor:
     index = np.concatenate([[0], np.cumsum([len(b) for b in blocks], dtype=np.int64)]).astype(np.int64)
     header = {"format": FORMAT_NAME, "version": format_version(coder), "dtype": dtype, "shape": shape, "coder": coder,
               "block_size": block_size}
@@ -353,12 +380,13 @@ def _decode_rans(payload: _Reader, n: int, name: str | None) -> np.ndarray:
     return out
 
 
-def _read_ctx_tables(payload: _Reader, name: str | None) -> tuple[int, np.ndarray]:
-    """Parse mode-4 tables (k, first symbol, count-1, orders, exp-Golomb codes) into freq[2**k, 256]."""
+def _read_ctx_tables(payload: _Reader, name: str | None, extra: int = 0) -> tuple[int, np.ndarray]:
+    """Parse mode-4 tables (k, first symbol, count-1, orders, exp-Golomb codes) into
+    freq[2**(k + extra), 256] (``extra``: 0 for mode 4, 2 for mode 5's quarters)."""
     bad = CorruptStreamError(f"invalid code table (tensor {name!r})")
     head, lo, m1, orders = payload.take(4)
     k, skip, m, r0, r1 = head & 3, head >> 2, m1 + 1, orders & 15, orders >> 4
-    if skip >= m or lo + m > 256 or r0 > 12 or r1 > 12 or (k == 0 and r1):
+    if skip >= m or lo + m > 256 or r0 > 12 or r1 > 12 or (k + extra == 0 and r1):
         raise bad
     start, bit = payload.pos, 0
 
@@ -370,8 +398,8 @@ def _read_ctx_tables(payload: _Reader, name: str | None) -> tuple[int, np.ndarra
         bit += 1
         return v
 
-    freq = np.zeros((1 << k, 256), np.int64)
-    for c in range(1 << k):
+    freq = np.zeros((1 << (k + extra), 256), np.int64)
+    for c in range(1 << (k + extra)):
         r = r0 if c == 0 else r1
         for j in range(m):
             if j == skip:
@@ -430,12 +458,24 @@ def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
     planes = np.zeros((n_planes, enc.numel), np.uint8)
     data = enc.data.tobytes()
     tables: dict[int, tuple[int, np.ndarray]] = {}  # block -> its own mode-4 tables
+    scale_models: dict[int, tuple] = {}  # block -> the mode-5 model it stores
+    scale_ok = MODE_RANS_SCALE in context_modes_allowed(enc.header["version"], enc.header["coder"])
     for b in range(enc.index.size - 1):
         n = min(bs, enc.numel - b * bs)
         block = _Reader(data[enc.index[b] : enc.index[b + 1]], enc.name)
-        ctx_payload = None
+        ctx_payload = scale_payload = None
         for p in range(n_planes):
             mode = block.take(1)[0]
+            if mode == MODE_RANS_SCALE and p == 0 and scale_ok and enc.dtype in ("bfloat16", "float16", "float32"):
+                scale_payload = _Reader(block.take(int.from_bytes(block.take(4), "little")), enc.name)
+                ref_byte = scale_payload.take(1)[0]
+                ref, short = ref_byte & 15, ref_byte >> 4
+                if ref == 0:
+                    scale_models[b] = scale.read_model(scale_payload, enc.name, _read_ctx_tables)
+                elif ref > b % GROUP or (b - ref) not in scale_models:
+                    raise CorruptStreamError(f"invalid code table (tensor {enc.name!r})")
+                scale_model = scale_models[b - ref]
+                continue
             if mode == 4 and p == 0 and mode4_allowed(enc.header) and enc.dtype in ("bfloat16", "float16", "float32"):
                 ctx_payload = _Reader(block.take(int.from_bytes(block.take(4), "little")), enc.name)
                 ref_byte = ctx_payload.take(1)[0]
@@ -458,6 +498,9 @@ def decode_reference(enc: EncodedTensor, verify: bool = True) -> torch.Tensor:
             planes[p, b * bs : b * bs + n] = plane
         if block.pos != len(block.data):
             raise CorruptStreamError(f"bytes left over after the last plane (tensor {enc.name!r})")
+        if scale_payload is not None:
+            planes[0, b * bs : b * bs + n] = scale.decode_plane0(scale_payload, short, scale_model, b * bs, n,
+                                                                 planes[1, b * bs : b * bs + n], enc.name)
         if ctx_payload is not None:  # plane 0 last: its contexts come from plane 1
             planes[0, b * bs : b * bs + n] = _decode_rans_ctx(ctx_payload, n, ctx_tables, planes[1, b * bs : b * bs + n], enc.name)
     raw = merge_planes(planes, enc.dtype) if enc.numel else np.zeros(0, np.uint8)

@@ -17,8 +17,10 @@ import numpy as np
 
 from .helpers import DTYPES
 
-RAW, CONST, HUFFMAN, RANS, RANS_CTX = 0, 1, 2, 3, 4
-MODE_NAMES = {RAW: "raw", CONST: "const", HUFFMAN: "huffman", RANS: "rans", RANS_CTX: "rans_ctx"}
+from . import spec_scale
+
+RAW, CONST, HUFFMAN, RANS, RANS_CTX, RANS_SCALE = 0, 1, 2, 3, 4, 5
+MODE_NAMES = {RAW: "raw", CONST: "const", HUFFMAN: "huffman", RANS: "rans", RANS_CTX: "rans_ctx", RANS_SCALE: "rans_scale"}
 FLOATS = ("bfloat16", "float16", "float32")
 HEADER_KEYS = {"format", "version", "dtype", "shape", "coder", "block_size", "checksum"}
 
@@ -235,19 +237,20 @@ def _exp_golomb(bitv: np.ndarray, p: int, r: int, w: str) -> tuple[int, int]:
     return v - (1 << r), p + z + 1 + r
 
 
-def _ctx_tables(payload: _Reader, sec: Section) -> tuple[int, np.ndarray]:
+def _ctx_tables(payload: _Reader, sec: Section, extra: int = 0) -> tuple[int, np.ndarray]:
     """Mode-4 tables: k | skip << 2, first symbol, count-1, orders (r0 | r1 << 4), then the bit-packed
-    codes of every frequency except those at position ``skip`` (4096 minus the others)."""
+    codes of every frequency except those at position ``skip`` (4096 minus the others); 2**k tables,
+    mode 5's 4 * 2**k (``extra`` = 2)."""
     w = payload.where
     at, head = payload.take(4)
     sec.fields["ctx_head"] = (at, 4)
     k, skip, lo, m = int(head[0]) & 3, int(head[0]) >> 2, int(head[1]), int(head[2]) + 1
     r0, r1 = int(head[3]) & 15, int(head[3]) >> 4
-    _check(skip < m and lo + m <= 256 and r0 <= 12 and r1 <= 12 and (k > 0 or r1 == 0), f"{w}: mode-4 table head {head.tolist()}")
+    _check(skip < m and lo + m <= 256 and r0 <= 12 and r1 <= 12 and (k + extra > 0 or r1 == 0), f"{w}: mode-4 table head {head.tolist()}")
     bitv = np.unpackbits(payload.data[payload.pos:payload.end], bitorder="little")
-    freq = np.zeros((1 << k, 256), np.int64)
+    freq = np.zeros((1 << (k + extra), 256), np.int64)
     p = 0
-    for c in range(1 << k):
+    for c in range(1 << (k + extra)):
         for j in range(m):
             if j == skip:
                 continue
@@ -302,7 +305,7 @@ def _decode_rans_ctx(payload: _Reader, n: int, sec: Section, tables: tuple[int, 
 
 
 def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int, n: int,
-                  ctx_ok: bool = False) -> Section:
+                  ctx_ok: bool = False, scale_ok: bool = False) -> Section:
     where = f"block {b} plane {plane}"
     r = _Reader(data, pos, block_end, where)
     at, m = r.take(1)
@@ -322,6 +325,17 @@ def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int
         payload = _Reader(data, r.pos, r.pos + size, where)
         _check(payload.end <= block_end, f"{where}: payload length {size} runs past the block")
         sec.symbols = (_decode_huffman if mode == HUFFMAN else _decode_rans)(payload, n, sec)
+        r.pos = payload.end
+    elif mode == RANS_SCALE and scale_ok:
+        at, size = r.u32()
+        sec.fields["length"] = (at, 4)
+        payload = _Reader(data, r.pos, r.pos + size, where)
+        _check(payload.end <= block_end, f"{where}: payload length {size} runs past the block")
+        at, ref = payload.take(1)
+        sec.fields["ref"] = (at, 1)
+        if int(ref[0]) & 15 == 0:
+            sec.tables = spec_scale.model(payload, sec, _check, _exp_golomb, _ctx_tables)  # type: ignore[assignment]
+        sec.payload = payload  # type: ignore[attr-defined]
         r.pos = payload.end
     elif mode == RANS_CTX and ctx_ok:
         at, size = r.u32()
@@ -347,9 +361,11 @@ def _read_section(data: np.ndarray, pos: int, block_end: int, b: int, plane: int
 
 def check_header(header: dict) -> None:
     _check(set(header) == HEADER_KEYS, f"header keys {sorted(header)} != {sorted(HEADER_KEYS)}")
-    _check(header["format"] == "llmcomp.tensor" and header["version"] in (1, 2, 3), f"bad format/version in {header}")
-    _check(header["dtype"] in DTYPES and header["coder"] in ("huffman", "rans", "raw", "rans-ctx"), f"bad dtype/coder in {header}")
-    _check(header["coder"] != "rans-ctx" or header["version"] >= 2, f"coder rans-ctx needs version 2 or 3: {header}")
+    _check(header["format"] == "llmcomp.tensor" and header["version"] in (1, 2, 3, 4), f"bad format/version in {header}")
+    _check(header["dtype"] in DTYPES and header["coder"] in ("huffman", "rans", "raw", "rans-ctx", "rans-scale"),
+           f"bad dtype/coder in {header}")
+    _check(header["coder"] != "rans-ctx" or header["version"] >= 2, f"coder rans-ctx needs version 2 or more: {header}")
+    _check(header["coder"] != "rans-scale" or header["version"] >= 4, f"coder rans-scale needs version 4: {header}")
     bs = header["block_size"]
     _check(isinstance(bs, int) and 256 <= bs <= 1 << 24 and bs % 64 == 0, f"bad block_size {bs}")
     c = header["checksum"]
@@ -372,10 +388,11 @@ def parse(header: dict, data: np.ndarray, index: np.ndarray) -> list[list[Sectio
         pos, end = int(index[b]), int(index[b + 1])
         secs = []
         for plane in range(dt.planes):
-            # mode 4: version 2, or version 3 with coder rans-ctx; plane 0 of a float dtype
-            mode4 = header["version"] == 2 or (header["version"] == 3 and header["coder"] == "rans-ctx")
+            # mode 4: version 2, or version 3+ with coder rans-ctx; mode 5: coder rans-scale; plane 0 of a float
+            mode4 = header["version"] == 2 or (header["version"] >= 3 and header["coder"] == "rans-ctx")
             ctx_ok = plane == 0 and mode4 and header["dtype"] in FLOATS
-            sec = _read_section(data, pos, end, b, plane, n, ctx_ok)
+            scale_ok = plane == 0 and header["coder"] == "rans-scale" and header["dtype"] in FLOATS
+            sec = _read_section(data, pos, end, b, plane, n, ctx_ok, scale_ok)
             secs.append(sec)
             pos = sec.end
         _check(pos == end, f"block {b}: sections end at {pos}, block ends at {end}")
@@ -388,6 +405,17 @@ def parse(header: dict, data: np.ndarray, index: np.ndarray) -> list[list[Sectio
                 _check(tables is not None, f"block {b}: mode-4 ref {ref} names a block without its own tables")
             short = int(data[secs[0].fields["ref"][0]]) >> 4
             secs[0].symbols = _decode_rans_ctx(secs[0].payload, n, secs[0], tables, secs[1].symbols, short)  # type: ignore[attr-defined]
+        if secs[0].mode == RANS_SCALE:
+            ref = int(data[secs[0].fields["ref"][0]]) & 15
+            mdl = secs[0].tables
+            if ref:
+                _check(ref <= b % 16, f"block {b}: mode-5 ref {ref} leaves the group of 16 blocks")
+                _check(blocks[b - ref][0].mode == RANS_SCALE, f"block {b}: mode-5 ref {ref} names a block without a model")
+                mdl = blocks[b - ref][0].tables
+                _check(mdl is not None, f"block {b}: mode-5 ref {ref} names a block without a model")
+            short = int(data[secs[0].fields["ref"][0]]) >> 4
+            secs[0].symbols = spec_scale.decode(secs[0].payload, secs[0], n, b * bs, mdl, secs[1].symbols, short,  # type: ignore[attr-defined]
+                                                _check, _exp_golomb)
         blocks.append(secs)
     return blocks
 

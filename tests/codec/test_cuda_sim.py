@@ -62,7 +62,7 @@ CORRUPTIONS = [
 _MANIFEST = GOLDEN / "golden.json"
 GOLDEN_NAMES = sorted(json.loads(_MANIFEST.read_text())) if _MANIFEST.exists() else []
 EXTRA = ["tiny_shapes", "device_resident_reuse", "from_parts", "misaligned_out", "verify_false_still_checks",
-         "refuses_version_2"]
+         "refuses_version_2", "refuses_rans_scale"]
 CASES = (
     [f"roundtrip-{d}-{c}-{k}-{n}" for d, c, k, n in ROUNDTRIP]
     + [f"corrupt-{w}-{d}-{c}" for w, d, c in CORRUPTIONS]
@@ -202,7 +202,7 @@ def check_golden(name: str, device: str = "cuda") -> None:
     header = json.loads(_MANIFEST.read_text())[name]["header"]
     arrays = np.load(GOLDEN / "golden.npz")
     enc = EncodedTensor.from_parts(header, arrays[f"{name}.data"], arrays[f"{name}.index"], name=name)
-    if header["coder"] == "rans-ctx":  # mode 4 has no CUDA decoder: refused (see extra-refuses_version_2)
+    if header["coder"] in ("rans-ctx", "rans-scale"):  # modes 4, 5 have no CUDA decoder: refused (see extra-refuses_version_2)
         check_refusal(enc, device)
         return
     got = raw_bytes(decode_cuda(enc, device=device).cpu())
@@ -210,7 +210,8 @@ def check_golden(name: str, device: str = "cuda") -> None:
 
 
 def check_refusal(enc, device: str = "cuda") -> None:
-    """A stream that may hold mode 4 (coder rans-ctx, version 2 or 3) is refused by name, pointing at the CPU decoder."""
+    """A stream that may hold mode 4 or 5 (coder rans-ctx from version 2, rans-scale) is refused by name,
+    pointing at the CPU decoder."""
     from llmcomp_hf.codec.cuda import DeviceEncodedTensor, decode_cuda
     from llmcomp_hf.errors import FormatError
 
@@ -218,9 +219,9 @@ def check_refusal(enc, device: str = "cuda") -> None:
         try:
             attempt()
         except FormatError as exc:
-            assert enc.name in str(exc) and "decode on the CPU" in str(exc) and "'rans-ctx'" in str(exc), str(exc)
+            assert enc.name in str(exc) and "decode on the CPU" in str(exc) and repr(enc.header["coder"]) in str(exc), str(exc)
             continue
-        raise AssertionError("the CUDA decoder accepted a stream with mode-4 sections")
+        raise AssertionError("the CUDA decoder accepted a stream with context (mode 4 or 5) sections")
 
 
 def check_extra(name: str, device: str = "cuda") -> None:
@@ -265,6 +266,11 @@ def check_extra(name: str, device: str = "cuda") -> None:
         raise AssertionError("verify=False decode accepted an invalid code table")
     elif name == "refuses_version_2":
         check_refusal(encode(tensor_of("bfloat16", 600, "skewed", seed=7), coder="rans-ctx", block_size=256, name="ctx.weight"), device)
+    elif name == "refuses_rans_scale":  # a rans-scale header (version 4) may hold mode 5: no CUDA decoder yet
+        from llmcomp_hf.codec import EncodedTensor
+
+        enc = encode(tensor_of("bfloat16", 4096, "skewed", seed=8), coder="rans", block_size=1024)
+        check_refusal(EncodedTensor(dict(enc.header, coder="rans-scale", version=4), enc.data, enc.index, "scale.weight"), device)
     else:
         raise ValueError(name)
 

@@ -16,13 +16,15 @@ import pytest
 import torch
 
 from llmcomp_hf.codec import FORMAT_VERSION, EncodedTensor, decode, encode
+from llmcomp_hf.codec.encoded import format_version
 
 from . import spec
 from .helpers import DTYPES, assert_same_bits
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 # (manifest, arrays) per fixture set: versions 1 and 2 (frozen, read forever) and the current version.
-SETS = {"v1v2": ("golden.json", "golden.npz"), f"v{FORMAT_VERSION}": (f"golden_v{FORMAT_VERSION}.json", f"golden_v{FORMAT_VERSION}.npz")}
+SETS = {"v1v2": ("golden.json", "golden.npz"), f"v{FORMAT_VERSION}": (f"golden_v{FORMAT_VERSION}.json", f"golden_v{FORMAT_VERSION}.npz"),
+        "v4": ("golden_v4.json", "golden_v4.npz")}  # v4: coder rans-scale (mode 5)
 MANIFESTS = {s: json.loads((GOLDEN / files[0]).read_text()) for s, files in SETS.items()}
 CASES = [(s, name) for s, manifest in MANIFESTS.items() for name in sorted(manifest)]
 
@@ -61,7 +63,7 @@ def test_golden_encoding_has_not_drifted(fixtures: str, name: str, all_arrays: d
     arrays, meta = all_arrays[fixtures], MANIFESTS[fixtures][name]
     header, raw = meta["header"], arrays[f"{name}.raw"]
     enc = encode(expected_tensor(header, raw), **meta["encode"])
-    if header["version"] == FORMAT_VERSION:
+    if header["version"] == format_version(meta["encode"]["coder"]):
         assert enc.header == header, f"{name}: header drifted"
     else:
         assert enc.header == dict(header, version=FORMAT_VERSION, checksum=enc.header["checksum"]), f"{name}: header drifted"
@@ -95,5 +97,9 @@ def test_golden_covers_the_format(fixtures: str, all_arrays: dict[str, dict[str,
         for m in spec.modes(h, arrays[f"{name}.data"], arrays[f"{name}.index"]):
             modes.update(m)
         assert arrays[f"{name}.raw"].size == math.prod(h["shape"]) * DTYPES[h["dtype"]].itemsize
+    if fixtures == "v4":  # rans-scale only: mode 5 (model and references to it), const, on every float dtype
+        assert {spec.CONST, spec.RANS_SCALE} <= modes <= {spec.RAW, spec.CONST, spec.RANS, spec.RANS_SCALE}
+        assert dtypes == {"bfloat16", "float16", "float32"}
+        return
     assert modes == {spec.RAW, spec.CONST, spec.HUFFMAN, spec.RANS, spec.RANS_CTX}
     assert {"bfloat16", "float16", "float32", "int8"} <= dtypes

@@ -70,7 +70,7 @@ def test_swapped_blocks() -> None:
 # --- header --------------------------------------------------------------------------------------
 
 HEADER_CASES = [
-    ("format", "llmcomp.tensr"), ("format", None), ("version", 4), ("version", 0), ("version", "1"),
+    ("format", "llmcomp.tensr"), ("format", None), ("version", 5), ("version", 0), ("version", "1"),
     ("version", None), ("version", True), ("version", 1.0), ("dtype", "float128"), ("dtype", "complex64"),
     ("dtype", "uint16"), ("dtype", None), ("coder", "zstd"), ("coder", None), ("block_size", 255),
     ("block_size", 300), ("block_size", 2**25), ("block_size", True), ("block_size", 256.0), ("block_size", "256"),

@@ -48,9 +48,9 @@ def _header_field(h: dict, rng: np.random.Generator) -> tuple[dict, str]:
             shape = [shape[0] + 1] + shape[1:] if shape else [1]
         h[key] = shape
     elif key == "version" and r < 0.5:
-        h[key] = int(rng.choice([0, 1, 2, 3, 4, -3, 2**63]))
+        h[key] = int(rng.choice([0, 1, 2, 3, 4, 5, -3, 2**63]))
     elif key == "coder" and r < 0.5:
-        h[key] = str(rng.choice(["huffman", "rans", "rans-ctx", "raw", "zstd", "RANS"]))
+        h[key] = str(rng.choice(["huffman", "rans", "rans-ctx", "rans-scale", "raw", "zstd", "RANS"]))
     elif key == "block_size" and r < 0.6:
         h[key] = int(rng.choice([0, 64, 128, 256, 320, 512, 1024, 2**24, 2**24 + 64, 2**30, -256]))
     elif key == "checksum" and r < 0.5:
@@ -121,10 +121,44 @@ def _section_starts(seed: CodecSeed) -> list[int]:
     return [int(v) for v in np.frombuffer(seed.index, "<i8")[:-1]]
 
 
+def _mode5_field(raw: bytes, starts: list[int], rng: np.random.Generator) -> tuple[bytes, str] | None:
+    """A field of a mode-5 section (docs/format.md): its ref byte, the model's k/column byte, its row
+    length L, the column list's order byte, or the block's row-list order byte and first code."""
+    ats = [a for a in starts if a + 6 < len(raw) and raw[a] == 5]
+    if not ats:
+        return None
+    at = int(rng.choice(ats))
+    out = bytearray(raw)
+    ref_at = at + 5
+    field = int(rng.integers(5))
+    if field == 0:  # ref: out of the group, to itself, to a non-mode-5 block; short-state flags
+        out[ref_at] = int(rng.choice([1, 2, 15, 0x10, 0xF0, 0x1F])) | (out[ref_at] & 0xF0 if rng.random() < 0.5 else 0)
+        what = "ref byte"
+    elif out[ref_at] & 15 == 0 and ref_at + 6 < len(out):
+        if field == 1:  # k | col << 2: reserved bits, col without room for the map
+            out[ref_at + 1] = int(rng.choice([3, 4, 7, 8, 0x80, 0xFF]))
+            what = "model head"
+        elif field == 2:  # L: below 16, above the column-map limit, huge
+            value = int(rng.choice([0, 1, 15, 16, 65537, 2**31, 2**32 - 1]))
+            out[ref_at + 2 : ref_at + 6] = value.to_bytes(4, "little")
+            what = f"model L={value}"
+        else:  # order byte of the column list, or a byte of its codes
+            out[ref_at + 6 + int(rng.integers(0, 4))] = int(rng.choice([13, 255, 0, 1]))
+            what = "value-list byte"
+    else:
+        out[min(len(out) - 1, ref_at + 1 + int(rng.integers(0, 3)))] = int(rng.choice([13, 0, 255, 0x55]))
+        what = "row-list byte"
+    return bytes(out), f"data: mode-5 {what} at {at}"
+
+
 def mutate_data(seed: CodecSeed, rng: np.random.Generator, other: bytes) -> tuple[bytes, str]:
     raw = seed.data
     starts = _section_starts(seed)
     r = rng.random()
+    if r < 0.15 and starts:
+        hit = _mode5_field(raw, starts, rng)
+        if hit is not None:
+            return hit
     if r < 0.2 and starts:
         at = int(rng.choice(starts))
         out = bytearray(raw)

@@ -16,6 +16,9 @@ SLICES = (("embeddings.word_embeddings.weight", 32, 64),
           ("encoder.layer.0.attention.self.query.weight", 16, 96),
           ("encoder.layer.3.output.dense.bias", 1, 384))
 BLOCK_SIZES = (256, 512)
+# rans-scale seeds (mode 5: its model pays off over blocks of a few thousand elements): the first
+# rows of the word embedding, whose scales differ a lot, in 2048-element blocks
+SCALE_SLICE, SCALE_BLOCK = ("embeddings.word_embeddings.weight", 64, 384), 2048
 
 
 @dataclass
@@ -54,6 +57,12 @@ def codec_seeds() -> list[CodecSeed]:
                 enc = encode(t, coder=coder, block_size=bs, threads=1, name=key)
                 seeds.append(CodecSeed(f"{key}:{str(dtype)[6:]}:{coder}:{bs}", t, enc.header_json().encode(),
                                        enc.data.tobytes(), enc.index.astype("<i8").tobytes()))
+    for key, weight in _minilm_weights((SCALE_SLICE,)):
+        for dtype in DTYPES:
+            t = weight.to(dtype).contiguous()
+            enc = encode(t, coder="rans-scale", block_size=SCALE_BLOCK, threads=1, name=key)
+            seeds.append(CodecSeed(f"{key}:{str(dtype)[6:]}:rans-scale:{SCALE_BLOCK}", t, enc.header_json().encode(),
+                                   enc.data.tobytes(), enc.index.astype("<i8").tobytes()))
     return seeds
 
 

@@ -91,11 +91,11 @@ def test_newer_tensor_header_version(broken):
 
     def bump(tensors, metadata):
         key = f"{TARGET}.llmcomp_header"
-        header = json.loads(bytes(tensors[key].numpy())) | {"version": 4}
+        header = json.loads(bytes(tensors[key].numpy())) | {"version": 5}
         tensors[key] = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8)
 
     rewrite_shard(folder / shard, bump)
-    with pytest.raises(FormatError, match=rf"version 4.*{TARGET}.*Upgrade llmcomp-hf"):
+    with pytest.raises(FormatError, match=rf"version 5.*{TARGET}.*Upgrade llmcomp-hf"):
         load(folder)
 
 

@@ -7,7 +7,8 @@ golden_v<FORMAT_VERSION>.npz holds the arrays ``NAME.data``, ``NAME.index`` and 
 original tensor's bytes). tests/codec/test_golden.py decodes them on every run and re-encodes ``raw``
 to check the bytes have not drifted. Only rerun this on purpose, when the format version changes,
 and commit the result; the fixtures of older versions (golden.json/golden.npz: versions 1 and 2)
-stay as they are, so those versions keep decoding.
+stay as they are, so those versions keep decoding. ``SCALE_CASES`` (coder rans-scale, format
+version 4) go to golden_v4.json/golden_v4.npz.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from llmcomp_hf.codec import FORMAT_VERSION, decode, encode
 
 HERE = Path(__file__).resolve().parent
 BS = 256
+BS_SCALE = 2048  # mode 5's model (column map + 32 tables) pays off over blocks of a few thousand elements
 
 
 def _weights(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -68,22 +70,44 @@ CASES: dict[str, tuple[Callable[[], torch.Tensor], str]] = {
 }
 
 
+def _row_scaled(rows: int, cols: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Rows (and columns) of different scale, as in an embedding: mode 5's case. A few zeros and a
+    constant block (all zeros) too."""
+    g = np.random.default_rng(seed)
+    w = g.normal(0.0, 0.02, (rows, cols)) * np.exp2(g.normal(0, 1.5, (rows, 1))) * np.exp2(g.normal(0, 0.7, (1, cols)))
+    w[0, :5] = 0.0
+    w.reshape(-1)[-2048:] = 0.0  # the last block: const planes
+    return torch.from_numpy(w.astype(np.float32)).to(dtype)
+
+
+SCALE_CASES: dict[str, tuple[Callable[[], torch.Tensor], str]] = {
+    "bf16_rows_rans_scale": (lambda: _row_scaled(64, 128, torch.bfloat16, 11), "rans-scale"),
+    "fp32_rows_rans_scale": (lambda: _row_scaled(128, 64, torch.float32, 12), "rans-scale"),
+    "fp16_rows_rans_scale": (lambda: _row_scaled(160, 64, torch.float16, 14), "rans-scale"),
+}
+
+
 def raw_bytes(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().copy()
 
 
 def main() -> None:
+    write(CASES, f"golden_v{FORMAT_VERSION}", BS)
+    write(SCALE_CASES, "golden_v4", BS_SCALE)
+
+
+def write(cases: dict[str, tuple[Callable[[], torch.Tensor], str]], stem: str, bs: int) -> None:
     manifest, arrays = {}, {}
-    for name, (make, coder) in CASES.items():
+    for name, (make, coder) in cases.items():
         t = make()
-        enc = encode(t, coder=coder, block_size=BS)
+        enc = encode(t, coder=coder, block_size=bs)
         if not np.array_equal(raw_bytes(decode(enc)), raw_bytes(t)):
             raise SystemExit(f"{name}: the codec does not round-trip; fixtures not written")
-        manifest[name] = {"encode": {"coder": coder, "block_size": BS}, "header": enc.header}
+        manifest[name] = {"encode": {"coder": coder, "block_size": bs}, "header": enc.header}
         arrays.update({f"{name}.data": enc.data, f"{name}.index": enc.index, f"{name}.raw": raw_bytes(t)})
         print(f"{name:28s} {enc.data.size:5d} data bytes, ratio {enc.ratio:.3f}")
-    (HERE / f"golden_v{FORMAT_VERSION}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    np.savez_compressed(HERE / f"golden_v{FORMAT_VERSION}.npz", **arrays)
+    (HERE / f"{stem}.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    np.savez_compressed(HERE / f"{stem}.npz", **arrays)
 
 
 if __name__ == "__main__":
