@@ -151,7 +151,7 @@ class EncodedTensor:
                              self.data if on_host else _NO_DATA, forbidden(h) if on_host else 0)
         if fault == _NOT_COVERED:
             raise CorruptStreamError(
-                f"block index does not cover the data ({int(idx[-1])} vs {self.data.shape[0]} bytes){at}; "
+                f"block index does not rise from 0 to the data's {self.data.shape[0]} bytes (it ends at {int(idx[-1])}){at}; "
                 "the file is truncated or corrupted: re-download or re-compress it"
             )
         if fault == _SHORT_BLOCK:  # every plane section takes >= 2 bytes: rejected before allocating the output
@@ -249,10 +249,9 @@ def _index_fault(idx: np.ndarray, n_data: int, min_block: int, data: np.ndarray,
         return _NOT_COVERED
     short = False
     for b in range(n - 1):
-        size = idx[b + 1] - idx[b]
-        if size < 0:
+        if idx[b + 1] < idx[b]:  # compared, not subtracted: a difference of crafted entries can overflow int64
             return _NOT_COVERED
-        if size < min_block:
+        if idx[b + 1] - idx[b] < min_block:  # both in [0, n_data] now: no overflow
             short = True
     if short:
         return _SHORT_BLOCK

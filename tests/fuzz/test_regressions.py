@@ -206,3 +206,27 @@ def test_inspect_and_verify_take_a_quantization_config_that_is_not_an_object(fuz
     assert rc == 0 and "Traceback" not in err, err  # inspect reports what the shards hold
     rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
     assert rc == 1 and "config.json" in err, err
+
+
+@pytest.mark.parametrize("coder", ["huffman", "rans-ctx", "rans-scale"])
+def test_a_block_index_whose_differences_overflow_is_refused(coder):
+    # was: SIGSEGV — index entries 2**63-ish apart wrapped the int64 block size to a positive number, so the
+    # index passed as increasing and a context-mode check read data[idx[b]] far outside (seed 50, input 82300)
+    import numpy as np
+    import torch
+
+    from llmcomp_hf.codec import EncodedTensor, decode, encode
+    from llmcomp_hf.codec.api import decode_many
+
+    torch.manual_seed(0)
+    enc = encode(torch.randn(16, 96), block_size=256, coder=coder, name="w")
+    index = enc.index.copy()
+    index[2], index[3] = 8718968878589282018, -2161727821137838077  # idx[3] - idx[2] overflows to > 0
+    with pytest.raises(FormatError, match="does not rise from 0"):
+        EncodedTensor.from_parts(enc.header, enc.data, index, "w")
+    crafted = EncodedTensor.__new__(EncodedTensor)
+    crafted.__dict__.update(enc.__dict__)
+    crafted.index = index
+    for run in (lambda: decode(crafted), lambda: decode_many([crafted])):
+        with pytest.raises(FormatError):
+            run()
