@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcomp_hf import fused
 from llmcomp_hf.codec import EncodedTensor, decode
 from llmcomp_hf.codec.api import decode_rows, torch_dtype
 from llmcomp_hf.codec.encoded import load_json_object
@@ -156,6 +157,12 @@ class CompressedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self.weight.encoded
+        if fused.applies(x, enc, self.weight.device):  # decoded a run of rows at a time (llmcomp_hf.fused)
+            plan = self.__dict__.get("_row_plan")
+            if plan is None or plan.enc is not enc:
+                plan = self.__dict__["_row_plan"] = fused.RowPlan(enc)
+            return fused.linear(x, plan, self.bias, lambda: _scratch_decode(self.weight), self.weight.decode)
         return F.linear(x, _scratch_decode(self.weight), self.bias)
 
     def plain_module(self) -> nn.Linear:
@@ -276,5 +283,5 @@ def decompress_modules(model: nn.Module) -> list[str]:
 
 
 def scratch_nbytes() -> int:
-    """Bytes held by this thread's decode scratch buffers."""
-    return SCRATCH.nbytes()
+    """Bytes held by this thread's decode scratch buffers (whole weights and runs of rows)."""
+    return SCRATCH.nbytes() + fused.scratch_nbytes()
