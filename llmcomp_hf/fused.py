@@ -32,7 +32,7 @@ from llmcomp_hf.codec.spans import SpanDecoder
 
 # Decoded elements per run of rows: 512K bf16 elements (1 MiB) fit the 1.25 MiB L2 of this project's
 # CPUs once split over 2 decoding threads. MEASURE: see bench/bench_on_the_fly.py --chunks.
-CHUNK_ELEMENTS = 1 << 19
+CHUNK_ELEMENTS = 1 << 20
 ROW_ALIGN = 16  # runs of 1 row take torch's matrix-vector path, whose sums differ
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _WORDS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
@@ -75,6 +75,27 @@ class RowPlan:
             prev_hi = hi
         self.runs = runs
         self.scratch_elements = max((r.hi - r.lo) * bs for r in runs) if runs else 0
+        self.stamp: Any = None
+        self._steps: tuple[torch.Tensor | None, list[tuple[Any, ...]]] = (None, [])
+
+    def steps(self, buf: torch.Tensor, words: np.ndarray) -> list[tuple[Any, ...]]:
+        """Per run, its views of ``buf``: (block to move or None, first block to decode, end block,
+        the words it decodes into, the rows as a [rows, K] weight, r0, r1); made once per buffer."""
+        if self._steps[0] is buf:
+            return self._steps[1]
+        bs, k = self.block_size, self.k
+        steps = []
+        prev: Run | None = None
+        for run in self.runs:
+            move, first = None, run.lo
+            if run.reuse and prev is not None:
+                at = (run.lo - prev.lo) * bs
+                move, first = (buf[:bs], buf[at : at + bs]), run.lo + 1
+            w = buf[run.off : run.off + (run.r1 - run.r0) * k].view(run.r1 - run.r0, k)
+            steps.append((move, first, run.hi, words[(first - run.lo) * bs :], w, run.r0, run.r1))
+            prev = run
+        self._steps = (buf, steps)
+        return steps
 
     def key(self, x: torch.Tensor, bias: torch.Tensor | None) -> tuple[Any, ...]:
         """The setting whose bit-identity one check settles (see the module docstring)."""
@@ -115,41 +136,41 @@ def applies(x: torch.Tensor, enc: EncodedTensor, device: torch.device) -> bool:
             and not torch.compiler.is_compiling())
 
 
-def linear_runs(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, W, bias)`` computed run by run (no check of bit-identity: see ``linear``)."""
-    plan.enc.validate()  # the arrays may have been rewritten in place since the plan was made
-    dtype = x.dtype
-    buf, words = BUFFERS.get(dtype, plan.scratch_elements)
-    bs, k = plan.block_size, plan.k
+def linear_runs(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None, stamp: Any = None) -> torch.Tensor:
+    """``F.linear(x, W, bias)`` computed run by run (no check of bit-identity: see ``linear``).
+
+    The encoding is validated again unless ``stamp`` (e.g. the buffers' in-place version counters)
+    is the one it was last validated with.
+    """
+    if stamp is None or stamp != plan.stamp:
+        plan.enc.validate()  # the arrays may have been rewritten in place since the plan was made
+        plan.stamp = stamp
+    buf, words = BUFFERS.get(x.dtype, plan.scratch_elements)
     threads = torch.get_num_threads()
+    decode = plan.decoder.decode
     parts = []
-    prev: Run | None = None
-    for run in plan.runs:
-        first = run.lo
-        if run.reuse and prev is not None:  # the block shared with the previous run: moved, not decoded again
-            at = (run.lo - prev.lo) * bs
-            buf[:bs].copy_(buf[at : at + bs])
-            first += 1
-        if run.hi > first:
-            plan.decoder.decode(first, run.hi, words[(first - run.lo) * bs :], threads)
-        w = buf[run.off : run.off + (run.r1 - run.r0) * k].view(run.r1 - run.r0, k)
-        parts.append(F.linear(x, w, None if bias is None else bias[run.r0 : run.r1]))
-        prev = run
+    for move, first, hi, out, w, r0, r1 in plan.steps(buf, words):
+        if move is not None:  # the block shared with the previous run: moved, not decoded again
+            move[0].copy_(move[1])
+        if hi > first:
+            decode(first, hi, out, threads)
+        parts.append(F.linear(x, w, None if bias is None else bias[r0:r1]))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def linear(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None, whole: Callable[[], torch.Tensor],
-           fresh: Callable[[], torch.Tensor]) -> torch.Tensor:
+           fresh: Callable[[], torch.Tensor], stamp: Any = None) -> torch.Tensor:
     """``F.linear(x, W, bias)`` run by run when that was found bit-identical in this setting.
 
     ``whole()`` returns the fully decoded weight in the layers' shared scratch (the fallback);
-    ``fresh()`` in new memory, released after the check (so a check does not grow the scratch).
+    ``fresh()`` in new memory, released after the check (so a check does not grow the scratch);
+    ``stamp``: see ``linear_runs``.
     """
     key = plan.key(x, bias)
     same = _SAME.get(key)
     if same is False:
         return F.linear(x, whole(), bias)
-    out = linear_runs(x, plan, bias)
+    out = linear_runs(x, plan, bias, stamp)
     if same is None:
         want = F.linear(x, fresh(), bias)
         ok = out.shape == want.shape and torch.equal(_bits(out), _bits(want))
@@ -162,6 +183,23 @@ def linear(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None, whole: Cal
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().view(_WORDS[t.dtype]) if t.dtype in _WORDS else t.detach()
+
+
+def words_of(t: torch.Tensor) -> np.ndarray:
+    """The words a span decoder writes for contiguous CPU tensor ``t`` (bytes for non-float dtypes)."""
+    flat = t.reshape(-1)
+    word = _WORDS.get(t.dtype)
+    if word is None:
+        return flat.view(torch.uint8).numpy()
+    return flat.view(word).numpy().view(_NP_WORDS[word])
+
+
+def decode_into(enc: EncodedTensor, out: torch.Tensor) -> torch.Tensor:
+    """Every block of ``enc`` into ``out`` (contiguous, CPU, its dtype and shape), without the checksum,
+    on torch's thread count."""
+    enc.validate()
+    SpanDecoder(enc).decode(0, enc.index.shape[0] - 1, words_of(out), torch.get_num_threads())
+    return out
 
 
 def fallbacks() -> list[tuple[Any, ...]]:

@@ -145,7 +145,17 @@ def _encoded_2d(enc: EncodedTensor | EncodedWeight, shape: tuple[int, ...] | Non
 
 def _scratch_decode(weight: EncodedWeight) -> torch.Tensor:
     out = SCRATCH.get(tuple(weight.shape), weight.dtype, weight.device)
+    if weight.device.type == "cpu":  # no checksum on every forward (checked at load)
+        return fused.decode_into(weight.encoded, out)
     return weight.decode(out=out)
+
+
+def _stamp(weight: EncodedWeight) -> tuple[int, int] | None:
+    """The buffers' in-place version counters (None for inference tensors, which have none)."""
+    try:
+        return weight.llmcomp_data._version, weight.llmcomp_index._version
+    except RuntimeError:
+        return None
 
 
 class CompressedLinear(nn.Module):
@@ -162,7 +172,8 @@ class CompressedLinear(nn.Module):
             plan = self.__dict__.get("_row_plan")
             if plan is None or plan.enc is not enc:
                 plan = self.__dict__["_row_plan"] = fused.RowPlan(enc)
-            return fused.linear(x, plan, self.bias, lambda: _scratch_decode(self.weight), self.weight.decode)
+            return fused.linear(x, plan, self.bias, lambda: _scratch_decode(self.weight), self.weight.decode,
+                                _stamp(self.weight))
         return F.linear(x, _scratch_decode(self.weight), self.bias)
 
     def plain_module(self) -> nn.Linear:

@@ -61,8 +61,8 @@ def test_span_offsets_follow_first() -> None:
     out = _buffer("bfloat16", 6 * BS)
     errs, err_plane = np.zeros(6, np.int64), np.full(6, -1, np.int64)
     scratch = [part[0] for part in thread_scratch(1, 2, BS)]
-    decode_span(*dec.args, 0, 0, 3, out, errs, err_plane, *scratch)
-    decode_span(*dec.args, 0, 3, 6, out, errs, err_plane, *scratch)
+    assert decode_span(*dec.args, 0, 0, 3, out, errs, err_plane, *scratch) == 0
+    assert decode_span(*dec.args, 0, 3, 6, out, errs, err_plane, *scratch) == 0
     assert not errs.any()
     assert out.tobytes() == t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
@@ -83,14 +83,12 @@ def test_scratch_that_does_not_fit_is_refused() -> None:
     t = tensor_of("bfloat16", 2 * BS, "skewed", seed=8)
     dec = SpanDecoder(encode(t, block_size=BS))
     out = _buffer("bfloat16", 2 * BS)
+    errs, err_plane = np.zeros(2, np.int64), np.full(2, -1, np.int64)
     for planes, block in ((1, BS), (2, BS // 2)):  # too few planes, blocks too small
-        errs, err_plane = np.zeros(2, np.int64), np.full(2, -1, np.int64)
-        decode_span(*dec.args, 0, 0, 2, out, errs, err_plane, *(p[0] for p in thread_scratch(1, planes, block)))
-        assert errs[0] == ERR_ARGS
-        errs[:] = 0
-        decode_span_parallel(*dec.args, 0, 2, out, errs, err_plane, 2, *thread_scratch(1, 2, BS))  # 1 slice, 2 threads
-        assert errs[0] == ERR_ARGS
-    assert (out == 0xA5).all()
+        assert decode_span(*dec.args, 0, 0, 2, out, errs, err_plane, *(p[0] for p in thread_scratch(1, planes, block))) == ERR_ARGS
+    assert decode_span_parallel(*dec.args, 0, 2, out, errs, err_plane, 0, *thread_scratch(1, 2, BS)) == ERR_ARGS  # unit 0
+    assert decode_span(*dec.args, 0, 0, 2, out, errs[:1], err_plane, *(p[0] for p in thread_scratch(1, 2, BS))) == ERR_ARGS
+    assert (out == 0xA5).all() and not errs.any()
 
 
 @pytest.mark.parametrize("name", sorted(BASES))

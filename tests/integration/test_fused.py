@@ -3,14 +3,13 @@ the whole decoded weight (checked at run time, with a fallback), with a scratch 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import llmcomp_hf
 from llmcomp_hf import fused, modules
-from llmcomp_hf.codec import CorruptStreamError, encode
+from llmcomp_hf.codec import CorruptStreamError, FormatError, encode
 from llmcomp_hf.modules import CompressedLinear
 
 from .helpers import raw_bits, tiny_model
@@ -63,7 +62,7 @@ def test_a_setting_whose_runs_differ_falls_back_for_good(monkeypatch) -> None:
     plan = fused.RowPlan(encode(w, block_size=256), 1024)
     calls = []
 
-    def off_by_one(x, plan, bias):
+    def off_by_one(x, plan, bias, stamp=None):
         calls.append(1)
         out = F.linear(x, w, bias)
         return (out.view(torch.int16) ^ 1).view(torch.bfloat16)
@@ -98,6 +97,27 @@ def test_damaged_weight_raises_naming_the_tensor() -> None:
     data[enc.index[3] + 40] ^= 0x5A  # inside block 3's coded exponent plane
     with pytest.raises(CorruptStreamError, match="layer.weight"):
         layer(torch.randn(1, 256).to(torch.bfloat16))
+
+
+def test_index_rewritten_in_place_after_a_forward_is_refused() -> None:
+    """Buffers are validated once per in-place version: a tampered index is caught on the next forward."""
+    w = _weight(256, 256, torch.bfloat16, seed=6)
+    layer = CompressedLinear(encode(w, block_size=1024, name="layer.weight"))
+    x = torch.randn(1, 256).to(torch.bfloat16)
+    assert torch.equal(raw_bits(layer(x)), raw_bits(F.linear(x, w)))
+    layer.weight.llmcomp_index[2] = 2**40
+    with pytest.raises(FormatError, match="layer.weight"):
+        layer(x)
+
+
+def test_layer_made_under_inference_mode() -> None:
+    """Inference tensors have no version counter: the encoding is then validated on every forward."""
+    w = _weight(64, 512, torch.bfloat16, seed=7)
+    with torch.inference_mode():
+        layer = CompressedLinear(encode(w, block_size=1024))
+        x = torch.randn(3, 512).to(torch.bfloat16)
+        assert torch.equal(raw_bits(layer(x)), raw_bits(F.linear(x, w)))
+        assert layer._row_plan.stamp is None
 
 
 def test_torch_threads_survive_the_first_parallel_decode() -> None:
