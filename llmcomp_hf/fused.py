@@ -102,7 +102,7 @@ class RowPlan:
         m = x.numel() // max(self.k, 1)
         m_class = m if m <= 8 else 8 + m.bit_length()
         return (self.n, self.k, self.block_size, self.rows, x.dtype, m_class, torch.get_num_threads(),
-                bias is not None, x.dim())
+                bias is not None, x.dim(), x.is_contiguous())
 
 
 class _Buffers(threading.local):
@@ -148,19 +148,48 @@ def linear_runs(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None, stamp
     buf, words = BUFFERS.get(x.dtype, plan.scratch_elements)
     threads = torch.get_num_threads()
     decode = plan.decoder.decode
+    x2, add_bias = _folded(x, bias)
     parts = []
     for move, first, hi, out, w, r0, r1 in plan.steps(buf, words):
         if move is not None:  # the block shared with the previous run: moved, not decoded again
             move[0].copy_(move[1])
         if hi > first:
             decode(first, hi, out, threads)
-        parts.append(F.linear(x, w, None if bias is None else bias[r0:r1]))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        parts.append(F.linear(x2, w, None if bias is None or add_bias else bias[r0:r1]))
+    y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    if add_bias:
+        y.add_(bias)
+    return y if y.dim() == x.dim() else y.view(*x.shape[:-1], plan.n)
+
+
+def _folded(x: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """``x`` as the 2-D matrix torch multiplies, and whether the bias is added after the product.
+
+    A loaded model's Linear weight is a Parameter that requires grad (transformers' default, so
+    also decode="load"), and then ``F.linear`` on a 3-D input always folds it to 2-D and calls
+    ``mm`` (``addmm`` for a contiguous input with a bias; ``mm`` then ``add_`` for a strided one).
+    On a plain tensor it folds only an input whose leading dimensions are contiguous: a strided one
+    (the last position of each sequence, ``logits_to_keep=1``) goes to a batched product that is
+    70x slower and rounds differently. So the runs (and the fallback) follow the Parameter's rules.
+    """
+    if x.dim() <= 2:
+        return x, False
+    return x.reshape(-1, x.shape[-1]), bias is not None and not x.is_contiguous()
+
+
+def like_loaded(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, w, bias)`` computed as for a weight that is a Parameter requiring grad (``_folded``)."""
+    x2, add_bias = _folded(x, bias)
+    y = F.linear(x2, w, None if add_bias else bias)
+    if add_bias:
+        y.add_(bias)
+    return y if y.dim() == x.dim() else y.view(*x.shape[:-1], w.shape[0])
 
 
 def linear(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None, whole: Callable[[], torch.Tensor],
            fresh: Callable[[], torch.Tensor], stamp: Any = None) -> torch.Tensor:
-    """``F.linear(x, W, bias)`` run by run when that was found bit-identical in this setting.
+    """``F.linear(x, W, bias)`` as decode="load" computes it (``like_loaded``), run by run when that
+    was found bit-identical in this setting.
 
     ``whole()`` returns the fully decoded weight in the layers' shared scratch (the fallback);
     ``fresh()`` in new memory, released after the check (so a check does not grow the scratch);
@@ -169,10 +198,10 @@ def linear(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None, whole: Cal
     key = plan.key(x, bias)
     same = _SAME.get(key)
     if same is False:
-        return F.linear(x, whole(), bias)
+        return like_loaded(x, whole(), bias)
     out = linear_runs(x, plan, bias, stamp)
     if same is None:
-        want = F.linear(x, fresh(), bias)
+        want = like_loaded(x, fresh(), bias)
         ok = out.shape == want.shape and torch.equal(_bits(out), _bits(want))
         with _LOCK:
             _SAME.setdefault(key, ok)

@@ -174,7 +174,7 @@ class CompressedLinear(nn.Module):
                 plan = self.__dict__["_row_plan"] = fused.RowPlan(enc)
             return fused.linear(x, plan, self.bias, lambda: _scratch_decode(self.weight), self.weight.decode,
                                 _stamp(self.weight))
-        return F.linear(x, _scratch_decode(self.weight), self.bias)
+        return fused.like_loaded(x, _scratch_decode(self.weight), self.bias)
 
     def plain_module(self) -> nn.Linear:
         """An ordinary ``nn.Linear`` holding the decoded weight (and this layer's bias)."""

@@ -376,7 +376,7 @@ def _run_parallel(tasks: list[Callable[[], None]], count: int) -> None:
                     if not state["left"]:
                         cond.notify_all()
 
-    pool = _pool(count - 1)
+    pool = thread_pool(count - 1)
     for _ in range(min(count, len(tasks)) - 1):
         pool.submit(work)
     work()
@@ -468,7 +468,7 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
 _POOLS: dict[int, Any] = {}
 
 
-def _pool(workers: int) -> Any:
+def thread_pool(workers: int) -> Any:
     """A long-lived thread pool per size, so each worker keeps its decode scratch between calls."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -10,7 +10,7 @@ import torch
 from llmcomp_hf.codec import CorruptStreamError, FormatError, decode, encode
 from llmcomp_hf.codec.api import thread_scratch
 from llmcomp_hf.codec.reference import decode_reference
-from llmcomp_hf.codec.spans import ERR_ARGS, SpanDecoder, decode_span, decode_span_parallel
+from llmcomp_hf.codec.spans import DONE, ERR_ARGS, FREE, SpanDecoder, all_done, decode_claiming, decode_span
 
 from .damage import BASES, base, flip
 from .helpers import DTYPES, tensor_of
@@ -86,7 +86,8 @@ def test_scratch_that_does_not_fit_is_refused() -> None:
     errs, err_plane = np.zeros(2, np.int64), np.full(2, -1, np.int64)
     for planes, block in ((1, BS), (2, BS // 2)):  # too few planes, blocks too small
         assert decode_span(*dec.args, 0, 0, 2, out, errs, err_plane, *(p[0] for p in thread_scratch(1, planes, block))) == ERR_ARGS
-    assert decode_span_parallel(*dec.args, 0, 2, out, errs, err_plane, 0, *thread_scratch(1, 2, BS)) == ERR_ARGS  # unit 0
+    state = np.zeros(1, np.int64)  # shorter than the span
+    assert decode_claiming(*dec.args, 0, 2, out, errs, err_plane, state, 0, *(p[0] for p in thread_scratch(1, 2, BS))) == ERR_ARGS
     assert decode_span(*dec.args, 0, 0, 2, out, errs[:1], err_plane, *(p[0] for p in thread_scratch(1, 2, BS))) == ERR_ARGS
     assert (out == 0xA5).all() and not errs.any()
 
@@ -113,3 +114,18 @@ def test_damaged_streams_fail_like_decode(name: str) -> None:
                 assert "weight" in str(exc), exc
                 got = None
             assert got == want, (name, pos, threads)
+
+
+def test_claiming_decodes_only_free_blocks_from_its_start() -> None:
+    t = tensor_of("bfloat16", 6 * BS, "skewed", seed=9)
+    dec = SpanDecoder(encode(t, block_size=BS))
+    want = t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    out = _buffer("bfloat16", 6 * BS)
+    errs, err_plane = np.zeros(6, np.int64), np.full(6, -1, np.int64)
+    scratch = [p[0] for p in thread_scratch(1, 2, BS)]
+    state = np.array([FREE, DONE, FREE, FREE, DONE, FREE], np.int64)  # blocks 1 and 4 taken by "another thread"
+    assert decode_claiming(*dec.args, 0, 6, out, errs, err_plane, state, 4, *scratch) == 0
+    assert all_done(state) and not errs.any()
+    for b in range(6):
+        got = out[b * BS : (b + 1) * BS]
+        assert (got == 0xA5).all() if b in (1, 4) else np.array_equal(got, want[b * BS : (b + 1) * BS]), b

@@ -34,16 +34,37 @@ def test_runs_cover_every_row_once(n: int, k: int, bs: int, chunk: int) -> None:
         assert run.reuse == (prev is not None and run.lo == prev.hi - 1)
 
 
+def _loaded(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """What decode="load" computes: its weights are Parameters that require grad (transformers' default)."""
+    with torch.no_grad():
+        return F.linear(x, torch.nn.Parameter(w.clone()), None if b is None else torch.nn.Parameter(b.clone()))
+
+
+def _inputs(k: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    h = torch.randn(4, 6, k).to(dtype)
+    return {"1": torch.randn(1, k).to(dtype), "1x1": torch.randn(1, 1, k).to(dtype), "3": torch.randn(3, k).to(dtype),
+            "2x5": torch.randn(2, 5, k).to(dtype), "64": torch.randn(64, k).to(dtype),
+            "last position (strided)": h[:, -1:, :], "strided 2-D": h[:, 2, :], "transposed": h.transpose(0, 1)}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("shape", [(1, 300), (3, 300), (2, 5, 300), (64, 300)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_is_bit_identical_to_the_whole_weight(dtype: torch.dtype, shape: tuple[int, ...], bias: bool) -> None:
+def test_linear_is_bit_identical_to_a_loaded_layer(dtype: torch.dtype, bias: bool) -> None:
     w = _weight(1000, 300, dtype)
     b = (torch.randn(1000) * 0.1).to(dtype) if bias else None
-    x = torch.randn(*shape).to(dtype)
-    plan = fused.RowPlan(encode(w, block_size=256), 4096)  # 13 runs of 16 rows... and the rest
-    got = fused.linear(x, plan, b, lambda: w, lambda: w.clone())
-    assert torch.equal(raw_bits(got), raw_bits(F.linear(x, w, b)))
+    plan = fused.RowPlan(encode(w, block_size=256), 4096)  # 62 runs of 16 rows and one of 8 + 16
+    for name, x in _inputs(300, dtype).items():
+        want = _loaded(x, w, b)
+        assert torch.equal(raw_bits(fused.like_loaded(x, w, b)), raw_bits(want)), name
+        assert torch.equal(raw_bits(fused.linear(x, plan, b, lambda: w, lambda: w.clone())), raw_bits(want)), name
+
+
+def test_strided_input_on_a_plain_tensor_is_another_product() -> None:
+    """Why ``like_loaded`` exists: F.linear on a plain tensor and on a Parameter differ for such inputs."""
+    w = _weight(512, 256, torch.bfloat16, seed=9)
+    x = torch.randn(8, 4, 256).to(torch.bfloat16)[:, -1:, :]
+    with torch.no_grad():
+        assert not torch.equal(raw_bits(F.linear(x, w)), raw_bits(_loaded(x, w, None)))
 
 
 def test_half_float_runs_are_identical_on_this_cpu() -> None:
@@ -146,6 +167,8 @@ def test_tiny_llama_generates_the_same_tokens_with_many_runs(tmp_path, monkeypat
     ids = torch.tensor([[1, 5, 9, 200, 17], [3, 3, 8, 1, 0]])
     with torch.inference_mode():
         assert torch.equal(raw_bits(dense(ids).logits), raw_bits(fly(ids).logits))
+        last = dense(ids, logits_to_keep=1).logits  # the head sees a strided input
+        assert torch.equal(raw_bits(last), raw_bits(fly(ids, logits_to_keep=1).logits))
         want = dense.generate(ids, max_new_tokens=6, do_sample=False)
         assert torch.equal(want, fly.generate(ids, max_new_tokens=6, do_sample=False))
     assert len(fly.lm_head._row_plan.runs) > 1
