@@ -34,7 +34,7 @@ import torch
 from llmcomp_hf.codec import jobs as J
 from llmcomp_hf.codec import memory
 from llmcomp_hf.codec._jit_cache import ensure_consistent
-from llmcomp_hf.codec.api import _decode_scratch, torch_dtype
+from llmcomp_hf.codec.api import thread_scratch, torch_dtype
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire
 from llmcomp_hf.codec.encoded import EncodedTensor, expected_sum, is_checksum
 from llmcomp_hf.codec.jobs import CLAIMED, DONE, FAILED, PENDING, RUNNING, decode_jobs
@@ -208,7 +208,7 @@ class Prefetcher:
     def _scratch(self, lo: int) -> tuple[np.ndarray, ...]:
         """This thread's decode buffers for the plane count and block size of the batch at ``lo``."""
         n_planes, block = int(self._table[lo, J.PLANES]) or 1, int(self._table[lo, J.BLOCK]) or 256
-        return tuple(part[0] for part in _decode_scratch(1, n_planes, block))
+        return tuple(part[0] for part in thread_scratch(1, n_planes, block))
 
     # -- bookkeeping (lock held) -------------------------------------------------------------------
     def _allocate_locked(self, lo: int, hi: int) -> None:

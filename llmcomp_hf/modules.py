@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmcomp_hf import _graph_ops as graph_ops
+from llmcomp_hf import fused
 from llmcomp_hf.codec import EncodedTensor, decode
 from llmcomp_hf.codec.api import decode_rows, torch_dtype
 from llmcomp_hf.codec.encoded import load_json_object
@@ -192,7 +193,17 @@ def _encoded_2d(enc: EncodedTensor | EncodedWeight, shape: tuple[int, ...] | Non
 
 def _scratch_decode(weight: EncodedWeight) -> torch.Tensor:
     out = SCRATCH.get(tuple(weight.shape), weight.stored_dtype, weight.device)
+    if weight.device.type == "cpu":  # no checksum on every forward (checked at load)
+        return weight.cast(fused.decode_into(weight.encoded, out))
     return weight.cast(weight.decode(out=out))
+
+
+def _stamp(weight: EncodedWeight) -> tuple[int, int] | None:
+    """The buffers' in-place version counters (None for inference tensors, which have none)."""
+    try:
+        return weight.llmcomp_data._version, weight.llmcomp_index._version
+    except RuntimeError:
+        return None
 
 
 class CompressedLinear(nn.Module):
@@ -208,7 +219,14 @@ class CompressedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if graph_ops.weight_outlives_call(x, self.bias):  # training below this layer, or torch.compile
             return graph_ops.linear(x, self.weight, self.bias, _scratch_decode)
-        return F.linear(x, graph_ops.widened(_scratch_decode(self.weight), x), self.bias)
+        enc = self.weight.encoded
+        if not self.weight.casts and fused.applies(x, enc, self.weight.device):  # a run of rows at a time
+            plan = self.__dict__.get("_row_plan")
+            if plan is None or plan.enc is not enc:
+                plan = self.__dict__["_row_plan"] = fused.RowPlan(enc)
+            return fused.linear(x, plan, self.bias, lambda: _scratch_decode(self.weight), self.weight.decode,
+                                _stamp(self.weight))
+        return fused.like_loaded(x, graph_ops.widened(_scratch_decode(self.weight), x), self.bias)
 
     def plain_module(self, decoded: dict[int, nn.Parameter] | None = None) -> nn.Linear:
         """An ordinary ``nn.Linear`` (or the subclass replaced) holding the decoded weight and this layer's bias."""
@@ -298,5 +316,5 @@ def _with_params(plain: nn.Module, weight: EncodedWeight, bias: torch.Tensor | N
 
 
 def scratch_nbytes() -> int:
-    """Bytes held by this thread's decode scratch buffers."""
-    return SCRATCH.nbytes()
+    """Bytes held by this thread's decode scratch buffers (whole weights and runs of rows)."""
+    return SCRATCH.nbytes() + fused.scratch_nbytes()

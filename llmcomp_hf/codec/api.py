@@ -52,7 +52,7 @@ def _encode_tmp(nbytes: int) -> np.ndarray:
     return buf[:nbytes]
 
 
-def _decode_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.ndarray, ...]:
+def thread_scratch(n_threads: int, n_planes: int, block_size: int) -> tuple[np.ndarray, ...]:
     """This Python thread's decode buffers for (kernel threads, planes, block size), made once."""
     from llmcomp_hf.codec.blocks import decode_scratch
 
@@ -121,11 +121,17 @@ def _choose_threading_layer(numba: Any) -> None:
 
 
 @contextmanager
-def _kernel_threads(threads: int | None) -> Iterator[int]:
-    """Run a parallel kernel with ``threads`` numba threads (default: all), serialised by a lock."""
+def kernel_threads(threads: int | None) -> Iterator[int]:
+    """Run a parallel kernel with ``threads`` numba threads (default: all), serialised by a lock.
+
+    torch's intra-op thread count is restored afterwards: numba's OpenMP layer shares torch's OpenMP
+    runtime and sets its thread count to all cores when it starts its pool, so a process that had
+    called ``torch.set_num_threads(1)`` ran torch on 2 threads after its first parallel decode.
+    """
     import numba
 
     with _KERNEL_LOCK:
+        torch_threads = torch.get_num_threads()
         _choose_threading_layer(numba)
         previous = numba.get_num_threads()
         wanted = numba.config.NUMBA_NUM_THREADS if threads is None else threads
@@ -135,6 +141,8 @@ def _kernel_threads(threads: int | None) -> Iterator[int]:
             yield count
         finally:
             numba.set_num_threads(previous)
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
 
 
 def encode(
@@ -296,7 +304,7 @@ class _Decoding:
         """Decode blocks [b_lo, b_hi) on this Python thread, single-threaded (the kernel releases the GIL)."""
         from llmcomp_hf.codec.blocks import decode_range
 
-        scratch = _decode_scratch(1, self.n_planes, self.block_size)
+        scratch = thread_scratch(1, self.n_planes, self.block_size)
         decode_range(*self.args, b_lo, b_hi, self.errs, self.err_plane, self.csum, *(part[0] for part in scratch))
 
     def run_all(self, threads: int | None) -> None:
@@ -324,9 +332,9 @@ class _Decoding:
         if self.n_blocks < 2 or threads == 1:
             self.run_range(0, self.n_blocks)
             return
-        with _kernel_threads(threads) as count:
+        with kernel_threads(threads) as count:
             decode_blocks(*self.args, self.errs, self.err_plane, self.csum, count,
-                          *_decode_scratch(count, self.n_planes, self.block_size))
+                          *thread_scratch(count, self.n_planes, self.block_size))
 
     def finish(self, verify: bool) -> torch.Tensor:
         """Raise on a corrupted block or (``verify``) a checksum mismatch; else the decoded tensor."""
@@ -434,7 +442,7 @@ def decode_rows(enc: EncodedTensor, rows: torch.Tensor) -> torch.Tensor:
     words, _ = _word_views(u8, kind)
     errs = np.zeros(block_ids.numel(), np.int64)
     ids = block_ids.numpy()
-    buffers = _decode_scratch(1, n_planes, bs)  # reused: embeddings decode rows on every forward
+    buffers = thread_scratch(1, n_planes, bs)  # reused: embeddings decode rows on every forward
     decode_block_list(enc.data, enc.index, kind, itemsize, enc.numel, bs, n_planes, ids, words, errs,
                       *(part[0] for part in buffers))
     bad = np.flatnonzero(errs)

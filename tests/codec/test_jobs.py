@@ -10,7 +10,7 @@ import torch
 
 from llmcomp_hf.codec import FormatError, decode, encode
 from llmcomp_hf.codec import jobs as J
-from llmcomp_hf.codec.api import _decode_scratch
+from llmcomp_hf.codec.api import thread_scratch
 from llmcomp_hf.codec.atomics import compare_exchange, load_acquire, store_release
 from llmcomp_hf.codec.encoded import expected_sum
 
@@ -40,7 +40,7 @@ class Table:
     def run(self, first=0, stop=None, step=1, watch=-1, max_bytes=1 << 62) -> None:
         stop = len(self.encs) if stop is None else stop
         planes = int(self.table[:, J.PLANES].max())
-        scratch = [part[0] for part in _decode_scratch(1, planes, BS)]
+        scratch = [part[0] for part in thread_scratch(1, planes, BS)]
         J.decode_jobs(self.table, self.indexes, self.state, self.csums, first, stop, step, watch, max_bytes, *scratch)
 
     def checksum_ok(self, i: int) -> bool:

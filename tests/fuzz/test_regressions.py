@@ -212,7 +212,6 @@ def test_inspect_and_verify_take_a_quantization_config_that_is_not_an_object(fuz
 def test_a_block_index_whose_differences_overflow_is_refused(coder):
     # was: SIGSEGV — index entries 2**63-ish apart wrapped the int64 block size to a positive number, so the
     # index passed as increasing and a context-mode check read data[idx[b]] far outside (seed 50, input 82300)
-    import numpy as np
     import torch
 
     from llmcomp_hf.codec import EncodedTensor, decode, encode
