@@ -263,6 +263,33 @@ def check_model_config(folder: str | os.PathLike) -> None:
             ) from exc
 
 
+def configured_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """``{state_dict key: shape}`` of the model ``folder/config.json`` describes (its first ``architectures``
+    class, built on the meta device: no memory), or ``{}`` when transformers has no such class.
+
+    from_pretrained refuses a stored weight of another shape than its parameter; ``llmcomp verify``
+    compares the keys that match exactly (renamed checkpoint keys are left to the loader).
+    """
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    folder = os.fspath(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    archs = getattr(config, "architectures", None)
+    cls = getattr(transformers, archs[0], None) if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if cls is None or not hasattr(cls, "_from_config"):
+        return {}
+    try:
+        with torch.device("meta"):
+            model = cls._from_config(config)
+    except Exception as exc:  # noqa: BLE001 - a config transformers reads but cannot build a model from
+        raise FormatError(f"transformers {transformers.__version__} cannot build {archs[0]} from "
+                          f"{os.path.join(folder, 'config.json')!r} ({type(exc).__name__}: {str(exc)[:200]}), so "
+                          "from_pretrained would fail; restore config.json from the original checkpoint") from exc
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
 def _check_fusion_config(config: Any) -> None:
     """transformers' check of ``fusion_config`` in from_pretrained, after the quantizer removed its guard entry."""
     from llmcomp_hf._guard import strip_guard
@@ -330,6 +357,7 @@ def _loading_from(frame: Any) -> str | None:
 __all__ = [
     "SUPPORTED_TRANSFORMERS",
     "check_model_config",
+    "configured_shapes",
     "check_transformers_version",
     "config_origin",
     "conversion_ops_base",

@@ -198,6 +198,19 @@ def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, v
     return report
 
 
+def _check_shapes(path: Path, rows: dict[str, TensorRow]) -> None:
+    """Each stored weight against the parameter of the model config.json describes (as from_pretrained does)."""
+    from llmcomp_hf._hf_compat import configured_shapes
+
+    expected = configured_shapes(path)
+    for name, row in rows.items():
+        want = expected.get(name)
+        if want is not None and tuple(want) != tuple(row.shape):
+            raise FormatError(f"stored weight declares shape {list(row.shape)} where the model config.json describes "
+                              f"expects {list(want)}{where(name, str(path / row.file))}; config.json or the shard "
+                              "is damaged, or they come from different models")
+
+
 def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
                       max_output_bytes: int | None = MAX_OUTPUT_BYTES) -> Report:
     """Check format fields, shard metadata, the index and every tensor's checksum (plain tensors: those
@@ -233,6 +246,8 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
             except ValueError as exc:
                 raise FormatError(f"invalid quantization_config in {str(path / 'config.json')!r}: {exc}") from exc
         rows = _rows(shards, cmap, report.config)
+        if report.config is not None:
+            _check_shapes(path, rows)
         total, done = sum(r.original_bytes for r in rows.values() if r.compressed), 0
         with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
             handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)

@@ -229,3 +229,21 @@ def test_a_block_index_whose_differences_overflow_is_refused(coder):
     for run in (lambda: decode(crafted), lambda: decode_many([crafted])):
         with pytest.raises(FormatError):
             run()
+
+
+@pytest.mark.parametrize("kind", ["lossless", "lossy"])
+def test_verify_refuses_a_config_describing_other_shapes(fuzz_checkpoints, tmp_path, capsys, kind):
+    # was: verify ok, then from_pretrained refused "stored weight declares shape [64, 128] where the model
+    # expects [64, 64]" — config.json's intermediate_size edited (seed 50, inputs 5560, 9194, 9748)
+    from tests.cli.helpers import run_cli
+
+    folder = _copy(fuzz_checkpoints[kind], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = config["intermediate_size"] * 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FormatError, match="declares shape"):
+        transformers.AutoModelForCausalLM.from_pretrained(folder)
+    rc, _, err = run_cli(capsys, "verify", str(folder), "-q")
+    assert rc == 1 and "mlp" in err and "config.json describes" in err, err
+    rc, _, err = run_cli(capsys, "verify", str(fuzz_checkpoints[kind]), "-q")
+    assert rc == 0, err  # the intact folder still verifies
