@@ -231,7 +231,10 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
         if sharded:
             _check_index(path, shards)
         report.config = read_config(path)
-        if report.config is not None:  # what from_pretrained reads first, before llmcomp code runs
+        # what from_pretrained reads first, before llmcomp code runs (a model with remote code (auto_map)
+        # needs trust_remote_code, which verify never grants: those configs are left to the loader)
+        with_model = report.config is not None and "auto_map" not in report.config
+        if with_model:
             from llmcomp_hf._hf_compat import check_model_config
 
             check_model_config(path)
@@ -246,7 +249,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
             except ValueError as exc:
                 raise FormatError(f"invalid quantization_config in {str(path / 'config.json')!r}: {exc}") from exc
         rows = _rows(shards, cmap, report.config)
-        if report.config is not None:
+        if with_model:
             _check_shapes(path, rows)
         total, done = sum(r.original_bytes for r in rows.values() if r.compressed), 0
         with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
