@@ -146,7 +146,8 @@ def bench_llama(tmp: Path, reps: int, tokens: int, bnb: bool) -> tuple[list[dict
                "identical": same, "dense_ms": med["dense"] * 1e3, "fly_ms": med["fly"] * 1e3, "fly_x": med["fly"] / med["dense"],
                "fly_x_pairs": sorted(f / d for d, f in zip(per_token["dense"], per_token["fly"])),
                "fly_decode_ms": split.decode / tokens * 1e3, "fly_linear_ms": split.linear / tokens * 1e3,
-               "fly_footprint": footprint(models["fly"], models["dense"], modules.scratch_nbytes())}
+               "fly_footprint": footprint(models["fly"], models["dense"], modules.scratch_nbytes()),
+               "fly_fallbacks": len(fused.fallbacks())}  # settings where runs were not bit-identical
         if "bnb4" in models:
             row |= {"bnb4_ms": med["bnb4"] * 1e3, "bnb4_x": med["bnb4"] / med["dense"],
                     "bnb4_footprint": footprint(models["bnb4"], models["dense"])}
@@ -251,7 +252,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def table(rows: list[dict]) -> str:
     cols = ["model", "what", "threads", "identical", "dense_ms", "fly_ms", "fly_x", "fly_decode_ms", "fly_linear_ms",
-            "fly_footprint", "bnb4_ms", "bnb4_x", "bnb4_footprint"]
+            "fly_footprint", "fly_fallbacks", "bnb4_ms", "bnb4_x", "bnb4_footprint"]
     cols = [c for c in cols if any(c in r for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
