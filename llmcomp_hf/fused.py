@@ -33,6 +33,12 @@ from llmcomp_hf.codec.spans import SpanDecoder
 # Decoded elements per run of rows: 512K bf16 elements (1 MiB) fit the 1.25 MiB L2 of this project's
 # CPUs once split over 2 decoding threads. MEASURE: see bench/bench_on_the_fly.py --chunks.
 CHUNK_ELEMENTS = 1 << 20
+# Threads decoding one run. Measured on this project's 2-core VM, both cores free, torch at 2 threads
+# (Llama 168M, a forward of one token, medians of 9): runs decoded by the caller alone 118 ms, by the
+# caller and a pooled thread claiming blocks 131 ms (149 vs 165, 141 vs 169 with 4M-element runs):
+# torch's OpenMP worker keeps spinning on the second core after each product, where the helper
+# would decode. Whole weights (``decode_into``) still use torch's thread count.
+RUN_THREADS = 1
 ROW_ALIGN = 16  # runs of 1 row take torch's matrix-vector path, whose sums differ
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _WORDS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
@@ -146,7 +152,7 @@ def linear_runs(x: torch.Tensor, plan: RowPlan, bias: torch.Tensor | None, stamp
         plan.enc.validate()  # the arrays may have been rewritten in place since the plan was made
         plan.stamp = stamp
     buf, words = BUFFERS.get(x.dtype, plan.scratch_elements)
-    threads = torch.get_num_threads()
+    threads = RUN_THREADS
     decode = plan.decoder.decode
     x2, add_bias = _folded(x, bias)
     parts = []
