@@ -238,7 +238,7 @@ def quantization_config_being_merged() -> Any | None:
     return None
 
 
-def check_model_config(folder: str | os.PathLike) -> None:
+def check_model_config(folder: str | os.PathLike) -> Any:
     """FormatError when transformers cannot read ``config.json`` (or ``generation_config.json``, which a
     generative model's ``from_pretrained`` reads) of ``folder``: it does so before any llmcomp code runs,
     so its own error would be transformers'."""
@@ -249,10 +249,12 @@ def check_model_config(folder: str | os.PathLike) -> None:
     readers = [("config.json", AutoConfig)]
     if os.path.lexists(os.path.join(folder, "generation_config.json")):
         readers.append(("generation_config.json", GenerationConfig))
+    model_config = None
     for name, reader in readers:
         try:
             config = reader.from_pretrained(folder, local_files_only=True)
             if name == "config.json":
+                model_config = config
                 _check_fusion_config(config)
         except Exception as exc:  # noqa: BLE001 - transformers and huggingface_hub raise many types here
             detail = " ".join(str(exc).split())[:300]
@@ -261,10 +263,11 @@ def check_model_config(folder: str | os.PathLike) -> None:
                 f"({type(exc).__name__}: {detail}), so from_pretrained would fail; restore {name} from the "
                 "original checkpoint"
             ) from exc
+    return model_config  # the guard entry removed, as from_pretrained sees it
 
 
-def configured_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """``{state_dict key: shape}`` of the model ``folder/config.json`` describes (its first ``architectures``
+def configured_shapes(config: Any, folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """``{state_dict key: shape}`` of the model ``config`` (``check_model_config``'s, read from ``folder``) describes (its first ``architectures``
     class, built on the meta device: no memory), or ``{}`` when transformers has no such class.
 
     from_pretrained refuses a stored weight of another shape than its parameter; ``llmcomp verify``
@@ -272,10 +275,8 @@ def configured_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """
     import torch
     import transformers
-    from transformers import AutoConfig
 
     folder = os.fspath(folder)
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
     archs = getattr(config, "architectures", None)
     cls = getattr(transformers, archs[0], None) if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     if cls is None or not hasattr(cls, "_from_config"):

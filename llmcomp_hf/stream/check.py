@@ -198,11 +198,11 @@ def inspect_checkpoint(path: str | Path, bound: bool = True, workers: int = 1, v
     return report
 
 
-def _check_shapes(path: Path, rows: dict[str, TensorRow]) -> None:
+def _check_shapes(path: Path, rows: dict[str, TensorRow], config: Any) -> None:
     """Each stored weight against the parameter of the model config.json describes (as from_pretrained does)."""
     from llmcomp_hf._hf_compat import configured_shapes
 
-    expected = configured_shapes(path)
+    expected = configured_shapes(config, path)
     for name, row in rows.items():
         want = expected.get(name)
         if want is not None and tuple(want) != tuple(row.shape):
@@ -237,7 +237,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
         if with_model:
             from llmcomp_hf._hf_compat import check_model_config
 
-            check_model_config(path)
+            model_config = check_model_config(path)
         qc = (report.config or {}).get("quantization_config")
         cmap = CompressedMap(shards, max_output_bytes)
         if cmap.files and not (isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD):
@@ -250,7 +250,7 @@ def verify_checkpoint(path: str | Path, workers: int = 1, progress: Any = None,
                 raise FormatError(f"invalid quantization_config in {str(path / 'config.json')!r}: {exc}") from exc
         rows = _rows(shards, cmap, report.config)
         if with_model:
-            _check_shapes(path, rows)
+            _check_shapes(path, rows, model_config)
         total, done = sum(r.original_bytes for r in rows.values() if r.compressed), 0
         with ExitStack() as stack, ThreadPoolExecutor(max(1, workers)) as pool:
             handles, bufs = ShardHandles(stack), BufferPool(keep=2 * max(1, workers) + 3)
